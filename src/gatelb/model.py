@@ -1,0 +1,221 @@
+"""The desired state as immutable values.
+
+Everything above this module (sources, IPAM, compiler, agent) passes these values around; nothing
+here does I/O. A `DesiredState` is what a source produced after validation; a `ResolvedState` is
+the same after IPAM gave every active load balancer a concrete frontend address, and is what the
+data-plane compiler consumes.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Union
+
+IPAddress = Union[ipaddress.IPv4Address, ipaddress.IPv6Address]
+IPNetwork = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+
+API_VERSION = "gatelb.io/v1alpha1"
+
+
+class ValidationError(ValueError):
+    """Bad input. The message always names the object and the field.
+
+    Format: ``<Kind> <name>: <field path>: <what is wrong>``, e.g.
+    ``L4LB web: spec.frontend.port: 70000 is not a port (1-65535)``.
+    """
+
+    def __init__(self, kind: str, name: str, path: str, problem: str) -> None:
+        self.kind = kind
+        self.name = name
+        self.path = path
+        self.problem = problem
+        super().__init__(f"{kind} {name}: {path}: {problem}" if path else f"{kind} {name}: {problem}")
+
+
+class ValidationErrors(ValueError):
+    """Several independent problems found in one pass, so the user can fix them all at once."""
+
+    def __init__(self, errors: list[ValidationError]) -> None:
+        self.errors = errors
+        super().__init__("\n".join(str(e) for e in errors))
+
+
+class Protocol(enum.StrEnum):
+    TCP = "tcp"
+    UDP = "udp"
+
+
+class Algorithm(enum.StrEnum):
+    RANDOM = "random"
+    ROUNDROBIN = "roundrobin"
+    SOURCEHASH = "sourcehash"
+
+
+class NatMode(enum.StrEnum):
+    DNAT = "dnat"  # keep the client's source address
+    FULLNAT = "fullnat"  # also masquerade to the gateway's address towards the backend
+
+
+class LBState(enum.StrEnum):
+    ACTIVE = "active"
+    DISABLE = "disable"
+
+
+class CheckType(enum.StrEnum):
+    TCP = "tcp"
+    HTTP = "http"
+    UDP = "udp"
+    NONE = "none"
+
+
+class NoBackendAction(enum.StrEnum):
+    """What a new connection to a load balancer with no usable backend gets."""
+
+    REJECT = "reject"  # TCP reset / ICMP port unreachable: the client fails at once
+    DROP = "drop"  # silently dropped: the client times out
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    address: IPAddress
+    port: int
+    weight: int = 1
+    drain: bool = False
+
+    @property
+    def key(self) -> tuple[IPAddress, int]:
+        return (self.address, self.port)
+
+    def __str__(self) -> str:
+        if self.address.version == 6:
+            return f"[{self.address}]:{self.port}"
+        return f"{self.address}:{self.port}"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    type: CheckType = CheckType.TCP
+    port: int | None = None  # None: the backend's own port
+    interval_ms: int = 1000
+    timeout_ms: int = 2000
+    rise: int = 2
+    fall: int = 3
+    request_path: str = "/"
+    host: str | None = None
+    expected_statuses: tuple[tuple[int, int], ...] = ((200, 399),)
+    payload: str | None = None  # UDP: bytes sent (as UTF-8)
+    expect: str | None = None  # UDP: substring the reply must contain
+
+
+@dataclass(frozen=True, slots=True)
+class Affinity:
+    """ClientIP session affinity: a client keeps its backend until `timeout_seconds` of silence."""
+
+    timeout_seconds: int = 10800
+
+
+@dataclass(frozen=True, slots=True)
+class LoadBalancer:
+    name: str
+    port: int
+    protocol: Protocol = Protocol.TCP
+    frontend_ip: IPAddress | None = None  # None: allocate from `pool` or an autoAssign pool
+    pool: str | None = None
+    backends: tuple[Backend, ...] = ()
+    algorithm: Algorithm = Algorithm.RANDOM
+    affinity: Affinity | None = None
+    source_ranges: tuple[IPNetwork, ...] = ()
+    nat: NatMode = NatMode.DNAT
+    state: LBState = LBState.ACTIVE
+    check: HealthCheck = field(default_factory=HealthCheck)
+    no_backend: NoBackendAction = NoBackendAction.REJECT
+    # The family the frontend must have; derived from the backends when the IP is allocated.
+    family: int = 4
+
+    @property
+    def active(self) -> bool:
+        return self.state is LBState.ACTIVE
+
+
+@dataclass(frozen=True, slots=True)
+class AddressRange:
+    """An inclusive range of addresses of one family."""
+
+    first: IPAddress
+    last: IPAddress
+
+    @property
+    def version(self) -> int:
+        return self.first.version
+
+    @property
+    def size(self) -> int:
+        return int(self.last) - int(self.first) + 1
+
+    def __contains__(self, ip: object) -> bool:
+        if not isinstance(ip, (ipaddress.IPv4Address, ipaddress.IPv6Address)):
+            return False
+        return ip.version == self.version and int(self.first) <= int(ip) <= int(self.last)
+
+    def __str__(self) -> str:
+        return f"{self.first}-{self.last}"
+
+
+@dataclass(frozen=True, slots=True)
+class IPPool:
+    name: str
+    ranges: tuple[AddressRange, ...]
+    auto_assign: bool = True
+    avoid_buggy_ips: bool = False  # skip .0 and .255 addresses, as MetalLB does
+
+    def contains(self, ip: IPAddress) -> bool:
+        return any(ip in r for r in self.ranges)
+
+
+@dataclass(frozen=True, slots=True)
+class DesiredState:
+    """What the user asked for, validated one object at a time, before IPAM."""
+
+    pools: tuple[IPPool, ...] = ()
+    load_balancers: tuple[LoadBalancer, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Service:
+    """One active load balancer with its frontend resolved: the compiler's unit of work.
+
+    `backends` are the ones that may take new connections (healthy, weight > 0, not draining);
+    the agent filters them before compiling. An empty tuple means "no backend": new connections
+    get `no_backend`.
+    """
+
+    name: str
+    vip: IPAddress
+    protocol: Protocol
+    port: int
+    backends: tuple[Backend, ...]
+    algorithm: Algorithm = Algorithm.RANDOM
+    affinity: Affinity | None = None
+    source_ranges: tuple[IPNetwork, ...] = ()
+    nat: NatMode = NatMode.DNAT
+    no_backend: NoBackendAction = NoBackendAction.REJECT
+
+    @property
+    def family(self) -> int:
+        return self.vip.version
+
+    @property
+    def frontend_key(self) -> tuple[IPAddress, Protocol, int]:
+        return (self.vip, self.protocol, self.port)
+
+
+@dataclass(frozen=True, slots=True)
+class ResolvedState:
+    """The services to program, sorted by name so compiled output is stable."""
+
+    services: tuple[Service, ...] = ()
+
+    def by_name(self) -> dict[str, Service]:
+        return {s.name: s for s in self.services}
