@@ -201,6 +201,9 @@ class Service:
     source_ranges: tuple[IPNetwork, ...] = ()
     nat: NatMode = NatMode.DNAT
     no_backend: NoBackendAction = NoBackendAction.REJECT
+    # Configured backends that take no new connections (weight 0, drain, health down). They keep
+    # their counters, and their established connections keep flowing through conntrack.
+    idle_backends: tuple[Backend, ...] = ()
 
     @property
     def family(self) -> int:

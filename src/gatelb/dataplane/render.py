@@ -1,0 +1,198 @@
+"""Ruleset -> nft script text: a full load, or the incremental transaction between two rulesets.
+
+Every script is applied as ONE `nft -f -` transaction, so the kernel either takes all of it or
+none of it. Ordering inside an incremental script matters because the kernel checks references
+as it goes: new sets and chains first, then changed chains, element deletions before additions
+(an element whose data changed is deleted then re-added), and chains/sets that lost their last
+reference are deleted last.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+from .ruleset import FAMILY, NO_BACKEND_CHAIN, TABLE, Ruleset
+
+T = f"{FAMILY} {TABLE}"
+
+# Elements per `add element` statement: keeps error messages readable; the load time is the same.
+ELEMENT_CHUNK = 5000
+
+# Global sets and maps: name -> declaration. Their elements are the per-service state.
+GLOBAL_SETS: dict[str, str] = {}
+for _f, _ip, _t in ((4, "ip", "ipv4_addr"), (6, "ip6", "ipv6_addr")):
+    GLOBAL_SETS[f"svc{_f}"] = f"map svc{_f} {{ type {_t} . inet_proto . inet_service : verdict; counter; }}"
+    GLOBAL_SETS[f"be{_f}"] = (
+        f"map be{_f} {{ typeof {_ip} daddr . meta l4proto . th dport . numgen random mod 1 : "
+        f"{_ip} daddr . th dport; counter; }}"
+    )
+    # (frontend address, protocol, backend address, backend port): per-backend packet/byte counters.
+    # nft 1.0.6 cannot put `ct original proto-dst` in a concatenation, so the frontend port is not
+    # part of the key; see docs/status.md.
+    GLOBAL_SETS[f"flows{_f}"] = (
+        f"set flows{_f} {{ typeof ct original {_ip} daddr . meta l4proto . {_ip} daddr . th dport; counter; }}"
+    )
+    GLOBAL_SETS[f"fullnat{_f}"] = (
+        f"set fullnat{_f} {{ typeof ct original {_ip} daddr . meta l4proto . {_ip} daddr . th dport; }}"
+    )
+    GLOBAL_SETS[f"restricted{_f}"] = f"set restricted{_f} {{ type {_t} . inet_proto . inet_service; }}"
+    GLOBAL_SETS[f"allow{_f}"] = (
+        f"set allow{_f} {{ type {_t} . inet_proto . inet_service . {_t}; flags interval; }}"
+    )
+GLOBAL_SETS["generation"] = "set generation { type mark; }"
+
+
+def _services_rules() -> list[str]:
+    rules = []
+    for f, ip in ((4, "ip"), (6, "ip6")):
+        fe = f"{ip} daddr . meta l4proto . th dport"
+        rules.append(f"{fe} @restricted{f} {fe} . {ip} saddr != @allow{f} drop")
+    for f, ip in ((4, "ip"), (6, "ip6")):
+        rules.append(f"{ip} daddr . meta l4proto . th dport vmap @svc{f}")
+    return rules
+
+
+def _fullnat_rules() -> list[str]:
+    return [
+        f"ct status dnat ct direction original ct original {ip} daddr . meta l4proto . {ip} daddr . th dport"
+        f" @fullnat{f} masquerade"
+        for f, ip in ((4, "ip"), (6, "ip6"))
+    ]
+
+
+def _counter_rules() -> list[str]:
+    rules = []
+    for f, ip in ((4, "ip"), (6, "ip6")):
+        rules.append(
+            f"ct status dnat ct direction original ct original {ip} daddr . meta l4proto . {ip} daddr . th dport"
+            f" @flows{f}"
+        )
+        rules.append(
+            f"ct status dnat ct direction reply ct original {ip} daddr . meta l4proto . {ip} saddr . th sport"
+            f" @flows{f}"
+        )
+    return rules
+
+
+# Base chains: name -> (hook line, rules). Hooked chains use `policy accept` so that we never decide
+# the fate of traffic that is not ours; other tables' policies still apply.
+BASE_CHAINS: dict[str, tuple[str, list[str]]] = {
+    "nat_prerouting": ("type nat hook prerouting priority dstnat; policy accept;", ["jump services"]),
+    "nat_output": ("type nat hook output priority -100; policy accept;", ["jump services"]),
+    "nat_postrouting": ("type nat hook postrouting priority srcnat; policy accept;", _fullnat_rules()),
+    "forward_counters": ("type filter hook forward priority filter; policy accept;", _counter_rules()),
+}
+REGULAR_CHAINS: dict[str, list[str]] = {
+    "services": _services_rules(),
+    NO_BACKEND_CHAIN: ["meta l4proto tcp reject with tcp reset", "reject with icmpx port-unreachable"],
+}
+
+
+def skeleton() -> str:
+    """The fixed part of our table (declared empty; elements are added separately)."""
+    lines = [f"table {T} {{"]
+    lines += [f"\t{decl}" for decl in GLOBAL_SETS.values()]
+    for name, rules in REGULAR_CHAINS.items():
+        lines.append(f"\tchain {name} {{")
+        lines += [f"\t\t{r}" for r in rules]
+        lines.append("\t}")
+    for name, (hook, rules) in BASE_CHAINS.items():
+        lines.append(f"\tchain {name} {{")
+        lines.append(f"\t\t{hook}")
+        lines += [f"\t\t{r}" for r in rules]
+        lines.append("\t}")
+    lines.append("}")
+    return "\n".join(lines)
+
+
+def _element_text(key: str, data: str) -> str:
+    return f"{key} : {data}" if data else key
+
+
+def _element_statements(verb: str, set_name: str, items: Iterable[str]) -> list[str]:
+    items = list(items)
+    return [
+        f"{verb} element {T} {set_name} {{ {', '.join(items[i : i + ELEMENT_CHUNK])} }}"
+        for i in range(0, len(items), ELEMENT_CHUNK)
+    ]
+
+
+def _chain_block(name: str, rules: Iterable[str]) -> list[str]:
+    return [f"add chain {T} {name}"] + [f"add rule {T} {name} {r}" for r in rules]
+
+
+def render_full(rs: Ruleset, generation: int) -> str:
+    """Replace whatever our table holds with `rs`, atomically (add+delete makes a missing table fine)."""
+    out = [f"add table {T}", f"delete table {T}", skeleton()]
+    out += [f"add set {T} {name} {{ {decl} }}" for name, decl in rs.sets.items()]
+    # Chains are declared before rules so that chains may jump to each other in any order.
+    out += [f"add chain {T} {name}" for name in rs.chains]
+    for name, rules in rs.chains.items():
+        out += [f"add rule {T} {name} {r}" for r in rules]
+    for set_name, elements in rs.elements.items():
+        if elements:
+            out += _element_statements("add", set_name, (_element_text(k, d) for k, d in elements.items()))
+    out.append(f"add element {T} generation {{ {generation} }}")
+    return "\n".join(out) + "\n"
+
+
+def render_delete() -> str:
+    """Remove our table and everything in it; fine when it does not exist."""
+    return f"add table {T}\ndelete table {T}\n"
+
+
+def render_diff(old: Ruleset, new: Ruleset, old_generation: int, generation: int) -> str:
+    """The incremental transaction turning `old` into `new`; empty string when nothing changed."""
+    out: list[str] = []
+    added_sets = [n for n in new.sets if n not in old.sets]
+    changed_sets = [n for n in new.sets if n in old.sets and old.sets[n] != new.sets[n]]
+    removed_sets = [n for n in old.sets if n not in new.sets]
+    # A set whose declaration changed (affinity timeout) is recreated under the same name; the
+    # chains using it are rewritten below, so it is re-added after those are flushed.
+    out += [f"add set {T} {n} {{ {new.sets[n]} }}" for n in added_sets]
+
+    added_chains = [n for n in new.chains if n not in old.chains]
+    changed_chains = [n for n in new.chains if n in old.chains and old.chains[n] != new.chains[n]]
+    removed_chains = [n for n in old.chains if n not in new.chains]
+    out += [f"add chain {T} {n}" for n in added_chains]
+    out += [f"flush chain {T} {n}" for n in changed_chains]
+    for n in changed_sets:
+        out += [f"delete set {T} {n}", f"add set {T} {n} {{ {new.sets[n]} }}"]
+    for n in added_chains + changed_chains:
+        out += [f"add rule {T} {n} {r}" for r in new.chains[n]]
+
+    for set_name in sorted(set(old.elements) | set(new.elements)):
+        before = old.elements.get(set_name, {})
+        after = new.elements.get(set_name, {})
+        gone = [k for k, d in before.items() if after.get(k) != d]
+        if gone:
+            out += _element_statements("delete", set_name, gone)
+    for set_name in sorted(set(old.elements) | set(new.elements)):
+        before = old.elements.get(set_name, {})
+        after = new.elements.get(set_name, {})
+        fresh = [_element_text(k, d) for k, d in after.items() if before.get(k) != d]
+        if fresh:
+            out += _element_statements("add", set_name, fresh)
+
+    out += [f"delete chain {T} {n}" for n in removed_chains]
+    out += [f"delete set {T} {n}" for n in removed_sets]
+    if not out:
+        return ""
+    out.append(f"delete element {T} generation {{ {old_generation} }}")
+    out.append(f"add element {T} generation {{ {generation} }}")
+    return "\n".join(out) + "\n"
+
+
+def count_changes(old: Ruleset, new: Ruleset) -> int:
+    """Number of objects an incremental transaction touches (for logs and metrics)."""
+    n = 0
+    for set_name in set(old.elements) | set(new.elements):
+        before: Mapping[str, str] = old.elements.get(set_name, {})
+        after: Mapping[str, str] = new.elements.get(set_name, {})
+        n += sum(1 for k, d in after.items() if before.get(k) != d)
+        n += sum(1 for k in before if k not in after)
+    n += sum(1 for k, v in new.chains.items() if old.chains.get(k) != v)
+    n += sum(1 for k in old.chains if k not in new.chains)
+    n += sum(1 for k, v in new.sets.items() if old.sets.get(k) != v)
+    n += sum(1 for k in old.sets if k not in new.sets)
+    return n

@@ -1,0 +1,195 @@
+"""DesiredState (resolved) -> Ruleset: the nftables objects we want, as plain data.
+
+The layout is chosen for load time (see docs/design-dataplane.md and docs/benchmarks.md): per-service
+state lives almost entirely in *elements* of a few global maps, which nft loads far faster than
+rules, chains or per-service sets.
+
+    services chain:   ip daddr . meta l4proto . th dport  vmap @svc4       (O(1) service lookup)
+    svc4 element:     203.0.113.10 . tcp . 80 : goto pick4_random_4
+    pick4_random_4:   dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 4 map @be4
+    be4 elements:     203.0.113.10 . tcp . 80 . 0 : 198.51.100.11 . 8080   (one per weighted slot)
+
+The pick chains are shared by every service with the same algorithm and slot count, so 10,000
+services need only a handful of rules. Round robin needs a counter of its own per service, and
+ClientIP affinity needs per-backend timeout sets (kube-proxy's approach), so those two get
+per-service chains.
+
+Nothing here does I/O; the same input always gives the same Ruleset, in the same order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from dataclasses import dataclass, field
+
+from gatelb.model import (
+    Algorithm,
+    Backend,
+    IPAddress,
+    NatMode,
+    NoBackendAction,
+    ResolvedState,
+    Service,
+)
+
+from .slots import slot_sequence
+
+TABLE = "gatelb"
+FAMILY = "inet"
+
+# jhash needs a seed; a fixed one keeps source hashing stable across restarts and gateways.
+SOURCEHASH_SEED = 0x676C6231
+
+NO_BACKEND_CHAIN = "no_backend_reject"
+
+
+def ip_keyword(family: int) -> str:
+    return "ip" if family == 4 else "ip6"
+
+
+def fmt_addr(address: IPAddress) -> str:
+    return str(address)
+
+
+def fmt_endpoint(address: IPAddress, port: int) -> str:
+    """addr:port as a dnat target; IPv6 needs brackets there."""
+    return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
+
+
+def frontend_key(svc: Service) -> str:
+    return f"{svc.vip} . {svc.protocol.value} . {svc.port}"
+
+
+def _short_hash(text: str, length: int) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:length]
+
+
+_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+
+
+def service_id(svc: Service) -> str:
+    """Deterministic, readable, unique: hash of what identifies the service, then its name."""
+    h = _short_hash(f"{svc.name}|{svc.vip}|{svc.protocol.value}|{svc.port}", 8)
+    return f"{h}_{_UNSAFE.sub('_', svc.name)[:48]}"
+
+
+def backend_id(backend: Backend) -> str:
+    return _short_hash(f"{backend.address}|{backend.port}", 6)
+
+
+@dataclass
+class Ruleset:
+    """What the table should contain beyond its fixed skeleton (see render.skeleton()).
+
+    elements: for every global set/map, element key text -> data text ("" for plain sets).
+    chains:   dynamic chains (pick and per-service chains), name -> rules.
+    sets:     dynamic sets (affinity), name -> declaration body.
+    """
+
+    elements: dict[str, dict[str, str]] = field(default_factory=dict)
+    chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    sets: dict[str, str] = field(default_factory=dict)
+
+    def add_element(self, set_name: str, key: str, data: str = "") -> None:
+        self.elements.setdefault(set_name, {})[key] = data
+
+    def element_count(self) -> int:
+        return sum(len(v) for v in self.elements.values())
+
+
+def compile_ruleset(state: ResolvedState) -> Ruleset:
+    rs = Ruleset()
+    for svc in state.services:
+        _compile_service(rs, svc)
+    return rs
+
+
+def _compile_service(rs: Ruleset, svc: Service) -> None:
+    fam = svc.family
+    key = frontend_key(svc)
+    proto = svc.protocol.value
+    # Hot path at 10,000 services: format every address once.
+    targets = [f"{b.address} . {b.port}" for b in svc.backends]
+    flows_prefix = f"{svc.vip} . {proto} . "
+
+    if svc.source_ranges:
+        rs.add_element(f"restricted{fam}", key)
+        for net in svc.source_ranges:
+            rs.add_element(f"allow{fam}", f"{key} . {net}")
+
+    flows = rs.elements.setdefault(f"flows{fam}", {})
+    for t in targets:
+        flows[flows_prefix + t] = ""
+    for b in svc.idle_backends:
+        flows[f"{flows_prefix}{b.address} . {b.port}"] = ""
+
+    if not svc.backends:
+        verdict = f"goto {NO_BACKEND_CHAIN}" if svc.no_backend is NoBackendAction.REJECT else "drop"
+        rs.add_element(f"svc{fam}", key, verdict)
+        return
+
+    if svc.nat is NatMode.FULLNAT:
+        for t in targets:
+            rs.add_element(f"fullnat{fam}", flows_prefix + t)
+
+    slots = slot_sequence([b.weight for b in svc.backends])
+    if svc.affinity is not None:
+        chain = _compile_affinity(rs, svc, slots)
+    else:
+        be = rs.elements.setdefault(f"be{fam}", {})
+        for slot, index in enumerate(slots):
+            be[f"{key} . {slot}"] = targets[index]
+        chain = _pick_chain(rs, svc, len(slots))
+    rs.add_element(f"svc{fam}", key, f"goto {chain}")
+
+
+def _selector(svc: Service, modulus: int) -> str:
+    """The expression that draws a slot number for a new connection."""
+    if svc.algorithm is Algorithm.SOURCEHASH:
+        return f"jhash {ip_keyword(svc.family)} saddr mod {modulus} seed {SOURCEHASH_SEED:#x}"
+    if svc.algorithm is Algorithm.ROUNDROBIN:
+        return f"numgen inc mod {modulus}"
+    return f"numgen random mod {modulus}"
+
+
+def _pick_chain(rs: Ruleset, svc: Service, modulus: int) -> str:
+    fam = svc.family
+    ip = ip_keyword(fam)
+    rule = f"dnat {ip} to {ip} daddr . meta l4proto . th dport . {_selector(svc, modulus)} map @be{fam}"
+    if svc.algorithm is Algorithm.ROUNDROBIN:
+        # numgen inc keeps one counter per rule: sharing it between services would make two
+        # services that alternate connections always land on the same slots.
+        name = f"rr_{service_id(svc)}"
+    else:
+        name = f"pick{fam}_{svc.algorithm.value}_{modulus}"
+    rs.chains[name] = (rule,)
+    return name
+
+
+def _compile_affinity(rs: Ruleset, svc: Service, slots: tuple[int, ...]) -> str:
+    """kube-proxy's ClientIP affinity: one dynamic timeout set of client addresses per backend."""
+    fam = svc.family
+    ip = ip_keyword(fam)
+    sid = service_id(svc)
+    assert svc.affinity is not None
+    timeout = svc.affinity.timeout_seconds
+    addr_type = "ipv4_addr" if fam == 4 else "ipv6_addr"
+    rules: list[str] = []
+    endpoint_chains: list[str] = []
+    for b in svc.backends:
+        bid = backend_id(b)
+        set_name = f"aff_{sid}_{bid}"
+        ep_chain = f"ep_{sid}_{bid}"
+        rs.sets[set_name] = f"type {addr_type}; flags dynamic,timeout; timeout {timeout}s;"
+        rs.chains[ep_chain] = (
+            f"update @{set_name} {{ {ip} saddr }} counter meta l4proto {svc.protocol.value}"
+            f" dnat {ip} to {fmt_endpoint(b.address, b.port)}",
+        )
+        rules.append(f"{ip} saddr @{set_name} goto {ep_chain}")
+        endpoint_chains.append(ep_chain)
+    vmap = ", ".join(f"{slot} : goto {endpoint_chains[i]}" for slot, i in enumerate(slots))
+    rules.append(f"{_selector(svc, len(slots))} vmap {{ {vmap} }}")
+    chain = f"svc_{sid}"
+    rs.chains[chain] = tuple(rules)
+    return chain
