@@ -19,21 +19,27 @@ T = f"{FAMILY} {TABLE}"
 ELEMENT_CHUNK = 5000
 
 # Global sets and maps: name -> declaration. Their elements are the per-service state.
+#
+# `typeof` declarations say `tcp dport` where the rules say `th dport` (which also covers UDP):
+# nft 1.0.6 cannot rebuild a `typeof ip daddr . ... . th dport` key from the kernel ("conflicting
+# protocols specified: ip vs. th"), which breaks every later transaction that adds a rule using the
+# map. Only the key's type (inet_service, 16 bits) matters for matching, so this is safe; it does
+# make `nft list` print `tcp dport` in those rules, for UDP services too.
 GLOBAL_SETS: dict[str, str] = {}
 for _f, _ip, _t in ((4, "ip", "ipv4_addr"), (6, "ip6", "ipv6_addr")):
     GLOBAL_SETS[f"svc{_f}"] = f"map svc{_f} {{ type {_t} . inet_proto . inet_service : verdict; counter; }}"
     GLOBAL_SETS[f"be{_f}"] = (
-        f"map be{_f} {{ typeof {_ip} daddr . meta l4proto . th dport . numgen random mod 1 : "
-        f"{_ip} daddr . th dport; counter; }}"
+        f"map be{_f} {{ typeof {_ip} daddr . meta l4proto . tcp dport . numgen random mod 1 : "
+        f"{_ip} daddr . tcp dport; counter; }}"
     )
     # (frontend address, protocol, backend address, backend port): per-backend packet/byte counters.
     # nft 1.0.6 cannot put `ct original proto-dst` in a concatenation, so the frontend port is not
     # part of the key; see docs/status.md.
     GLOBAL_SETS[f"flows{_f}"] = (
-        f"set flows{_f} {{ typeof ct original {_ip} daddr . meta l4proto . {_ip} daddr . th dport; counter; }}"
+        f"set flows{_f} {{ typeof ct original {_ip} daddr . meta l4proto . {_ip} daddr . tcp dport; counter; }}"
     )
     GLOBAL_SETS[f"fullnat{_f}"] = (
-        f"set fullnat{_f} {{ typeof ct original {_ip} daddr . meta l4proto . {_ip} daddr . th dport; }}"
+        f"set fullnat{_f} {{ typeof ct original {_ip} daddr . meta l4proto . {_ip} daddr . tcp dport; }}"
     )
     GLOBAL_SETS[f"restricted{_f}"] = f"set restricted{_f} {{ type {_t} . inet_proto . inet_service; }}"
     GLOBAL_SETS[f"allow{_f}"] = (
@@ -145,10 +151,9 @@ def render_diff(old: Ruleset, new: Ruleset, old_generation: int, generation: int
     """The incremental transaction turning `old` into `new`; empty string when nothing changed."""
     out: list[str] = []
     added_sets = [n for n in new.sets if n not in old.sets]
-    changed_sets = [n for n in new.sets if n in old.sets and old.sets[n] != new.sets[n]]
     removed_sets = [n for n in old.sets if n not in new.sets]
-    # A set whose declaration changed (affinity timeout) is recreated under the same name; the
-    # chains using it are rewritten below, so it is re-added after those are flushed.
+    # Dynamic set names encode their whole declaration (see ruleset._compile_affinity).
+    assert all(old.sets[n] == new.sets[n] for n in new.sets if n in old.sets), "set redeclared"
     out += [f"add set {T} {n} {{ {new.sets[n]} }}" for n in added_sets]
 
     added_chains = [n for n in new.chains if n not in old.chains]
@@ -156,8 +161,6 @@ def render_diff(old: Ruleset, new: Ruleset, old_generation: int, generation: int
     removed_chains = [n for n in old.chains if n not in new.chains]
     out += [f"add chain {T} {n}" for n in added_chains]
     out += [f"flush chain {T} {n}" for n in changed_chains]
-    for n in changed_sets:
-        out += [f"delete set {T} {n}", f"add set {T} {n} {{ {new.sets[n]} }}"]
     for n in added_chains + changed_chains:
         out += [f"add rule {T} {n} {r}" for r in new.chains[n]]
 
@@ -174,6 +177,8 @@ def render_diff(old: Ruleset, new: Ruleset, old_generation: int, generation: int
         if fresh:
             out += _element_statements("add", set_name, fresh)
 
+    # Flush first: a removed chain may jump to another removed chain (affinity service -> endpoint).
+    out += [f"flush chain {T} {n}" for n in removed_chains]
     out += [f"delete chain {T} {n}" for n in removed_chains]
     out += [f"delete set {T} {n}" for n in removed_sets]
     if not out:

@@ -105,6 +105,13 @@ def compile_ruleset(state: ResolvedState) -> Ruleset:
     return rs
 
 
+def compile_service(svc: Service) -> Ruleset:
+    """One service's own fragment (shared pick chains included), for incremental updates."""
+    rs = Ruleset()
+    _compile_service(rs, svc)
+    return rs
+
+
 def _compile_service(rs: Ruleset, svc: Service) -> None:
     fam = svc.family
     key = frontend_key(svc)
@@ -179,7 +186,9 @@ def _compile_affinity(rs: Ruleset, svc: Service, slots: tuple[int, ...]) -> str:
     endpoint_chains: list[str] = []
     for b in svc.backends:
         bid = backend_id(b)
-        set_name = f"aff_{sid}_{bid}"
+        # The timeout is part of the name: a set's declaration never changes under one name, so a
+        # new timeout is a new set (and new rules) rather than an in-place change nft cannot do.
+        set_name = f"aff_{sid}_{bid}_{timeout}"
         ep_chain = f"ep_{sid}_{bid}"
         rs.sets[set_name] = f"type {addr_type}; flags dynamic,timeout; timeout {timeout}s;"
         rs.chains[ep_chain] = (

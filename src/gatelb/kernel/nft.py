@@ -48,15 +48,18 @@ def _nft_binary() -> str:
 class NftCli:
     """The real thing: the `nft` command, in the network namespace this process runs in."""
 
-    def __init__(self, timeout_s: float = 120.0) -> None:
+    def __init__(self, timeout_s: float = 120.0, netns: str | None = None) -> None:
         self._timeout = timeout_s
         self._binary: str | None = None
+        # Tests and benchmarks drive a named namespace from outside; the agent runs inside its own.
+        self._prefix = ["ip", "netns", "exec", netns] if netns else []
 
     def _run(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         if self._binary is None:
             self._binary = _nft_binary()
         return subprocess.run(
-            [self._binary, *args], input=stdin, capture_output=True, text=True, timeout=self._timeout, check=False
+            [*self._prefix, self._binary, *args],
+            input=stdin, capture_output=True, text=True, timeout=self._timeout, check=False,
         )
 
     def apply(self, script: str) -> None:

@@ -1,0 +1,106 @@
+"""`gatelb status`: what is configured (state file) joined with what the kernel counts.
+
+The JSON shape is documented in docs/status.md and is stable: fields may be added, never renamed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from gatelb.dataplane.ruleset import backend_id, service_id
+from gatelb.kernel.counters import Counter, TableCounters
+from gatelb.model import DesiredState, LoadBalancer, ResolvedState, Service
+
+HealthRecord = dict[str, Any]
+
+
+def health_key(lb: str, address: str, port: int) -> str:
+    return f"{lb}|{address}|{port}"
+
+
+def build_status(
+    desired: DesiredState,
+    allocations: dict[str, str],
+    resolved: ResolvedState,
+    counters: TableCounters,
+    applied_generation: int | None,
+    health: dict[str, HealthRecord],
+) -> dict[str, Any]:
+    services = resolved.by_name()
+    lbs = [
+        _lb_status(lb, allocations.get(lb.name), services.get(lb.name), counters, health)
+        for lb in sorted(desired.load_balancers, key=lambda x: x.name)
+    ]
+    return {
+        "apiVersion": "gatelb.io/v1alpha1",
+        "kind": "Status",
+        "generation": {
+            "kernel": counters.generation,
+            "applied": applied_generation,
+            "inSync": counters.generation is not None and counters.generation == applied_generation,
+        },
+        "loadBalancers": lbs,
+    }
+
+
+def _counter_json(c: Counter, new: int) -> dict[str, int]:
+    return {"newConnections": new, "packets": c.packets, "bytes": c.bytes}
+
+
+def _lb_status(
+    lb: LoadBalancer,
+    ip: str | None,
+    svc: Service | None,
+    counters: TableCounters,
+    health: dict[str, HealthRecord],
+) -> dict[str, Any]:
+    fe_key = (str(svc.vip), svc.protocol.value, svc.port) if svc else None
+    usable = {b.key for b in svc.backends} if svc else set()
+    backends = []
+    total = Counter()
+    for b in lb.backends:
+        flow = Counter()
+        new = 0
+        if svc is not None and fe_key is not None:
+            bkey = (str(b.address), b.port)
+            flow = counters.flows.get((fe_key[0], fe_key[1], bkey[0], bkey[1]), Counter())
+            if svc.affinity is not None:
+                ep = counters.endpoint_chains.get(f"ep_{service_id(svc)}_{backend_id(b)}")
+                new = ep[1] if ep else 0
+            else:
+                new = counters.backend_new.get((fe_key, bkey), 0)
+        total.add(flow)
+        record = health.get(health_key(lb.name, str(b.address), b.port), {})
+        if b.weight == 0 or b.drain:
+            state, reason = "draining", "weight 0" if b.weight == 0 else "drain: true"
+        else:
+            state = record.get("state", "up" if b.key in usable else "down")
+            reason = record.get("reason", "not health-checked (no running agent)" if not record else "")
+        backends.append(
+            {
+                "address": str(b.address),
+                "port": b.port,
+                "weight": b.weight,
+                "state": state,
+                "since": record.get("since"),
+                "reason": reason,
+                "counters": _counter_json(flow, new),
+            }
+        )
+    new_total = counters.frontend_new.get(fe_key, 0) if fe_key else 0
+    return {
+        "name": lb.name,
+        "state": lb.state.value,
+        "programmed": svc is not None and counters.generation is not None,
+        "protocol": lb.protocol.value,
+        "frontend": {"ip": ip, "port": lb.port},
+        "pool": lb.pool,
+        "algorithm": lb.algorithm.value,
+        "sessionAffinity": (
+            {"type": "ClientIP", "timeoutSeconds": lb.affinity.timeout_seconds} if lb.affinity else None
+        ),
+        "nat": lb.nat.value,
+        "sourceRanges": [str(n) for n in lb.source_ranges],
+        "counters": _counter_json(total, new_total),
+        "backends": backends,
+    }

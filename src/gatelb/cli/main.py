@@ -1,0 +1,105 @@
+"""The `gatelb` command."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+DEFAULT_STATE_DIR = "/var/lib/gatelb"
+
+
+def state_dir(args: argparse.Namespace) -> Path:
+    return Path(args.state_dir or os.environ.get("GATELB_STATE_DIR") or DEFAULT_STATE_DIR)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="gatelb", description="Layer-4 load balancers on the nftables data path.")
+    p.add_argument("--state-dir", help=f"state directory (default: $GATELB_STATE_DIR or {DEFAULT_STATE_DIR})")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    a = sub.add_parser("apply", help="validate, compile and apply a file once")
+    a.add_argument("-f", "--file", required=True, help="YAML file of IPPool and L4LB documents ('-' for stdin)")
+    a.add_argument("--timings-json", help="write phase timings (seconds) to this file")
+    a.add_argument("--dump-nft", help="write the nft transaction that was applied to this file")
+    a.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+
+    pl = sub.add_parser("plan", help="print what apply would change, without changing anything")
+    pl.add_argument("-f", "--file", required=True)
+    pl.add_argument("--nft", action="store_true", help="also print the nft transaction")
+
+    r = sub.add_parser("run", help="the daemon: apply, then follow file changes, SIGHUP and health checks")
+    r.add_argument("-f", "--file", required=True)
+    r.add_argument("--log-format", choices=["text", "json"], default="text")
+    r.add_argument("--no-health", action="store_true", help="do not run health checks (all backends count as up)")
+
+    s = sub.add_parser("status", help="load balancers, backends, health and counters")
+    s.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+
+    d = sub.add_parser("delete", help="remove the L4LBs (and IPPools) named in a file")
+    d.add_argument("-f", "--file", required=True)
+
+    sub.add_parser("flush", help="remove everything gatelb programmed (our table only)")
+
+    dm = sub.add_parser("demo", help="build a small network in namespaces and show load balancing live")
+    dm.add_argument("--connections", type=int, default=300, help="new connections per experiment")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "demo":
+        from gatelb.cli.demo import run_demo
+
+        return run_demo(args.connections)
+    if args.command == "run":
+        from gatelb.agent.daemon import run_daemon
+
+        return run_daemon(Path(args.file), state_dir(args), args.log_format, health=not args.no_health)
+
+    from gatelb.agent.lock import StateLocked, state_lock
+    from gatelb.cli import oneshot
+    from gatelb.cli.output import print_report, print_status
+
+    try:
+        ctx = oneshot.Context.create(state_dir(args))
+        if args.command == "status":
+            print_status(oneshot.status(ctx), args.output)
+            return oneshot.EXIT_OK
+        with state_lock(state_dir(args)):
+            if args.command in ("apply", "plan"):
+                text = oneshot._read(args.file)
+                report = oneshot.apply_text(ctx, text, os.path.abspath(args.file), dry_run=args.command == "plan")
+                if args.command == "apply":
+                    if args.dump_nft:
+                        Path(args.dump_nft).write_text(report.get("script", ""))
+                    if args.timings_json:
+                        Path(args.timings_json).write_text(json.dumps(report["timings"]))
+                    if not args.quiet:
+                        print_report(report, applied=True)
+                else:
+                    print_report(report, applied=False, show_nft=args.nft)
+            elif args.command == "delete":
+                names, pools = oneshot.names_in(oneshot._read(args.file), args.file)
+                print_report(oneshot.delete_names(ctx, names, pools), applied=True)
+            elif args.command == "flush":
+                oneshot.flush(ctx)
+                print("flushed: table inet gatelb removed")
+    except StateLocked as err:
+        print(f"gatelb {args.command}: {err}", file=sys.stderr)
+        return oneshot.EXIT_FAILED
+    except oneshot.CommandError as err:
+        print(f"gatelb {args.command}: {err}", file=sys.stderr)
+        return err.code
+    except Exception as err:  # noqa: BLE001 - last line of defence: one clear line, exit 1
+        if os.environ.get("GATELB_DEBUG"):
+            raise
+        print(f"gatelb {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
+        return oneshot.EXIT_FAILED
+    return oneshot.EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())
