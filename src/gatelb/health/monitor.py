@@ -1,0 +1,279 @@
+"""Probes every target on its own schedule and reports health transitions in batches.
+
+Usage (the agent)::
+
+    monitor = HealthMonitor(on_change=agent.health_changed)   # no I/O, no task
+    monitor.set({TargetKey("web", ip, 8080): lb.check, ...})   # the FULL set, every time
+    supervisor.start("health", monitor.run())                  # probes run inside run()
+    monitor.is_up(TargetKey("web", ip, 8080))                  # what the compiler should use
+
+`set()` and everything else must be called from the event loop's thread (the agent is async).
+After `set()` returns, `is_up()`/`snapshot()` already reflect the new set; `on_change` reports only
+the transitions that probes find later, batched per event-loop iteration, so a burst of
+transitions (a switch dying under fifty backends) costs the agent one resync.
+
+New targets: those in the first `set()` call start up (assumed; the agent just started and the
+kernel may still be serving them), those added later start down until their first successful check;
+either way the first result decides at once (`state` module docstring). Targets of check type
+`none` are always up and never probed. A target whose check changed keeps its status and restarts
+probing with the new check. The same backend under two load balancers is two targets, probed
+separately (their checks may differ).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+
+from gatelb.health import state as sm
+from gatelb.health.probes import ProbeResult, probe
+from gatelb.model import CheckType, HealthCheck, IPAddress
+
+log = logging.getLogger("gatelb.health")
+
+Prober = Callable[[IPAddress, int, HealthCheck], Awaitable[ProbeResult]]
+
+
+@dataclass(frozen=True, slots=True, order=False)
+class TargetKey:
+    """One backend of one load balancer."""
+
+    lb: str
+    address: IPAddress
+    port: int
+
+    @property
+    def backend(self) -> str:
+        return f"[{self.address}]:{self.port}" if self.address.version == 6 else f"{self.address}:{self.port}"
+
+    def sort_key(self) -> tuple[str, int, int, int]:
+        """A total order (IPv4 and IPv6 addresses do not compare with each other)."""
+        return (self.lb, self.address.version, int(self.address), self.port)
+
+    def __str__(self) -> str:
+        return f"{self.lb} {self.backend}"
+
+
+@dataclass(frozen=True, slots=True)
+class HealthChange:
+    """One transition, as passed to `on_change`."""
+
+    key: TargetKey
+    status: sm.Status
+    previous: sm.Status
+    since: float  # monitor clock
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LastResult:
+    ok: bool
+    detail: str
+    at: float  # monitor clock
+    latency_ms: float
+
+
+@dataclass(frozen=True, slots=True)
+class TargetStatus:
+    """One row of `gatelb status`."""
+
+    key: TargetKey
+    check: CheckType
+    status: sm.Status
+    since: float  # monitor clock (monotonic)
+    since_wall: float  # the same instant as a UNIX time, for display
+    reason: str
+    last: LastResult | None
+    successes: int  # consecutive
+    failures: int  # consecutive
+    hold_until: float | None  # damped: passing, but not back before this (monitor clock)
+
+
+@dataclass(slots=True)
+class _Target:
+    check: HealthCheck
+    rules: sm.Rules
+    state: sm.HealthState
+    last: LastResult | None = None
+    task: asyncio.Task[None] | None = None
+
+
+class HealthMonitor:
+    """See the module docstring. `prober` and `jitter` are there for tests and benchmarks."""
+
+    def __init__(
+        self,
+        on_change: Callable[[list[HealthChange]], None],
+        clock: Callable[[], float] = time.monotonic,
+        *,
+        damping: sm.Damping | None = None,
+        jitter: float = 0.1,
+        prober: Prober = probe,
+    ) -> None:
+        self._on_change = on_change
+        self._clock = clock
+        self._damping = damping if damping is not None else sm.Damping()
+        self._jitter = jitter  # fraction of the interval; spreads probes so they do not come in waves
+        self._prober = prober
+        self._targets: dict[TargetKey, _Target] = {}
+        self._seeded = False  # has set() been called once
+        self._running = False
+        self._pending: list[HealthChange] = []
+        self._flush_scheduled = False
+
+    # -- the desired set ----------------------------------------------------------------------
+
+    def set(self, targets: Mapping[TargetKey, HealthCheck]) -> None:
+        """Make the monitored set exactly `targets`: start new ones, stop removed ones, restart
+        changed ones. Cheap for an unchanged set, so the agent can call it on every sync."""
+        now = self._clock()
+        assume_up = not self._seeded
+        self._seeded = True
+        for key in [k for k in self._targets if k not in targets]:
+            self._stop(self._targets.pop(key))
+        for key, check in targets.items():
+            current = self._targets.get(key)
+            if current is None:
+                self._targets[key] = self._new_target(key, check, now, assume_up)
+            elif current.check != check:
+                self._change_check(key, current, check, now)
+
+    def _new_target(self, key: TargetKey, check: HealthCheck, now: float, assume_up: bool) -> _Target:
+        rules = sm.Rules(check.rise, check.fall, self._damping)
+        if check.type is CheckType.NONE:
+            target = _Target(check, rules, sm.always_up(now))
+        else:
+            target = _Target(check, rules, sm.initial(now, assume_up=assume_up))
+        self._start(key, target)
+        return target
+
+    def _change_check(self, key: TargetKey, target: _Target, check: HealthCheck, now: float) -> None:
+        self._stop(target)
+        before = target.state
+        target.check = check
+        target.rules = sm.Rules(check.rise, check.fall, self._damping)
+        target.state = sm.always_up(now) if check.type is CheckType.NONE else sm.restart(before)
+        target.last = None
+        if before.status is not target.state.status:
+            self._log(key, target.state)
+        self._start(key, target)
+
+    # -- queries ------------------------------------------------------------------------------
+
+    def is_up(self, key: TargetKey) -> bool:
+        """Whether the backend may take new connections. KeyError for a key not in the last set()."""
+        return self._targets[key].state.up
+
+    def snapshot(self) -> list[TargetStatus]:
+        """Every target's state, sorted by load balancer then backend."""
+        now, wall = self._clock(), time.time()
+        rows = [
+            TargetStatus(
+                key=key,
+                check=t.check.type,
+                status=t.state.status,
+                since=t.state.since,
+                since_wall=wall - (now - t.state.since),
+                reason=t.state.reason,
+                last=t.last,
+                successes=t.state.successes,
+                failures=t.state.failures,
+                hold_until=t.state.hold_until,
+            )
+            for key, t in self._targets.items()
+        ]
+        return sorted(rows, key=lambda r: r.key.sort_key())
+
+    # -- running ------------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        """Probe until cancelled. Run it once, as a named task of the agent's supervisor."""
+        if self._running:
+            raise RuntimeError("HealthMonitor.run() is already running")
+        self._running = True
+        try:
+            for key, target in self._targets.items():
+                self._start(key, target)
+            await asyncio.Event().wait()  # the probe tasks do the work; this only owns them
+        finally:
+            self._running = False
+            tasks = [t.task for t in self._targets.values() if t.task is not None]
+            for target in self._targets.values():
+                self._stop(target)
+            with contextlib.suppress(asyncio.CancelledError):
+                await asyncio.gather(*tasks, return_exceptions=True)
+
+    def _start(self, key: TargetKey, target: _Target) -> None:
+        if not self._running or target.check.type is CheckType.NONE or target.task is not None:
+            return
+        target.task = asyncio.get_running_loop().create_task(
+            self._probe_loop(key, target), name=f"health-probe {key}"
+        )
+
+    @staticmethod
+    def _stop(target: _Target) -> None:
+        if target.task is not None:
+            target.task.cancel()
+            target.task = None
+
+    async def _probe_loop(self, key: TargetKey, target: _Target) -> None:
+        check = target.check
+        interval = check.interval_ms / 1000
+        # The first probe goes out almost at once (a waiting backend should not wait long),
+        # spread a little so that thousands of targets from one set() do not fire in one burst.
+        await asyncio.sleep(random.uniform(0, self._jitter * min(interval, 1.0)))
+        loop = asyncio.get_running_loop()
+        while True:
+            started = loop.time()
+            try:
+                result = await self._prober(key.address, key.port, check)
+            except Exception as e:  # a bug in a probe must not stop this target's checks
+                log.exception("health probe of %s failed unexpectedly", key)
+                result = ProbeResult(False, f"probe error: {type(e).__name__}", 0.0)
+            if target.check is not check:
+                return  # superseded while the probe was in flight
+            self._record(key, target, result)
+            # Start-to-start spacing, so a slow probe does not stretch the interval; never overlap.
+            spread = 1 + random.uniform(-self._jitter, self._jitter) / 2
+            await asyncio.sleep(max(0.0, started + interval * spread - loop.time()))
+
+    def _record(self, key: TargetKey, target: _Target, result: ProbeResult) -> None:
+        now = self._clock()
+        target.last = LastResult(result.ok, result.detail, now, result.latency_ms)
+        before = target.state
+        target.state = sm.observe(before, result.ok, result.detail, now, target.rules)
+        if target.state.status is not before.status:
+            self._log(key, target.state)
+            self._pending.append(
+                HealthChange(key, target.state.status, before.status, target.state.since, target.state.reason)
+            )
+            if not self._flush_scheduled:
+                self._flush_scheduled = True
+                asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        batch, self._pending, self._flush_scheduled = self._pending, [], False
+        # A target removed by set() after its transition was queued is no longer the agent's concern.
+        batch = [c for c in batch if c.key in self._targets]
+        if not batch:
+            return
+        try:
+            self._on_change(batch)
+        except Exception:
+            log.exception("health on_change callback failed")
+
+    @staticmethod
+    def _log(key: TargetKey, st: sm.HealthState) -> None:
+        fields = {
+            "event": "health",
+            "lb": key.lb,
+            "backend": key.backend,
+            "state": str(st.status),
+            "reason": st.reason,
+        }
+        log.info("health %s %s: %s (%s)", key.lb, key.backend, st.status, st.reason, extra=fields)
