@@ -26,8 +26,8 @@ def ns() -> Iterator[str]:
         yield name
 
 
-def fast(kind: CheckType) -> HealthCheck:
-    return HealthCheck(type=kind, interval_ms=INTERVAL_MS, timeout_ms=TIMEOUT_MS, rise=RISE, fall=FALL)
+def fast(kind: CheckType, timeout_ms: int = TIMEOUT_MS) -> HealthCheck:
+    return HealthCheck(type=kind, interval_ms=INTERVAL_MS, timeout_ms=timeout_ms, rise=RISE, fall=FALL)
 
 
 class Watcher:
@@ -122,13 +122,13 @@ def test_killed_backend_goes_down_in_the_window_and_comes_back(ns: str, host: st
     assert up_after < INTERVAL_MS / 1000 * RISE + SLACK_S, up_after
 
 
-async def misbehave(mode: str) -> tuple[float, str]:
+async def misbehave(mode: str, timeout_ms: int = TIMEOUT_MS) -> tuple[float, str]:
     backend = HttpBackend("127.0.0.1")
     await backend.start()
     key = TargetKey("web", ipaddress.ip_address("127.0.0.1"), backend.port)
     watcher = Watcher()
     monitor = HealthMonitor(watcher)
-    monitor.set({key: fast(CheckType.HTTP)})
+    monitor.set({key: fast(CheckType.HTTP, timeout_ms)})
     task = asyncio.create_task(monitor.run(), name="health")
     try:
         await asyncio.sleep(INTERVAL_MS / 1000 * 3)
@@ -150,7 +150,10 @@ def test_http_500_takes_backend_down_although_port_is_open(ns: str) -> None:
     assert down_after < WINDOW_S + SLACK_S, down_after
 
 
-def test_hanging_backend_goes_down_by_timeouts_within_the_window(ns: str) -> None:
-    down_after, reason = run_in_netns(ns, misbehave("hang"))
-    assert reason == f"{FALL}/{FALL} failures: HTTP response timeout after {TIMEOUT_MS} ms"
-    assert down_after < WINDOW_S + SLACK_S, down_after
+@pytest.mark.parametrize("timeout_ms", [TIMEOUT_MS, 3 * TIMEOUT_MS])
+def test_hanging_backend_goes_down_by_timeouts_within_the_window(ns: str, timeout_ms: int) -> None:
+    down_after, reason = run_in_netns(ns, misbehave("hang", timeout_ms))
+    assert reason == f"{FALL}/{FALL} failures: HTTP response timeout after {timeout_ms} ms"
+    # With a timeout longer than the interval, probes overlap: still interval x fall + timeout,
+    # not fall x timeout.
+    assert down_after < (INTERVAL_MS * FALL + timeout_ms) / 1000 + SLACK_S, down_after

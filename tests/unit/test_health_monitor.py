@@ -208,3 +208,35 @@ def test_run_twice_is_refused() -> None:
             await monitor.run()
 
     run(body)
+
+
+def test_probes_overlap_when_timeout_exceeds_interval_and_stale_results_are_dropped() -> None:
+    slow = HealthCheck(type=CheckType.TCP, interval_ms=5, timeout_ms=1000, rise=2, fall=3)
+
+    class FirstProbeHangs(ScriptedProber):
+        async def __call__(self, address: IPAddress, port: int, check: HealthCheck) -> ProbeResult:
+            self.calls.append((address, port, check))
+            if len(self.calls) == 1:
+                assert self.gate is not None
+                await self.gate.wait()
+                return ProbeResult(False, "connect timeout after 1000 ms", 1000.0)
+            return ProbeResult(True, "connected", 0.1)
+
+    async def main() -> None:
+        prober = FirstProbeHangs()
+        prober.gate = asyncio.Event()
+        monitor = HealthMonitor(Recorder(), jitter=0.0, prober=prober)
+        monitor.set({A: slow})
+        task = asyncio.create_task(monitor.run())
+        try:
+            await until(lambda: len(prober.calls) >= 4)  # the hanging probe did not hold back the rest
+            prober.gate.set()
+            await asyncio.sleep(0.01)
+            row = monitor.snapshot()[0]
+            assert row.last is not None and row.last.detail == "connected"  # the old timeout was ignored
+            assert row.failures == 0 and row.status is Status.UP
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())

@@ -101,6 +101,8 @@ class _Target:
     state: sm.HealthState
     last: LastResult | None = None
     task: asyncio.Task[None] | None = None
+    started: int = 0  # sequence number of the last probe started
+    recorded: int = 0  # sequence number of the last probe whose result was used
 
 
 class HealthMonitor:
@@ -222,25 +224,44 @@ class HealthMonitor:
             target.task = None
 
     async def _probe_loop(self, key: TargetKey, target: _Target) -> None:
+        """Start a probe every interval (start to start, with jitter) until cancelled.
+
+        A probe is not awaited before the next one starts: when `timeout` exceeds `interval`, up to
+        ceil(timeout / interval) probes of a target are in flight, so a silently dead backend is
+        still detected within interval x fall + timeout rather than fall x timeout. Results are used
+        in the order the probes started (`_probe_once` drops one overtaken by a newer result).
+        """
         check = target.check
         interval = check.interval_ms / 1000
+        loop = asyncio.get_running_loop()
+        in_flight: set[asyncio.Task[None]] = set()
         # The first probe goes out almost at once (a waiting backend should not wait long),
         # spread a little so that thousands of targets from one set() do not fire in one burst.
         await asyncio.sleep(random.uniform(0, self._jitter * min(interval, 1.0)))
-        loop = asyncio.get_running_loop()
-        while True:
-            started = loop.time()
-            try:
-                result = await self._prober(key.address, key.port, check)
-            except Exception as e:  # a bug in a probe must not stop this target's checks
-                log.exception("health probe of %s failed unexpectedly", key)
-                result = ProbeResult(False, f"probe error: {type(e).__name__}", 0.0)
-            if target.check is not check:
-                return  # superseded while the probe was in flight
-            self._record(key, target, result)
-            # Start-to-start spacing, so a slow probe does not stretch the interval; never overlap.
-            spread = 1 + random.uniform(-self._jitter, self._jitter) / 2
-            await asyncio.sleep(max(0.0, started + interval * spread - loop.time()))
+        try:
+            while True:
+                started = loop.time()
+                target.started += 1
+                probe_task = loop.create_task(self._probe_once(key, target, check, target.started))
+                in_flight.add(probe_task)
+                probe_task.add_done_callback(in_flight.discard)
+                spread = 1 + random.uniform(-self._jitter, self._jitter) / 2
+                await asyncio.sleep(max(0.0, started + interval * spread - loop.time()))
+        finally:
+            for t in in_flight:
+                t.cancel()
+            await asyncio.gather(*in_flight, return_exceptions=True)
+
+    async def _probe_once(self, key: TargetKey, target: _Target, check: HealthCheck, seq: int) -> None:
+        try:
+            result = await self._prober(key.address, key.port, check)
+        except Exception as e:  # a bug in a probe must not stop this target's checks
+            log.exception("health probe of %s failed unexpectedly", key)
+            result = ProbeResult(False, f"probe error: {type(e).__name__}", 0.0)
+        if target.check is not check or seq < target.recorded:
+            return  # superseded by a check change, or overtaken by a newer probe's result
+        target.recorded = seq
+        self._record(key, target, result)
 
     def _record(self, key: TargetKey, target: _Target, result: ProbeResult) -> None:
         now = self._clock()
