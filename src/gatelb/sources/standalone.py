@@ -1,0 +1,272 @@
+"""The standalone source: a multi-document YAML file of IPPool and L4LB documents -> DesiredState.
+
+`load_text` is the one function that turns raw input into the validated model. It collects every
+problem of every document before raising, so the user can fix them all in one go.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pydantic
+import yaml
+
+from gatelb.model import (
+    Affinity,
+    Algorithm,
+    Backend,
+    CheckType,
+    DesiredState,
+    HealthCheck,
+    IPPool,
+    LBState,
+    LoadBalancer,
+    NatMode,
+    NoBackendAction,
+    Protocol,
+    ValidationError,
+    ValidationErrors,
+)
+from gatelb.sources import errors as pyd_errors
+from gatelb.sources.schema import (
+    DOCUMENTS,
+    BackendSpec,
+    CheckSpec,
+    IPPoolDocument,
+    L4LBDocument,
+    L4LBSpec,
+    show,
+)
+from gatelb.validate import check_state
+
+KINDS = " or ".join(DOCUMENTS)
+_HTTP_ONLY = ("request_path", "host", "expected_statuses")
+_UDP_ONLY = ("payload", "expect")
+
+_BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+
+
+class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
+    """Safe loader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
+            key = self.construct_object(key_node, deep=True)
+            try:
+                duplicate = key in seen
+            except TypeError:  # unhashable key: let the base class report it
+                break
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    "while constructing a mapping",
+                    node.start_mark,
+                    f"duplicate key {key!r}",
+                    key_node.start_mark,
+                )
+            seen.add(key)
+        result: dict[Any, Any] = super().construct_mapping(node, deep)
+        return result
+
+
+def _parse_yaml(text: str, source_name: str) -> list[Any]:
+    documents: list[Any] = []
+    try:
+        documents.extend(yaml.load_all(text, Loader=_Loader))  # _Loader is a SafeLoader
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+        where = f"{source_name} line {mark.line + 1}, column {mark.column + 1}" if mark else source_name
+        what = getattr(exc, "problem", None) or str(exc)
+        err = ValidationError("document", str(len(documents) + 1), "", f"malformed YAML at {where}: {what}")
+        raise ValidationErrors([err]) from exc
+    return documents
+
+
+# --- raw documents -> model -------------------------------------------------------------------
+
+
+@dataclass
+class _Collected:
+    pools: dict[str, IPPool] = field(default_factory=dict)
+    lbs: dict[str, LoadBalancer] = field(default_factory=dict)
+    defined_in: dict[tuple[str, str], int] = field(default_factory=dict)
+    broken_pools: set[str] = field(default_factory=set)
+    errors: list[ValidationError] = field(default_factory=list)
+
+
+def _label(raw: dict[Any, Any], number: int) -> tuple[str, str]:
+    """How errors name a document: `L4LB web` when it says so, else `document 3`."""
+    kind, metadata = raw.get("kind"), raw.get("metadata")
+    name = metadata.get("name") if isinstance(metadata, dict) else None
+    if kind in DOCUMENTS and isinstance(name, str) and name:
+        return kind, name
+    return "document", str(number)
+
+
+def _kind_problem(raw: Any) -> tuple[str, str] | None:
+    if not isinstance(raw, dict):
+        return "", f"expected a mapping with apiVersion, kind, metadata and spec, got {show(raw)}"
+    if "kind" not in raw:
+        return "kind", f"required ({KINDS})"
+    if raw["kind"] not in DOCUMENTS:
+        return "kind", f"unknown kind {show(raw['kind'])} (expected {KINDS})"
+    return None
+
+
+def _pool(doc: IPPoolDocument) -> IPPool:
+    spec = doc.spec
+    return IPPool(doc.metadata.name, tuple(spec.addresses), spec.auto_assign, spec.avoid_buggy_ips)
+
+
+def _backends(spec: L4LBSpec) -> tuple[Backend, ...]:
+    return tuple(
+        Backend(b.address, b.port, b.weight, b.drain) if isinstance(b, BackendSpec) else Backend(*b)
+        for b in spec.backend
+    )
+
+
+def _family(spec: L4LBSpec, backends: tuple[Backend, ...], problems: list[tuple[str, str]]) -> int:
+    front = spec.frontend
+    wanted = int(front.ip_family[-1]) if front.ip_family else None
+    if front.ip is not None:
+        if wanted is not None and wanted != front.ip.version:
+            problems.append(
+                ("spec.frontend.ipFamily", f"{front.ip_family} does not match spec.frontend.ip {front.ip}")
+            )
+        return front.ip.version
+    if wanted is not None:
+        return wanted
+    # No address and no family given: the backends tell; with none either, IPv4.
+    return backends[0].address.version if backends else 4
+
+
+def _affinity(spec: L4LBSpec, problems: list[tuple[str, str]]) -> Affinity | None:
+    sa = spec.session_affinity
+    if sa is None:
+        return None
+    if "type" not in sa.model_fields_set and "timeout_seconds" in sa.model_fields_set:
+        # Without this, a lone timeoutSeconds would silently mean "no affinity".
+        problems.append(("spec.sessionAffinity.type", "required with timeoutSeconds (ClientIP or None)"))
+    return Affinity(sa.timeout_seconds) if sa.type == "ClientIP" else None
+
+
+def _check(check: CheckSpec | None, protocol: Protocol, problems: list[tuple[str, str]]) -> HealthCheck:
+    default_type = CheckType.TCP if protocol is Protocol.TCP else CheckType.NONE
+    if check is None:
+        return HealthCheck(type=default_type)
+    ctype = CheckType(check.type) if check.type else default_type
+    aliases = {"request_path": "requestPath", "expected_statuses": "expectedStatuses"}
+    for names, needs in ((_HTTP_ONLY, CheckType.HTTP), (_UDP_ONLY, CheckType.UDP)):
+        for name in names:
+            if name in check.model_fields_set and ctype is not needs:
+                path = f"spec.check.{aliases.get(name, name)}"
+                problems.append(
+                    (path, f"only used by {needs.value} checks (spec.check.type is {ctype.value})")
+                )
+    if check.request_path is not None and not check.request_path.startswith("/"):
+        problems.append(("spec.check.requestPath", f"{check.request_path!r} must start with /"))
+    d = HealthCheck()
+    return HealthCheck(
+        type=ctype,
+        port=check.port,
+        interval_ms=check.interval if check.interval is not None else d.interval_ms,
+        timeout_ms=check.timeout if check.timeout is not None else d.timeout_ms,
+        rise=check.rise if check.rise is not None else d.rise,
+        fall=check.fall if check.fall is not None else d.fall,
+        request_path=check.request_path if check.request_path is not None else d.request_path,
+        host=check.host,
+        expected_statuses=check.expected_statuses or d.expected_statuses,
+        payload=check.payload,
+        expect=check.expect,
+    )
+
+
+def _load_balancer(doc: L4LBDocument) -> tuple[LoadBalancer, list[tuple[str, str]]]:
+    spec = doc.spec
+    problems: list[tuple[str, str]] = []
+    protocol = Protocol(spec.protocol)
+    backends = _backends(spec)
+    lb = LoadBalancer(
+        name=doc.metadata.name,
+        port=spec.frontend.port,
+        protocol=protocol,
+        frontend_ip=spec.frontend.ip,
+        pool=spec.pool,
+        backends=backends,
+        algorithm=Algorithm(spec.algorithm),
+        affinity=_affinity(spec, problems),
+        source_ranges=tuple(spec.source_ranges),
+        nat=NatMode(spec.nat),
+        state=LBState(spec.state),
+        check=_check(spec.check, protocol, problems),
+        no_backend=NoBackendAction(spec.no_backend),
+        family=_family(spec, backends, problems),
+    )
+    return lb, problems
+
+
+def _add_document(raw: Any, number: int, out: _Collected) -> None:
+    bad_kind = _kind_problem(raw)
+    if bad_kind is not None:
+        out.errors.append(ValidationError("document", str(number), *bad_kind))
+        return
+    kind, name = _label(raw, number)
+    fail = out.errors.append
+    first = out.defined_in.setdefault((kind, name), number)
+    if first != number and kind != "document":
+        fail(
+            ValidationError(
+                kind, name, "metadata.name", f"{kind} {name} is already defined in document {first}"
+            )
+        )
+    try:
+        doc = DOCUMENTS[raw["kind"]].model_validate(raw)
+    except pydantic.ValidationError as exc:
+        for path, text in pyd_errors.translate(exc):
+            fail(ValidationError(kind, name, path, text))
+        if kind == "IPPool":
+            out.broken_pools.add(name)
+        return
+    if first != number:
+        return
+    if isinstance(doc, IPPoolDocument):
+        out.pools[name] = _pool(doc)
+        return
+    lb, problems = _load_balancer(doc)
+    for path, text in problems:
+        fail(ValidationError(kind, name, path, text))
+    if not problems:
+        out.lbs[name] = lb
+
+
+def load_text(text: str, source_name: str = "<input>") -> DesiredState:
+    """Parse and validate; raise ValidationErrors listing every problem found."""
+    out = _Collected()
+    for number, raw in enumerate(_parse_yaml(text, source_name), start=1):
+        if raw is not None:  # an empty document (e.g. a trailing `---`)
+            _add_document(raw, number, out)
+    desired = DesiredState(
+        pools=tuple(out.pools[n] for n in sorted(out.pools)),
+        load_balancers=tuple(out.lbs[n] for n in sorted(out.lbs)),
+    )
+    errors = out.errors + check_state(desired, known_pools=out.broken_pools)
+    if errors:
+        raise ValidationErrors(errors)
+    return desired
+
+
+def load_file(path: str | os.PathLike[str]) -> DesiredState:
+    """Read a file and `load_text` it. OSError (missing, unreadable) is left to the caller."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValidationErrors(
+            [ValidationError("file", str(p), "", f"not UTF-8 text ({exc.reason})")]
+        ) from exc
+    return load_text(text, str(p))
