@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import os
 import socket
 from collections.abc import Iterator
 from typing import cast
@@ -225,3 +226,22 @@ def test_udp_without_payload_passes_unless_refused(ns: str, host: str) -> None:
 def test_none_is_always_healthy() -> None:
     result = asyncio.run(probe(ip(BLACKHOLE_V4), 1, check(CheckType.NONE)))
     assert result.ok
+
+
+def test_failed_and_timed_out_probes_leak_no_sockets(ns: str) -> None:
+    async def scenario() -> tuple[int, int]:
+        server = await http_server("127.0.0.1", None, [])  # accepts, never answers
+        port = server.sockets[0].getsockname()[1]
+        async with server:
+            before = len(os.listdir("/proc/self/fd"))
+            await asyncio.gather(
+                *(probe(ip(BLACKHOLE_V4), 80, check(CheckType.TCP)) for _ in range(5)),
+                *(probe(ip("127.0.0.1"), port, check(CheckType.HTTP)) for _ in range(5)),
+                *(probe(ip("::1"), 9, check(CheckType.UDP, payload="x")) for _ in range(5)),
+            )
+            server.close()  # drop the server side of the HTTP connections before counting
+            await asyncio.sleep(0.05)
+            return before, len(os.listdir("/proc/self/fd"))
+
+    before, after = run_in_netns(ns, scenario())
+    assert after <= before
