@@ -1,0 +1,1 @@
+"""gatelb's benchmark suite: `python -m bench.run_all` (see docs/benchmarks.md)."""
