@@ -20,8 +20,9 @@ from gatelb.agent.engine import DataplaneSync, SyncResult
 from gatelb.agent.pipeline import Prepared, prepare
 from gatelb.agent.statefile import StateStore, StoredState
 from gatelb.agent.status import build_status
-from gatelb.dataplane.changes import describe_changes
+from gatelb.dataplane.changes import describe_changes, udp_flows_to_flush
 from gatelb.dataplane.render import render_delete
+from gatelb.kernel.conntrack import flush_flows
 from gatelb.kernel.counters import parse_table
 from gatelb.kernel.nft import Nft, NftCli, NftError
 from gatelb.model import ResolvedState, ValidationError, ValidationErrors
@@ -101,6 +102,9 @@ def apply_text(ctx: Context, text: str, source: str, dry_run: bool = False) -> d
     except NftError as err:
         raise CommandError(f"nft rejected the transaction; the kernel is unchanged:\n{err}", EXIT_FAILED) from err
     ctx.store.save(_record(prepared, result, text, source))
+    if adopted and previous is not None:
+        flows = udp_flows_to_flush(previous.by_name(), prepared.resolved)
+        report["conntrackFlushed"] = flush_flows(flows) if flows else 0
     report["timings"].update(compile_s=result.compile_s, apply_s=result.apply_s,
                              total_s=time.perf_counter() - t0)
     report["script"] = result.script

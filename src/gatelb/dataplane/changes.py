@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from gatelb.model import Backend, ResolvedState, Service
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from gatelb.model import Backend, IPAddress, Protocol, ResolvedState, Service
 
 
 def _frontend(s: Service) -> str:
@@ -72,3 +75,30 @@ def describe_changes(old: ResolvedState | None, new: ResolvedState) -> list[str]
             if changes:
                 lines.append(f"~ {name}: " + "; ".join(changes))
     return lines
+
+
+@dataclass(frozen=True)
+class Flow:
+    protocol: Protocol
+    vip: IPAddress
+    port: int
+    backend: Backend
+
+
+def udp_flows_to_flush(old: Mapping[str, Service], new: ResolvedState) -> list[Flow]:
+    """UDP (frontend, backend) pairs whose existing flows must move: the backend was removed, went
+    down, or its service changed or disappeared. Draining backends (weight 0 / drain) keep their
+    flows: that is what draining means."""
+    current = new.by_name()
+    out: list[Flow] = []
+    for name, before in old.items():
+        if before.protocol is not Protocol.UDP:
+            continue
+        after = current.get(name)
+        same_frontend = after is not None and after.frontend_key == before.frontend_key
+        keep: set[tuple[IPAddress, int]] = set()
+        if after is not None and same_frontend:
+            keep = {b.key for b in after.backends}
+            keep |= {b.key for b in after.idle_backends if b.weight == 0 or b.drain}
+        out += [Flow(before.protocol, before.vip, before.port, b) for b in before.backends if b.key not in keep]
+    return out

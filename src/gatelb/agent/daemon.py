@@ -1,0 +1,276 @@
+"""`gatelb run`: the reconcile loop.
+
+    triggers (start, file change, SIGHUP, health change) -> gather -> resolve -> sync -> record
+
+One coroutine does all syncing, so syncs never overlap; triggers that arrive while a sync runs
+are coalesced into the next one. A file that fails to validate is reported and ignored: the last
+good configuration keeps serving. A failed kernel transaction is retried as a full resync with
+backoff. State is written to the state directory off the hot path, at most once a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import signal
+import sys
+import time
+
+from pathlib import Path
+from typing import Any
+
+from gatelb.agent.applied import services_from_json, services_to_json
+from gatelb.agent.engine import DataplaneSync
+from gatelb.agent.lock import StateLocked, state_lock
+from gatelb.agent.pipeline import Prepared, prepare
+from gatelb.agent.statefile import StateStore, StoredState
+from gatelb.agent.status import health_key
+from gatelb.dataplane.changes import udp_flows_to_flush
+from gatelb.health.monitor import HealthChange, HealthMonitor, TargetKey
+from gatelb.ipam import resolve
+from gatelb.kernel.conntrack import flush_flows
+from gatelb.kernel.nft import Nft, NftCli, NftError
+from gatelb.model import Backend, HealthCheck, ResolvedState, ValidationError, ValidationErrors
+
+log = logging.getLogger("gatelb")
+
+SAVE_INTERVAL_S = 1.0
+RETRY_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
+
+
+# Attributes every LogRecord has; anything else on a record came from `extra=` and is a field.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "fields"}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    fields = {k: v for k, v in vars(record).items() if k not in _STANDARD}
+    fields.update(getattr(record, "fields", {}))
+    return fields
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, Any] = {"time": round(record.created, 6), "level": record.levelname.lower(),
+                                "msg": record.getMessage()}
+        data.update(_fields(record))
+        return json.dumps(data, default=str)
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        fields = _fields(record)
+        extra = " ".join(f"{k}={v}" for k, v in fields.items() if k != "errors")
+        text = f"{time.strftime('%H:%M:%S')} {record.levelname.lower():5} {record.getMessage()} {extra}".rstrip()
+        if "errors" in fields:
+            text += "".join(f"\n    {e}" for e in fields["errors"])
+        return text
+
+
+def event(level: int, msg: str, **fields: Any) -> None:
+    log.log(level, msg, extra={"fields": {"event": msg, **fields}})
+
+
+class Agent:
+    def __init__(self, path: Path, store: StateStore, nft: Nft, health: bool = True) -> None:
+        self._path = path
+        self._store = store
+        self._sync = DataplaneSync(nft, indexed=True)
+        self._health_enabled = health
+        self._monitor = HealthMonitor(self._on_health) if health else None
+        self._config: Prepared | None = None
+        self._text: str | None = None
+        self._allocations: dict[str, str] = {}
+        self._pending: set[str] = set()
+        self._wake: asyncio.Event | None = None
+        self._dirty = False
+        self._failures = 0
+        self._resolved: ResolvedState | None = None
+
+    # -- triggers -----------------------------------------------------------------------------
+
+    def trigger(self, why: str) -> None:
+        self._pending.add(why)
+        if self._wake is not None:
+            self._wake.set()
+
+    def _on_health(self, changes: list[HealthChange]) -> None:
+        # gatelb.health already logs every transition (one structured line each).
+        self.trigger("health")
+
+    # -- main ---------------------------------------------------------------------------------
+
+    async def run(self, stop: asyncio.Event) -> None:
+        self._wake = asyncio.Event()
+        self._adopt_previous()
+        self.trigger("start")
+        tasks = [asyncio.create_task(self._reconcile_loop(), name="reconcile"),
+                 asyncio.create_task(self._watch_file(), name="file-watch"),
+                 asyncio.create_task(self._save_loop(), name="state-save")]
+        if self._monitor is not None:
+            tasks.append(asyncio.create_task(self._monitor.run(), name="health"))
+        for t in tasks:
+            t.add_done_callback(_report_death)
+        await stop.wait()
+        for t in tasks:
+            t.cancel()
+        for t in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await t
+        self._save()
+
+    def _adopt_previous(self) -> None:
+        """Take over the table a previous run left, so a restart reloads nothing and keeps
+        affinity entries and counters."""
+        stored = self._store.load()
+        self._allocations = dict(stored.allocations)
+        applied = stored.applied or {}
+        if applied.get("services") is not None and applied.get("generation"):
+            previous = services_from_json(applied["services"])
+            if self._sync.adopt(previous, int(applied["generation"])):
+                event(logging.INFO, "adopted", generation=applied["generation"], services=len(previous.services))
+
+    async def _reconcile_loop(self) -> None:
+        assert self._wake is not None
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            triggers, self._pending = self._pending, set()
+            if triggers & {"start", "file", "signal"}:
+                self._reload()
+            if self._config is None:
+                continue
+            if not self._apply(sorted(triggers)):
+                delay = RETRY_BACKOFF_S[min(self._failures - 1, len(RETRY_BACKOFF_S) - 1)]
+                await asyncio.sleep(delay)
+                self.trigger("retry")
+
+    def _reload(self) -> None:
+        try:
+            text = self._path.read_text()
+        except OSError as err:
+            event(logging.ERROR, "config-unreadable", file=str(self._path), error=err.strerror)
+            return
+        if text == self._text and self._config is not None:
+            return
+        try:
+            config = prepare(text, str(self._path), self._allocations, self._usable)
+        except (ValidationErrors, ValidationError) as err:
+            errors = [str(e) for e in getattr(err, "errors", [err])]
+            event(logging.ERROR, "config-invalid", file=str(self._path), errors=errors,
+                  keeping="last good configuration" if self._config else "nothing applied yet")
+            return
+        self._config, self._text = config, text
+        self._allocations = {k: str(v) for k, v in config.allocation.addresses.items()}
+        if self._monitor is not None:
+            self._monitor.set(_health_targets(config))
+
+    def _usable(self, lb: str, backend: Backend) -> bool:
+        if self._monitor is None:
+            return True
+        try:
+            return self._monitor.is_up(TargetKey(lb, backend.address, backend.port))
+        except KeyError:
+            return True  # first resolve after a reload, before set(): the monitor adds it as up
+
+    def _apply(self, triggers: list[str]) -> bool:
+        assert self._config is not None
+        resolved = resolve(self._config.desired, self._config.allocation, self._usable)
+        try:
+            result = self._sync.sync(resolved)
+        except NftError as err:
+            self._failures += 1
+            event(logging.ERROR, "sync-failed", error=str(err)[:2000], attempt=self._failures)
+            return False
+        self._failures = 0
+        previous, self._resolved = self._resolved, resolved
+        if previous is not None:
+            self._flush_udp(previous, resolved)
+        if result.script:
+            self._dirty = True
+            event(logging.INFO, "sync", trigger=",".join(triggers), full=result.full, changes=result.changes,
+                  duration_ms=round((result.compile_s + result.apply_s) * 1000, 3), wall_time=time.time(),
+                  generation=result.generation)
+        return True
+
+    def _flush_udp(self, previous: ResolvedState, resolved: ResolvedState) -> None:
+        flows = udp_flows_to_flush(previous.by_name(), resolved)
+        if flows:
+            hits = flush_flows(flows)
+            event(logging.INFO, "conntrack-flush", flows=len(flows), deleted=hits,
+                  backends=sorted({str(f.backend) for f in flows}))
+
+    async def _watch_file(self) -> None:
+        # Watch the directory, not the file: editors and config management replace files by rename.
+        from watchfiles import awatch
+
+        target = self._path.resolve()
+        async for changes in awatch(target.parent, step=5, debounce=200, recursive=False):
+            if any(Path(p).resolve() == target for _, p in changes):
+                self.trigger("file")
+
+    async def _save_loop(self) -> None:
+        while True:
+            await asyncio.sleep(SAVE_INTERVAL_S)
+            if self._dirty:
+                await asyncio.to_thread(self._save)
+
+    def _save(self) -> None:
+        if self._config is None or not self._sync.has_applied:
+            return
+        self._dirty = False
+        health: dict[str, dict[str, Any]] = {}
+        if self._monitor is not None:
+            for st in self._monitor.snapshot():
+                health[health_key(st.key.lb, str(st.key.address), st.key.port)] = {
+                    "state": st.status.value, "since": st.since_wall, "reason": st.reason}
+        resolved = self._resolved
+        self._store.save(StoredState(
+            allocations=dict(self._allocations),
+            pools=dict(self._config.allocation.pool_of),
+            applied={"generation": self._sync.generation, "source": str(self._path), "sourceText": self._text,
+                     "services": services_to_json(resolved) if resolved else [], "health": health,
+                     "appliedAt": time.time(), "daemon": True},
+        ))
+
+
+def _health_targets(config: Prepared) -> dict[TargetKey, HealthCheck]:
+    return {
+        TargetKey(lb.name, b.address, b.port): lb.check
+        for lb in config.desired.load_balancers
+        if lb.active
+        for b in lb.backends
+    }
+
+
+def _report_death(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        event(logging.CRITICAL, "task-died", task=task.get_name(), error=repr(task.exception()))
+
+
+def run_daemon(path: Path, state_dir: Path, log_format: str, health: bool = True) -> int:
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    try:
+        with state_lock(state_dir):
+            return asyncio.run(_main(Agent(path, StateStore(state_dir), NftCli(), health)))
+    except StateLocked as err:
+        print(f"gatelb run: {err}", file=sys.stderr)
+        return 1
+
+
+async def _main(agent: Agent) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    loop.add_signal_handler(signal.SIGHUP, agent.trigger, "signal")
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    event(logging.INFO, "started", pid=__import__("os").getpid())
+    await agent.run(stop)
+    event(logging.INFO, "stopped")
+    return 0
+
+
