@@ -1,0 +1,111 @@
+"""State file: round trip, atomic replacement, clear errors for damaged files."""
+
+from __future__ import annotations
+
+import json
+import os
+import stat
+from pathlib import Path
+
+import pytest
+
+from gatelb.agent.statefile import StateFileError, StateStore, StoredState, state_dir
+
+SAMPLE = StoredState(
+    allocations={"web": "203.0.113.10", "api-v6": "2001:db8:100::1"},
+    pools={"web": "public", "api-v6": None},
+    applied={"generation": 3, "services": [{"name": "web", "vip": "203.0.113.10"}], "note": None},
+)
+
+
+def test_missing_file_is_an_empty_state(tmp_path: Path) -> None:
+    assert StateStore(tmp_path / "nowhere").load() == StoredState()
+    assert not (tmp_path / "nowhere").exists()  # loading creates nothing
+
+
+def test_round_trip_and_file_format(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "state")
+    store.save(SAMPLE)
+    assert store.load() == SAMPLE
+    data = json.loads(store.path.read_text())
+    assert data["version"] == 1
+    assert data["allocations"] == SAMPLE.allocations and data["pools"] == SAMPLE.pools
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o644
+    assert os.listdir(store.directory) == ["state.json"]  # no temp file left behind
+
+
+def test_save_replaces_the_previous_state(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.save(SAMPLE)
+    store.save(StoredState(allocations={"db": "203.0.113.1"}))
+    assert store.load() == StoredState(allocations={"db": "203.0.113.1"}, pools={}, applied=None)
+
+
+def test_not_serialisable_applied_writes_nothing(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.save(SAMPLE)
+    with pytest.raises(TypeError, match="not JSON-serialisable"):
+        store.save(StoredState(applied={"when": object()}))
+    with pytest.raises(TypeError, match="not JSON-serialisable"):
+        store.save(StoredState(applied={"x": float("nan")}))
+    assert store.load() == SAMPLE
+
+
+def test_failed_rename_keeps_the_old_file_and_removes_the_temp(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    store = StateStore(tmp_path)
+    store.save(SAMPLE)
+
+    def broken_replace(src: str, dst: str) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", broken_replace)
+    with pytest.raises(OSError, match="No space left"):
+        store.save(StoredState())
+    monkeypatch.undo()
+    assert store.load() == SAMPLE
+    assert os.listdir(tmp_path) == ["state.json"]
+
+
+@pytest.mark.parametrize(
+    ("content", "problem"),
+    [
+        (
+            "{not json",
+            r"corrupt \(not JSON: Expecting property name enclosed in double quotes at line 1, column 2\)",
+        ),
+        ("", r"corrupt \(not JSON: Expecting value at line 1, column 1\)"),
+        ("[1, 2]", r"expected a JSON object"),
+        ('{"version": 2}', r"unsupported version 2 \(this gatelb reads version 1\)"),
+        ('{"allocations": {}}', r"unsupported version None"),
+        ('{"version": 1, "allocations": {"web": 5}}', r"'allocations' must map names to addresses"),
+        ('{"version": 1, "allocations": []}', r"'allocations' must map names to addresses"),
+        ('{"version": 1, "pools": {"web": 1}}', r"'pools' must map names to names"),
+        ('{"version": 1, "applied": [1]}', r"'applied' must be an object or null"),
+    ],
+)
+def test_damaged_file_gives_an_error_naming_the_file(tmp_path: Path, content: str, problem: str) -> None:
+    store = StateStore(tmp_path)
+    store.path.write_text(content)
+    with pytest.raises(StateFileError, match=rf"^{tmp_path}/state.json: {problem}"):
+        store.load()
+
+
+def test_minimal_file_defaults(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.path.write_text('{"version": 1}')
+    assert store.load() == StoredState()
+
+
+def test_state_dir_precedence() -> None:
+    assert state_dir("/x", {"GATELB_STATE_DIR": "/y"}) == Path("/x")
+    assert state_dir(None, {"GATELB_STATE_DIR": "/y"}) == Path("/y")
+    assert state_dir(None, {}) == Path("/var/lib/gatelb")
+
+
+def test_constructor_does_no_io(tmp_path: Path) -> None:
+    store = StateStore(tmp_path / "a" / "b")
+    assert not (tmp_path / "a").exists()
+    store.save(StoredState())
+    assert store.path.is_file()
