@@ -1,0 +1,188 @@
+"""The lab's traffic generator, run inside the client namespace.
+
+``python -m gatelb.lab.client tcp|udp|http --target ADDR --port P --count N [--source ADDR]
+[--timeout S] [--concurrency C]`` opens N *new* connections (UDP: N new sockets, one datagram
+each), notes for each which backend answered, the source address that backend saw, the latency and
+the failure kind, and prints one JSON document (`gatelb.lab.results.ClientResult.to_json`).
+
+``python -m gatelb.lab.client hold --target ADDR --port P [--source ADDR] [--timeout S]`` keeps one
+TCP connection open: it prints ``{"backend": .., "seen_source": ..}`` once connected, then for
+every line read on stdin sends it and prints ``{"echo": ..}`` (or ``{"error": ..}``) -- one JSON
+line per stdin line, until stdin closes. `gatelb.lab.held.HeldConnection` drives it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import errno
+import json
+import socket
+import sys
+import time
+from collections.abc import Awaitable, Callable
+
+from gatelb.lab.results import Attempt, ClientResult
+
+Answer = tuple[str, str, int | None]  # backend, seen source, HTTP status
+
+
+def error_kind(exc: BaseException) -> str:
+    """The failure classes tests distinguish (a DNAT to a dead backend: refused; a drop: timeout)."""
+    if isinstance(exc, ConnectionRefusedError):
+        return "refused"
+    if isinstance(exc, TimeoutError | asyncio.TimeoutError | socket.timeout):
+        return "timeout"
+    if isinstance(exc, ConnectionResetError | BrokenPipeError | ConnectionAbortedError):
+        return "reset"
+    if isinstance(exc, asyncio.IncompleteReadError | EOFError):
+        return "closed"
+    if isinstance(exc, OSError) and exc.errno in (errno.EHOSTUNREACH, errno.ENETUNREACH):
+        return "unreachable"
+    if isinstance(exc, ValueError):
+        return "bad-answer"
+    return f"error:{type(exc).__name__}: {exc}"
+
+
+def parse_greeting(line: str) -> tuple[str, str]:
+    """``<name> <peer-ip>`` -> (name, peer-ip)."""
+    parts = line.split()
+    if len(parts) < 2:
+        raise ValueError(f"unexpected answer {line!r}")
+    return parts[0], parts[1]
+
+
+def local_addr(source: str | None) -> tuple[str, int] | None:
+    return (source, 0) if source else None
+
+
+async def tcp_once(target: str, port: int, source: str | None) -> Answer:
+    reader, writer = await asyncio.open_connection(target, port, local_addr=local_addr(source))
+    try:
+        line = await reader.readuntil(b"\n")
+        name, seen = parse_greeting(line.decode())
+        return name, seen, None
+    finally:
+        writer.close()
+
+
+class _UdpReply(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.reply: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        if not self.reply.done():
+            self.reply.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:  # ICMP port unreachable -> ConnectionRefusedError
+        if not self.reply.done():
+            self.reply.set_exception(exc)
+
+
+async def udp_once(target: str, port: int, source: str | None) -> Answer:
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(
+        _UdpReply, remote_addr=(target, port), local_addr=local_addr(source))
+    try:
+        transport.sendto(b"ping")
+        name, seen = parse_greeting((await proto.reply).decode())
+        return name, seen, None
+    finally:
+        transport.close()
+
+
+async def http_once(target: str, port: int, source: str | None) -> Answer:
+    reader, writer = await asyncio.open_connection(target, port, local_addr=local_addr(source))
+    try:
+        host = f"[{target}]" if ":" in target else target
+        writer.write(f"GET / HTTP/1.1\r\nHost: {host}:{port}\r\nConnection: close\r\n\r\n".encode())
+        await writer.drain()
+        response = await reader.read()  # Connection: close -> the server closes after the body
+    finally:
+        writer.close()
+    head, _, body = response.decode(errors="replace").partition("\r\n\r\n")
+    status_line = head.split("\r\n", 1)[0].split()
+    if len(status_line) < 2 or not status_line[0].startswith("HTTP/"):
+        raise ValueError(f"not an HTTP response: {head[:80]!r}")
+    name, seen = parse_greeting(body)
+    return name, seen, int(status_line[1])
+
+
+PROBES: dict[str, Callable[[str, int, str | None], Awaitable[Answer]]] = {
+    "tcp": tcp_once, "udp": udp_once, "http": http_once,
+}
+
+
+async def attempt(proto: str, target: str, port: int, source: str | None, timeout: float) -> Attempt:
+    start = time.monotonic()
+    try:
+        name, seen, status = await asyncio.wait_for(PROBES[proto](target, port, source), timeout)
+    except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError, EOFError) as exc:
+        return Attempt(ok=False, latency_ms=(time.monotonic() - start) * 1000, error=error_kind(exc))
+    return Attempt(ok=True, backend=name, seen_source=seen, status=status,
+                   latency_ms=round((time.monotonic() - start) * 1000, 3))
+
+
+async def run_many(proto: str, target: str, port: int, count: int, source: str | None,
+                   timeout: float, concurrency: int) -> ClientResult:
+    gate = asyncio.Semaphore(max(1, concurrency))
+
+    async def one() -> Attempt:
+        async with gate:
+            return await attempt(proto, target, port, source, timeout)
+
+    attempts = await asyncio.gather(*(one() for _ in range(count)))
+    return ClientResult.from_attempts(proto, target, port, list(attempts), source)
+
+
+def emit(doc: dict[str, object]) -> None:
+    print(json.dumps(doc), flush=True)
+
+
+def hold(target: str, port: int, source: str | None, timeout: float) -> int:
+    """One long-lived TCP connection driven line by line from stdin (blocking sockets: one peer)."""
+    try:
+        sock = socket.create_connection((target, port), timeout, source_address=local_addr(source))
+        stream = sock.makefile("rb")
+        name, seen = parse_greeting(stream.readline().decode())
+    except (OSError, ValueError) as exc:
+        emit({"error": error_kind(exc)})
+        return 1
+    emit({"backend": name, "seen_source": seen})
+    for line in sys.stdin:
+        try:
+            sock.sendall(line.encode())
+            echo = stream.readline()
+            if not echo:
+                raise EOFError
+            emit({"echo": echo.decode().rstrip("\n")})
+        except (OSError, EOFError) as exc:
+            emit({"error": error_kind(exc)})
+            return 1
+    sock.close()
+    return 0
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="gatelb.lab.client", description=__doc__.split("\n")[0])
+    p.add_argument("proto", choices=[*PROBES, "hold"])
+    p.add_argument("--target", required=True)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--source", help="bind to this local address (e.g. the client's second address)")
+    p.add_argument("--timeout", type=float, default=2.0, help="seconds per attempt")
+    p.add_argument("--concurrency", type=int, default=8)
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    if a.proto == "hold":
+        return hold(a.target, a.port, a.source, a.timeout)
+    result = asyncio.run(run_many(a.proto, a.target, a.port, a.count, a.source, a.timeout, a.concurrency))
+    print(result.to_json(), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
