@@ -23,6 +23,7 @@ from gatelb.model import (
     Protocol,
     ValidationErrors,
 )
+from gatelb.sources.schema import IPPoolDocument, L4LBDocument
 from gatelb.sources.standalone import load_file, load_text
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "gateway.yaml"
@@ -550,3 +551,22 @@ def test_duplicate_yaml_key_is_an_error() -> None:
     assert errors_of_text(text) == [
         "document 1: malformed YAML at test.yaml line 2, column 1: duplicate key 'kind'"
     ]
+
+
+def test_schema_exports_json_schema_with_bounds_for_crds() -> None:
+    schema = L4LBDocument.model_json_schema(by_alias=True)
+    defs = schema["$defs"]
+    assert schema["additionalProperties"] is False
+    assert defs["FrontendSpec"]["properties"]["port"]["maximum"] == 65535
+    assert defs["BackendSpec"]["properties"]["weight"] == {
+        "default": 1,
+        "maximum": 1000,
+        "minimum": 0,
+        "title": "Weight",
+        "type": "integer",
+    }
+    assert set(defs["L4LBSpec"]["properties"]) >= {"sessionAffinity", "sourceRanges", "noBackend", "check"}
+    assert (
+        "avoidBuggyIPs"
+        in IPPoolDocument.model_json_schema(by_alias=True)["$defs"]["IPPoolSpec"]["properties"]
+    )
