@@ -121,3 +121,31 @@ def test_cleanup_removes_only_namespaces_of_dead_creators() -> None:
     finally:
         for ns in (orphan, alive):
             subprocess.run(["ip", "netns", "del", ns], capture_output=True, check=False)
+
+
+DNAT_RULESET = """
+table inet glblabtest {
+    chain pre {
+        type nat hook prerouting priority dstnat;
+        ip daddr 203.0.113.10 meta l4proto { tcp, udp } th dport 80 dnat ip to numgen inc mod 3 map {
+            0 : 198.51.100.11, 1 : 198.51.100.12, 2 : 198.51.100.13 } : 8080
+        ip6 daddr 2001:db8:100::10 tcp dport 80 dnat ip6 to numgen inc mod 3 map {
+            0 : 2001:db8:2::11, 1 : 2001:db8:2::12, 2 : 2001:db8:2::13 } : 8080
+    }
+}
+"""
+
+
+@pytest.mark.parametrize(("proto", "vip", "client"), [
+    ("tcp", "203.0.113.10", CLIENT_V4),
+    ("udp", "203.0.113.10", CLIENT_V4),
+    ("tcp", "2001:db8:100::10", CLIENT_V6),
+])
+def test_the_topology_serves_a_gateway_dnat(lab: Lab, proto: str, vip: str, client: str) -> None:
+    """What the lab is for: a DNAT on the gw spreads new connections to a VIP over the backends,
+    the replies come back through the gw, and the backends see the client's own address."""
+    lab.start_backends(http=None)
+    lab.run("gw", ["nft", "-f", "-"], input=DNAT_RULESET)
+    result = lab.connect_many(proto, vip, 80, count=6, concurrency=1)
+    assert result.per_backend == {"be1": 2, "be2": 2, "be3": 2}, result.failures
+    assert result.sources == {client}
