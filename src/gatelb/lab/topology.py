@@ -359,7 +359,10 @@ class Lab:
             args.append(f"--source={source}")
         limit = 15 + timeout * (count // max(1, concurrency) + 1)
         done = self.run("client", args, timeout=limit)
-        return ClientResult.from_json(done.stdout.strip().splitlines()[-1])
+        lines = done.stdout.strip().splitlines()
+        if not lines:
+            raise LabError(f"Lab {self.lab_id}: the client printed nothing: {done.stderr.strip()}")
+        return ClientResult.from_json(lines[-1])
 
     def hold(self, target: str, port: int, *, source: str | None = None,
              timeout: float = 2.0) -> HeldConnection:
