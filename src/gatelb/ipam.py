@@ -48,6 +48,12 @@ def is_buggy(ip: IPAddress) -> bool:
     return ip.version == 4 and ip.packed[-1] in (0, 255)
 
 
+def is_subnet_router_anycast(ip: IPAddress) -> bool:
+    """An IPv6 address whose interface identifier (low 64 bits) is zero is the Subnet-Router
+    anycast address of its /64 (RFC 4291 2.6.1): never hand it out automatically."""
+    return ip.version == 6 and int(ip) & ((1 << 64) - 1) == 0
+
+
 def _err(lb: LoadBalancer, path: str, text: str) -> ValidationError:
     return ValidationError(L4LB, lb.name, path, text)
 
@@ -195,7 +201,7 @@ class Allocator:
             cls = type(r.first)
             while value <= last:
                 ip = cls(value)
-                if self._free_in(pool, ip):
+                if self._free_in(pool, ip) and not is_subnet_router_anycast(ip):
                     self._hint[key] = value
                     return ip
                 value += 1

@@ -8,7 +8,15 @@ from collections.abc import Iterable
 
 import pytest
 
-from gatelb.ipam import Allocation, Allocator, allocate, allocate_partial, is_buggy, resolve
+from gatelb.ipam import (
+    Allocation,
+    Allocator,
+    allocate,
+    allocate_partial,
+    is_buggy,
+    is_subnet_router_anycast,
+    resolve,
+)
 from gatelb.model import (
     AddressRange,
     Backend,
@@ -119,7 +127,7 @@ class Scenario:
             for r in sorted((r for r in p.ranges if r.version == item.family), key=lambda r: int(r.first)):
                 for value in range(int(r.first), int(r.last) + 1):
                     cand = type(r.first)(value)
-                    if cand not in used and not (p.avoid_buggy_ips and is_buggy(cand)):
+                    if cand not in used and not (p.avoid_buggy_ips and is_buggy(cand)) and not is_subnet_router_anycast(cand):
                         return cand
         return None
 
@@ -232,11 +240,12 @@ def test_explicit_address_must_be_in_a_pool_and_in_spec_pool() -> None:
 
 def test_families() -> None:
     s = Scenario(pool("dual", "203.0.113.0/30", "2001:db8:100::/126"), pool("v4", "203.0.113.64/30"))
-    assert s.fresh_assign(lb("six", family=6)) == ip("2001:db8:100::")
+    # 2001:db8:100:: is the subnet-router anycast address: never allocated automatically
+    assert s.fresh_assign(lb("six", family=6)) == ip("2001:db8:100::1")
     assert s.fresh_assign(lb("four")) == ip("203.0.113.0")
     with pytest.raises(ValidationError, match=r"^L4LB x: spec.pool: IPPool v4 has no IPv6 addresses$"):
         s.assign(lb("x", pool="v4", family=6))
-    for i in range(3):
+    for i in range(2):  # ::2 and ::3 are what is left of the /126
         s.fresh_assign(lb(f"six{i}", family=6))
     with pytest.raises(
         ValidationError, match=r"^L4LB x: spec.frontend.ip: IPPool dual has no free IPv6 address$"
@@ -330,7 +339,7 @@ def test_allocate_is_deterministic_and_disabled_lbs_keep_addresses() -> None:
         "a": ip("203.0.113.1"),
         "b": ip("203.0.113.0"),
         "c": ip("203.0.113.2"),
-        "d": ip("2001:db8:100::"),
+        "d": ip("2001:db8:100::1"),
     }
     assert first.pool_of == {"a": "public", "b": "public", "c": "public", "d": "v6"}
     for _ in range(5):

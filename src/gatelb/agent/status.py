@@ -87,7 +87,9 @@ def _lb_status(
                 "counters": _counter_json(flow, new),
             }
         )
-    new_total = counters.frontend_new.get(fe_key, 0) if fe_key else 0
+    # The sum over backends, not the frontend's own map counter: both restart from zero when their
+    # element is rewritten (a changed backend set), and the sum keeps the table self-consistent.
+    new_total = sum(b["counters"]["newConnections"] for b in backends)
     return {
         "name": lb.name,
         "state": lb.state.value,

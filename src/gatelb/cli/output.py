@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import yaml
@@ -35,6 +36,10 @@ def _human(n: int) -> str:
     return f"{n}P"
 
 
+def _endpoint(address: str, port: int) -> str:
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
+
+
 def print_status(data: dict[str, Any], output: str) -> None:
     if output == "json":
         print(json.dumps(data, indent=2))
@@ -42,36 +47,40 @@ def print_status(data: dict[str, Any], output: str) -> None:
     if output == "yaml":
         print(yaml.safe_dump(data, sort_keys=False), end="")
         return
-    console = Console()
+    # Not a terminal (a pipe, a log): rich would wrap at 80 columns; this table wants more.
+    console = Console(width=None if Console().is_terminal else 150)
     gen = data["generation"]
     if not gen["inSync"]:
         console.print(
             f"[yellow]warning: kernel generation {gen['kernel']} != applied {gen['applied']}"
             " (table missing or changed outside gatelb)[/yellow]"
         )
-    table = Table(title="gatelb load balancers", show_lines=True)
-    for col in ("L4LB", "frontend", "state", "algorithm", "affinity", "backends", "new conns", "pkts", "bytes"):
-        table.add_column(col)
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for col, justify in (("NAME", "left"), ("FRONTEND / BACKEND", "left"), ("STATE", "left"),
+                         ("MODE", "left"), ("NEW", "right"), ("PACKETS", "right"), ("BYTES", "right"),
+                         ("SINCE / WHY", "left")):
+        table.add_column(col, justify=justify, no_wrap=col != "SINCE / WHY")  # type: ignore[arg-type]
     for lb in data["loadBalancers"]:
         fe = lb["frontend"]
-        ip = fe["ip"] or "-"
-        front = f"[{ip}]:{fe['port']}/{lb['protocol']}" if ":" in ip else f"{ip}:{fe['port']}/{lb['protocol']}"
-        aff = lb["sessionAffinity"]
-        rows = []
+        front = f"{_endpoint(fe['ip'], fe['port']) if fe['ip'] else '(no address)'}/{lb['protocol']}"
+        mode = [lb["algorithm"]]
+        if lb["sessionAffinity"]:
+            mode.append(f"affinity {lb['sessionAffinity']['timeoutSeconds']}s")
+        if lb["nat"] != "dnat":
+            mode.append(lb["nat"])
+        if lb["sourceRanges"]:
+            mode.append("from " + ",".join(lb["sourceRanges"]))
+        c = lb["counters"]
+        state = lb["state"] if lb["programmed"] or lb["state"] != "active" else "active (not programmed)"
+        table.add_row(f"[bold]{lb['name']}[/bold]", front, state, " ".join(mode),
+                      str(c["newConnections"]), _human(c["packets"]), _human(c["bytes"]), "")
         for b in lb["backends"]:
             style = {"up": "green", "down": "red", "draining": "yellow"}.get(b["state"], "white")
-            addr = f"[{b['address']}]" if ":" in b["address"] else b["address"]
-            c = b["counters"]
-            why = f" ({b['reason']})" if b["state"] != "up" and b.get("reason") else ""
-            rows.append(
-                f"[{style}]{addr}:{b['port']} w{b['weight']} {b['state']}{why}[/{style}] "
-                f"new={c['newConnections']} pkts={_human(c['packets'])} bytes={_human(c['bytes'])}"
-            )
-        c = lb["counters"]
-        table.add_row(
-            lb["name"], front, lb["state"], lb["algorithm"],
-            f"ClientIP {aff['timeoutSeconds']}s" if aff else "-",
-            "\n".join(rows) or "-",
-            str(c["newConnections"]), _human(c["packets"]), _human(c["bytes"]),
-        )
+            bc = b["counters"]
+            why = b.get("reason") or ""
+            if b.get("since"):
+                why = f"{time.strftime('%H:%M:%S', time.localtime(b['since']))} {why}".strip()
+            table.add_row("", f"  {_endpoint(b['address'], b['port'])}", f"[{style}]{b['state']}[/{style}]",
+                          f"weight {b['weight']}", str(bc["newConnections"]), _human(bc["packets"]),
+                          _human(bc["bytes"]), why)
     console.print(table)
