@@ -12,10 +12,12 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
@@ -176,13 +178,17 @@ def run_measured(cmd: Sequence[str], *, netns: str | None = None, timeout_s: flo
             start = time.perf_counter()
             proc = subprocess.Popen(wrapped, stdout=out, stderr=err, stdin=stdin,
                                     env={**os.environ, **(env or {})})
+            # A blocking wait: Popen.wait(timeout=...) polls with sleeps of up to 50 ms, which
+            # quantises short wall times. The timer enforces the limit instead.
+            killer = threading.Timer(timeout_s, proc.kill)
+            killer.start()
             try:
-                rc = proc.wait(timeout=timeout_s)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait()
-                raise RuntimeError(f"{' '.join(full)} did not finish within {timeout_s:.0f} s") from None
+                rc = proc.wait()
+            finally:
+                killer.cancel()
             wall = time.perf_counter() - start
+            if rc == -signal.SIGKILL and wall >= timeout_s:
+                raise RuntimeError(f"{' '.join(full)} did not finish within {timeout_s:.0f} s")
         maxrss, user, system = _read_usage(usage_path)
         stdout, stderr = (Path(f).read_text(errors="replace") for f in (out_path, err_path))
         return RunResult(full, rc, wall, user, system, maxrss, stdout, stderr)

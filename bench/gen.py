@@ -57,6 +57,7 @@ class BenchService:
     port: int
     backends: tuple[tuple[str, int], ...]
     protocol: str = "tcp"
+    pool: str = POOL
 
     @property
     def port_name(self) -> str:
@@ -100,11 +101,11 @@ def pool_yaml(name: str = POOL, cidr: str = str(VIP_NET)) -> str:
             f"spec: {{addresses: [\"{cidr}\"], autoAssign: false}}\n")
 
 
-def lb_yaml(svc: BenchService, pool: str = POOL) -> str:
+def lb_yaml(svc: BenchService) -> str:
     backends = ", ".join(f"\"{a}:{p}\"" for a, p in svc.backends)
     return (f"apiVersion: gatelb.io/v1alpha1\nkind: L4LB\nmetadata: {{name: {svc.name}}}\n"
-            f"spec: {{protocol: {svc.protocol}, frontend: {{ip: {svc.vip}, port: {svc.port}}}, pool: {pool}, "
-            f"backend: [{backends}]}}\n")
+            f"spec: {{protocol: {svc.protocol}, frontend: {{ip: {svc.vip}, port: {svc.port}}}, "
+            f"pool: {svc.pool}, backend: [{backends}]}}\n")
 
 
 def gatelb_yaml(svcs: Iterable[BenchService], extra_pools: Sequence[tuple[str, str]] = ()) -> str:
