@@ -127,7 +127,8 @@ class Scenario:
             for r in sorted((r for r in p.ranges if r.version == item.family), key=lambda r: int(r.first)):
                 for value in range(int(r.first), int(r.last) + 1):
                     cand = type(r.first)(value)
-                    if cand not in used and not (p.avoid_buggy_ips and is_buggy(cand)) and not is_subnet_router_anycast(cand):
+                    skip = (p.avoid_buggy_ips and is_buggy(cand)) or is_subnet_router_anycast(cand)
+                    if cand not in used and not skip:
                         return cand
         return None
 

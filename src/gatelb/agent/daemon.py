@@ -17,7 +17,6 @@ import logging
 import signal
 import sys
 import time
-
 from pathlib import Path
 from typing import Any
 
@@ -222,6 +221,7 @@ class Agent:
     async def _save_loop(self) -> None:
         """Write the state file soon after a change, but at most once per SAVE_INTERVAL_S, in a
         thread: at 10,000 services it takes a noticeable fraction of a second."""
+        assert self._save_wanted is not None
         while True:
             await self._save_wanted.wait()
             self._save_wanted.clear()

@@ -56,7 +56,7 @@ def _lb_status(
 ) -> dict[str, Any]:
     fe_key = (str(svc.vip), svc.protocol.value, svc.port) if svc else None
     usable = {b.key for b in svc.backends} if svc else set()
-    backends = []
+    backends: list[dict[str, Any]] = []
     total = Counter()
     for b in lb.backends:
         flow = Counter()

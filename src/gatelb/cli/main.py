@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> int:
     except oneshot.CommandError as err:
         print(f"gatelb {args.command}: {err}", file=sys.stderr)
         return err.code
-    except Exception as err:  # noqa: BLE001 - last line of defence: one clear line, exit 1
+    except Exception as err:
         if os.environ.get("GATELB_DEBUG"):
             raise
         print(f"gatelb {args.command}: {type(err).__name__}: {err}", file=sys.stderr)

@@ -4,7 +4,7 @@ from .render import render_delete, render_diff, render_full
 from .ruleset import Ruleset, compile_ruleset
 
 
-def compile_full(state: "ResolvedState", generation: int = 1) -> str:  # noqa: UP037
+def compile_full(state: "ResolvedState", generation: int = 1) -> str:
     """The nft script that loads `state` into an empty (or replaced) table."""
     return render_full(compile_ruleset(state), generation)
 
