@@ -31,6 +31,17 @@ RESULTS_DIR = REPO / "bench" / "results"
 PYTHON = sys.executable
 
 
+def _export_repo_path() -> None:
+    """Processes we start (`python -m bench.rss_wrapper`, `-m bench.connprobe` in lab namespaces)
+    import the bench package whatever their working directory."""
+    parts = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
+    if str(REPO) not in parts:
+        os.environ["PYTHONPATH"] = os.pathsep.join([str(REPO), *parts])
+
+
+_export_repo_path()
+
+
 # ---------------------------------------------------------------------------------------------
 # Machine
 

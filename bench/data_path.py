@@ -27,14 +27,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -125,15 +123,20 @@ def scenario_services(n: int, backends: int) -> list[gen.BenchService]:
 # Tools
 
 
-def build_server(workdir: Path) -> Path:
+def build_server(workdir: Path) -> list[str]:
+    """The backend server's command (without its arguments): the C one, else the Python fallback."""
+    compiler = shutil.which("gcc") or shutil.which("cc")
+    if compiler is None:
+        log("no C compiler: using the Python httpclose, which caps the connection rate much lower")
+        return [PYTHON, str(SERVER_SRC.with_suffix(".py"))]
     binary = workdir / "httpclose"
-    subprocess.run(["gcc", "-O2", "-o", str(binary), str(SERVER_SRC)], check=True, capture_output=True,
+    subprocess.run([compiler, "-O2", "-o", str(binary), str(SERVER_SRC)], check=True, capture_output=True,
                    text=True)
-    return binary
+    return [str(binary)]
 
 
-def _start_servers(lab: Lab, server: Path, backends: int) -> None:
-    procs = [lab.popen(f"be{i}", [str(server), str(BACKEND_PORT), str(SERVER_WORKERS)]) for i in
+def _start_servers(lab: Lab, server: list[str], backends: int) -> None:
+    procs = [lab.popen(f"be{i}", [*server, str(BACKEND_PORT), str(SERVER_WORKERS)]) for i in
              range(1, backends + 1)]
     for i, proc in enumerate(procs, start=1):
         assert proc.stdout is not None
@@ -226,7 +229,7 @@ def _wrk_args(sc: Scenario, params: Params, workdir: Path) -> list[str]:
     return [*args, f"http://{addr}:{port}/"]
 
 
-def measure(sc: Scenario, params: Params, server: Path, workdir: Path, figs: Figures) -> None:
+def measure(sc: Scenario, params: Params, server: list[str], workdir: Path, figs: Figures) -> None:
     with Lab(backends=params.backends) as lab:
         # Our own namespace: more ephemeral ports, so a long wrk run never runs out of them.
         lab.run("client", ["sysctl", "-q", "-w", "net.ipv4.ip_local_port_range=1024 65000"])
@@ -302,20 +305,6 @@ def tables(res: Results, scenarios: list[Scenario], figs: dict[Scenario, Figures
                        summarize(f.load_s).fmt("s", 2) if sc.kind != "direct" else "-"])
 
 
-@contextmanager
-def _importable_bench() -> Iterator[None]:
-    """Commands run in the lab's namespaces (bench.connprobe) must find the bench package."""
-    old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = f"{REPO}{os.pathsep}{old}" if old else str(REPO)
-    try:
-        yield
-    finally:
-        if old is None:
-            os.environ.pop("PYTHONPATH", None)
-        else:
-            os.environ["PYTHONPATH"] = old
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="1,10000", help="numbers of load balancers (default 1,10000)")
@@ -339,7 +328,7 @@ def main(argv: list[str] | None = None) -> int:
     shown = argv if argv is not None else sys.argv[1:]
     res = Results("data_path", ["python -m bench.data_path", *shown])
     figs = {sc: Figures() for sc in scenarios}
-    with tempfile.TemporaryDirectory(prefix="glbb-dp-") as tmp, _importable_bench():
+    with tempfile.TemporaryDirectory(prefix="glbb-dp-") as tmp:
         workdir = Path(tmp)
         server = build_server(workdir)
         for r in range(rounds):
@@ -350,7 +339,7 @@ def main(argv: list[str] | None = None) -> int:
                 log(f"  {f.rate[-1]:.0f} conn/s, connect p50 {f.connect_p50_us[-1]:.0f} us, "
                     f"p99 {f.connect_p99_us[-1]:.0f} us, {f.gbps[-1]:.2f} Gbit/s, load {f.load_s[-1]:.2f} s")
     tables(res, scenarios, figs, params)
-    res.data = {"params": params.__dict__, "client": CLIENT_V4,
+    res.data = {"params": params.__dict__, "client": CLIENT_V4, "server": " ".join(server),
                 "scenarios": {sc.label: figs[sc].to_json() for sc in scenarios}}
     json_path, md_path = res.write()
     print(res.markdown())
