@@ -11,14 +11,18 @@ change to one of 10,000 services recompiles one service.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
-from gatelb.dataplane import Ruleset, compile_ruleset, render_diff, render_full
+from gatelb.dataplane import Ruleset, compile_ruleset, render_delete, render_diff, render_full
 from gatelb.dataplane.incremental import AppliedRuleset
 from gatelb.dataplane.render import count_changes
 from gatelb.kernel.nft import Nft
 from gatelb.model import ResolvedState
+
+# Sets whose elements a full load may send in bulk over netlink (kernel/nlelements.py CODECS).
+BULK_SETS = ("svc4", "be4", "flows4", "svc6", "be6", "flows6")
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,7 @@ class DataplaneSync:
         self._applied: Ruleset | None = None
         self._index: AppliedRuleset | None = None
         self._generation = 0
+        self._full_load = Ruleset()
 
     @property
     def generation(self) -> int:
@@ -67,13 +72,14 @@ class DataplaneSync:
         self._index = None
 
     def _plan(self, state: ResolvedState) -> tuple[str, int, bool, object]:
-        """(script, changes, full, new bookkeeping) without touching self."""
+        """(script, changes, full, new bookkeeping) without touching self. For a full load the
+        script is empty and the Ruleset to load is in self._full_load."""
         nxt = self._generation + 1
         if self._indexed:
             if self._index is None:
                 index = AppliedRuleset.build(state)
-                rs = index.ruleset()
-                return render_full(rs, nxt), rs.element_count() + len(rs.chains), True, index
+                self._full_load = index.ruleset()
+                return "", self._full_load.element_count() + len(self._full_load.chains), True, index
             changed, removed = self._index.diff_against(state)
             if not changed and not removed:
                 return "", 0, False, self._index
@@ -81,7 +87,8 @@ class DataplaneSync:
             return render_diff(before, after, self._generation, nxt), count_changes(before, after), False, self._index
         new = compile_ruleset(state)
         if self._applied is None:
-            return render_full(new, nxt), new.element_count() + len(new.chains), True, new
+            self._full_load = new
+            return "", new.element_count() + len(new.chains), True, new
         script = render_diff(self._applied, new, self._generation, nxt)
         return script, count_changes(self._applied, new) if script else 0, False, new
 
@@ -89,12 +96,17 @@ class DataplaneSync:
         t0 = time.perf_counter()
         script, changes, full, bookkeeping = self._plan(state)
         t1 = time.perf_counter()
-        if script:
+        if full or script:
             try:
-                self._nft.apply(script)
+                if full:
+                    script = self._load_full(self._full_load, self._generation + 1)
+                else:
+                    self._nft.apply(script)
             except Exception:
                 self.force_full()  # the in-memory index may already hold the new state
                 raise
+            finally:
+                self._full_load = Ruleset()
             self._generation += 1
         if isinstance(bookkeeping, AppliedRuleset):
             self._index = bookkeeping
@@ -103,7 +115,37 @@ class DataplaneSync:
         t2 = time.perf_counter()
         return SyncResult(full, changes, t1 - t0, t2 - t1, script, self._generation)
 
+    def _load_full(self, rs: Ruleset, generation: int) -> str:
+        """Load `rs` as the whole table; returns the nft script that was applied.
+
+        Into a kernel without our table, the bulk elements (service, backend and flow maps) go in
+        as one netlink batch after nft created the structure: nft's own parsing of 200,000
+        elements costs more than everything else together. Traffic sees nothing until that batch
+        commits, and then everything at once; if it fails the empty table is removed again. Over
+        an existing table (a resync) the replacement must be a single transaction, so nft loads
+        all of it.
+        """
+        if not (self._nft.bulk_elements and self._nft.generation() is None):
+            script = render_full(rs, generation)
+            self._nft.apply(script)
+            return script
+        bulk = {name: rs.elements[name] for name in BULK_SETS if rs.elements.get(name)}
+        rest = Ruleset({k: v for k, v in rs.elements.items() if k not in BULK_SETS}, rs.chains, rs.sets)
+        structure = render_full(rest, generation)
+        self._nft.apply(structure)
+        try:
+            self._nft.load_elements(bulk)
+        except Exception:
+            with contextlib.suppress(Exception):
+                self._nft.apply(render_delete())
+            raise
+        return structure
+
     def preview(self, state: ResolvedState) -> str:
         """The transaction `sync(state)` would apply now, without applying it (one-shot mode only)."""
         assert not self._indexed, "preview would mutate the incremental index"
-        return self._plan(state)[0]
+        script, _, full, _ = self._plan(state)
+        if full:
+            script = render_full(self._full_load, self._generation + 1)
+            self._full_load = Ruleset()
+        return script

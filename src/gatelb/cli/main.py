@@ -71,10 +71,12 @@ def main(argv: list[str] | None = None) -> int:
         with state_lock(state_dir(args)):
             if args.command in ("apply", "plan"):
                 text = oneshot._read(args.file)
-                report = oneshot.apply_text(ctx, text, os.path.abspath(args.file), dry_run=args.command == "plan")
+                report = oneshot.apply_text(ctx, text, os.path.abspath(args.file), dry_run=args.command == "plan",
+                                            want_nft_text=bool(getattr(args, "dump_nft", None)),
+                                            describe=not getattr(args, "quiet", False))
                 if args.command == "apply":
                     if args.dump_nft:
-                        Path(args.dump_nft).write_text(report.get("script", ""))
+                        Path(args.dump_nft).write_text(report.get("nftText", ""))
                     if args.timings_json:
                         Path(args.timings_json).write_text(json.dumps(report["timings"]))
                     if not args.quiet:

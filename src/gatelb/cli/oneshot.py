@@ -20,6 +20,7 @@ from gatelb.agent.engine import DataplaneSync, SyncResult
 from gatelb.agent.pipeline import Prepared, prepare
 from gatelb.agent.statefile import StateStore, StoredState
 from gatelb.agent.status import build_status
+from gatelb.dataplane import compile_full
 from gatelb.dataplane.changes import describe_changes, udp_flows_to_flush
 from gatelb.dataplane.render import render_delete
 from gatelb.kernel.conntrack import flush_flows
@@ -82,15 +83,21 @@ def _record(prepared: Prepared, result: SyncResult, text: str, source: str) -> S
     )
 
 
-def apply_text(ctx: Context, text: str, source: str, dry_run: bool = False) -> dict[str, Any]:
-    """Validate, compile and apply (or only plan). Returns a report for printing."""
+def apply_text(
+    ctx: Context, text: str, source: str, dry_run: bool = False, want_nft_text: bool = False,
+    describe: bool = True,
+) -> dict[str, Any]:
+    """Validate, compile and apply (or only plan). Returns a report for printing.
+
+    want_nft_text: put in report["nftText"] the complete nft script equivalent to what was
+    applied (a full load may have sent its bulk elements over netlink instead of as text)."""
     stored = ctx.store.load()
     t0 = time.perf_counter()
     prepared = _prepare_or_exit(text, source, stored)
     previous, generation = _previous(stored)
     sync = DataplaneSync(ctx.nft)
     adopted = previous is not None and sync.adopt(previous, generation)
-    changes = describe_changes(previous if adopted else None, prepared.resolved)
+    changes = describe_changes(previous if adopted else None, prepared.resolved) if describe else []
     report: dict[str, Any] = {"changes": changes, "incremental": adopted, "timings": dict(prepared.timings)}
     if not adopted and previous is not None:
         report["note"] = "kernel table differs from the last recorded apply: a full reload is needed"
@@ -109,6 +116,8 @@ def apply_text(ctx: Context, text: str, source: str, dry_run: bool = False) -> d
                              total_s=time.perf_counter() - t0)
     report["script"] = result.script
     report["full"] = result.full
+    if want_nft_text:
+        report["nftText"] = compile_full(prepared.resolved, result.generation) if result.full else result.script
     return report
 
 

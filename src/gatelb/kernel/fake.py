@@ -68,6 +68,13 @@ class FakeNft:
     def list_table_json(self) -> list[dict[str, Any]]:
         raise NftError("FakeNft keeps no counters")
 
+    bulk_elements = True  # exercised like the real two-step load: structure, then elements
+
+    def load_elements(self, elements: dict[str, dict[str, str]]) -> None:
+        lines = [f"add element {_T} {name} {{ {', '.join(f'{k} : {d}' if d else k for k, d in items.items())} }}"
+                 for name, items in elements.items() if items]
+        self.apply("\n".join(lines) + "\n" if lines else "")
+
     # -- interpreter -------------------------------------------------------------------------
 
     def _statement(self, t: FakeTable | None, line: str, rest: Any) -> FakeTable | None:

@@ -11,6 +11,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 from typing import Any, Protocol
 
 from gatelb.dataplane.ruleset import FAMILY, TABLE
@@ -37,6 +38,13 @@ class Nft(Protocol):
 
     def table_exists(self) -> bool: ...
 
+    @property
+    def bulk_elements(self) -> bool:
+        """Whether load_elements() can add elements outside nft (see kernel/nlelements.py)."""
+        ...
+
+    def load_elements(self, elements: dict[str, dict[str, str]]) -> None: ...
+
 
 def _nft_binary() -> str:
     path = shutil.which("nft") or next((p for p in ("/usr/sbin/nft", "/sbin/nft") if os.path.exists(p)), None)
@@ -61,6 +69,19 @@ class NftCli:
             [*self._prefix, self._binary, *args],
             input=stdin, capture_output=True, text=True, timeout=self._timeout, check=False,
         )
+
+    @property
+    def bulk_elements(self) -> bool:
+        # The netlink socket is opened in *this* process's namespace, so only when nft runs here
+        # too; GATELB_NFT_ONLY=1 turns it off (for comparisons, or if a kernel ever disagrees).
+        return not self._prefix and sys.byteorder == "little" and os.environ.get("GATELB_NFT_ONLY") != "1"
+
+    def load_elements(self, elements: dict[str, dict[str, str]]) -> None:
+        from .nlelements import build_batch, send_batch
+
+        batch, acks = build_batch(TABLE, {name: items.items() for name, items in elements.items() if items})
+        if acks:
+            send_batch(batch, acks)
 
     def apply(self, script: str) -> None:
         if not script:

@@ -13,8 +13,10 @@ the same bounds.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
+import socket
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -79,12 +81,24 @@ def _require_str(value: Any, what: str) -> str:
 # --- scalar parsers ---------------------------------------------------------------------------
 
 
+@functools.lru_cache(maxsize=65536)
+def _address(text: str) -> IPAddress:
+    """ipaddress.ip_address, about ten times faster for IPv4 (inet_pton does the strict parsing:
+    dotted quad, no leading zeros), which matters at 100,000 backends. Raises ValueError."""
+    if "%" in text:  # ipaddress accepts IPv6 zone ids; a VIP or backend never has one
+        raise ValueError(text)
+    if ":" not in text:
+        try:
+            return ipaddress.IPv4Address(int.from_bytes(socket.inet_pton(socket.AF_INET, text), "big"))
+        except OSError:
+            raise ValueError(text) from None
+    return ipaddress.ip_address(text)
+
+
 def parse_ip(value: Any) -> IPAddress:
     text = _require_str(value, "an IP address")
     try:
-        if "%" in text:  # ipaddress accepts IPv6 zone ids; a VIP or backend never has one
-            raise ValueError(text)
-        return ipaddress.ip_address(text)
+        return _address(text)
     except ValueError:
         raise problem(f"{text!r} is not an IP address") from None
 
@@ -112,7 +126,7 @@ def parse_host_port(value: Any) -> tuple[IPAddress, int]:
     if not sep:
         raise problem(f"{text!r} is not ip:port")
     try:
-        ip = ipaddress.ip_address(host)
+        ip = _address(host)
     except ValueError:
         raise problem(f"{text!r}: {host!r} is not an IP address") from None
     return ip, parse_port_text(port, text)
