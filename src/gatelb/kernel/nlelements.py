@@ -19,7 +19,7 @@ import os
 import socket
 import struct
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from .nft import NftError
 
@@ -123,7 +123,7 @@ class ElementCodec:
             parts = prefix.split(" . ")
             if len(parts) != len(self._key_fields) - 1:
                 raise ValueError(f"element key {key!r} does not have {len(self._key_fields)} fields")
-            head = self._cache[prefix] = b"".join([self._part(k, p) for k, p in zip(self._key_fields, parts)])
+            head = self._cache[prefix] = b"".join([self._part(k, p) for k, p in zip(self._key_fields, parts, strict=False)])
         return head + self._part(self._key_fields[-1], last)
 
     def encode(self, key: str, data: str) -> bytes:
@@ -162,34 +162,31 @@ def _message(kind: int, flags: int, seq: int, family: int, res_id: int, payload:
     return struct.pack("=IHHII", length, kind, flags, seq, 0) + struct.pack("!BBH", family, 0, res_id) + payload
 
 
+def _chunks(items: Iterable[tuple[str, str]], codec: ElementCodec) -> Iterator[bytes]:
+    chunk: list[bytes] = []
+    for key, data in items:
+        chunk.append(codec.encode(key, data))
+        if len(chunk) == ELEMENTS_PER_MESSAGE:
+            yield b"".join(chunk)
+            chunk = []
+    if chunk:
+        yield b"".join(chunk)
+
+
 def build_batch(table: str, elements: dict[str, Iterable[tuple[str, str]]], seq0: int = 1) -> tuple[bytes, int]:
     """(batch bytes, number of acknowledged messages)."""
     msgs = [_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq0, 0, NFNL_SUBSYS_NFTABLES, b"")]
     seq = seq0
-    acked = 0
     for set_name, items in elements.items():
-        codec = CODECS[set_name]()
         header = _nla(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0") + _nla(
             NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
-        chunk: list[bytes] = []
-
-        def flush() -> None:
-            nonlocal seq, acked
+        for chunk in _chunks(items, CODECS[set_name]()):
             seq += 1
-            acked += 1
-            payload = header + _nla(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, b"".join(chunk))
+            payload = header + _nla(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, chunk)
             msgs.append(_message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM,
                                  NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK, seq, NFPROTO_INET, 0, payload))
-            chunk.clear()
-
-        for key, data in items:
-            chunk.append(codec.encode(key, data))
-            if len(chunk) == ELEMENTS_PER_MESSAGE:
-                flush()
-        if chunk:
-            flush()
-    seq += 1
-    msgs.append(_message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq, 0, NFNL_SUBSYS_NFTABLES, b""))
+    acked = seq - seq0
+    msgs.append(_message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 1, 0, NFNL_SUBSYS_NFTABLES, b""))
     return b"".join(msgs), acked
 
 
