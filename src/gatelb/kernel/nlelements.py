@@ -123,7 +123,8 @@ class ElementCodec:
             parts = prefix.split(" . ")
             if len(parts) != len(self._key_fields) - 1:
                 raise ValueError(f"element key {key!r} does not have {len(self._key_fields)} fields")
-            head = self._cache[prefix] = b"".join([self._part(k, p) for k, p in zip(self._key_fields, parts, strict=False)])
+            fields = zip(self._key_fields, parts, strict=False)
+            head = self._cache[prefix] = b"".join([self._part(k, p) for k, p in fields])
         return head + self._part(self._key_fields[-1], last)
 
     def encode(self, key: str, data: str) -> bytes:
