@@ -22,7 +22,7 @@ from gatelb.kernel.nft import Nft
 from gatelb.model import ResolvedState
 
 # Sets whose elements a full load may send in bulk over netlink (kernel/nlelements.py CODECS).
-BULK_SETS = ("svc4", "be4", "flows4", "svc6", "be6", "flows6")
+BULK_SETS = ("svc4", "be4", "beu4", "flows4", "svc6", "be6", "beu6", "flows6")
 
 
 @dataclass(frozen=True)

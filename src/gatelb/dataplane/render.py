@@ -25,13 +25,19 @@ ELEMENT_CHUNK = 5000
 # protocols specified: ip vs. th"), which breaks every later transaction that adds a rule using the
 # map. Only the key's type (inet_service, 16 bits) matters for matching, so this is safe; it does
 # make `nft list` print `tcp dport` in those rules, for UDP services too.
+#
+# The backend maps are per protocol (be4 for TCP, beu4 for UDP) because the *data* half of the
+# declaration is not only a type: a `dnat ... map` rule whose map data says `tcp dport` gets an
+# implicit `meta l4proto tcp` match from nft, so one shared map silently never DNATs UDP. `th
+# dport` there hits the rebuild bug above, so the UDP map says `udp dport` (and gets `udp`).
 GLOBAL_SETS: dict[str, str] = {}
 for _f, _ip, _t in ((4, "ip", "ipv4_addr"), (6, "ip6", "ipv6_addr")):
     GLOBAL_SETS[f"svc{_f}"] = f"map svc{_f} {{ type {_t} . inet_proto . inet_service : verdict; counter; }}"
-    GLOBAL_SETS[f"be{_f}"] = (
-        f"map be{_f} {{ typeof {_ip} daddr . meta l4proto . tcp dport . numgen random mod 1 : "
-        f"{_ip} daddr . tcp dport; counter; }}"
-    )
+    for _map, _proto in ((f"be{_f}", "tcp"), (f"beu{_f}", "udp")):
+        GLOBAL_SETS[_map] = (
+            f"map {_map} {{ typeof {_ip} daddr . meta l4proto . tcp dport . numgen random mod 1 : "
+            f"{_ip} daddr . {_proto} dport; counter; }}"
+        )
     # (frontend address, protocol, backend address, backend port): per-backend packet/byte counters.
     # nft 1.0.6 cannot put `ct original proto-dst` in a concatenation, so the frontend port is not
     # part of the key; see docs/status.md.

@@ -8,6 +8,7 @@ rules, chains or per-service sets.
     svc4 element:     203.0.113.10 . tcp . 80 : goto pick4_random_4
     pick4_random_4:   dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 4 map @be4
     be4 elements:     203.0.113.10 . tcp . 80 . 0 : 198.51.100.11 . 8080   (one per weighted slot)
+    (UDP services use pick4u_* chains and the beu4 map: see render.GLOBAL_SETS)
 
 The pick chains are shared by every service with the same algorithm and slot count, so 10,000
 services need only a handful of rules. Round robin needs a counter of its own per service, and
@@ -29,6 +30,7 @@ from gatelb.model import (
     IPAddress,
     NatMode,
     NoBackendAction,
+    Protocol,
     ResolvedState,
     Service,
 )
@@ -144,7 +146,7 @@ def _compile_service(rs: Ruleset, svc: Service) -> None:
     if svc.affinity is not None:
         chain = _compile_affinity(rs, svc, slots)
     else:
-        be = rs.elements.setdefault(f"be{fam}", {})
+        be = rs.elements.setdefault(backend_map(svc), {})
         for slot, index in enumerate(slots):
             be[f"{key} . {slot}"] = targets[index]
         chain = _pick_chain(rs, svc, len(slots))
@@ -160,16 +162,22 @@ def _selector(svc: Service, modulus: int) -> str:
     return f"numgen random mod {modulus}"
 
 
+def backend_map(svc: Service) -> str:
+    """be4/be6 for TCP, beu4/beu6 for UDP (render.GLOBAL_SETS says why they cannot be shared)."""
+    return f"be{'u' if svc.protocol is Protocol.UDP else ''}{svc.family}"
+
+
 def _pick_chain(rs: Ruleset, svc: Service, modulus: int) -> str:
     fam = svc.family
     ip = ip_keyword(fam)
-    rule = f"dnat {ip} to {ip} daddr . meta l4proto . th dport . {_selector(svc, modulus)} map @be{fam}"
+    rule = f"dnat {ip} to {ip} daddr . meta l4proto . th dport . {_selector(svc, modulus)} map @{backend_map(svc)}"
     if svc.algorithm is Algorithm.ROUNDROBIN:
         # numgen inc keeps one counter per rule: sharing it between services would make two
         # services that alternate connections always land on the same slots.
         name = f"rr_{service_id(svc)}"
     else:
-        name = f"pick{fam}_{svc.algorithm.value}_{modulus}"
+        udp = "u" if svc.protocol is Protocol.UDP else ""
+        name = f"pick{fam}{udp}_{svc.algorithm.value}_{modulus}"
     rs.chains[name] = (rule,)
     return name
 

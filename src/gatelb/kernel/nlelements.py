@@ -155,6 +155,7 @@ CODECS: dict[str, Callable[[], ElementCodec]] = {}
 for _f in (4, 6):
     CODECS[f"svc{_f}"] = lambda: ElementCodec(("addr", "proto", "port"), "verdict")
     CODECS[f"be{_f}"] = lambda: ElementCodec(("addr", "proto", "port", "u32"), "value")
+    CODECS[f"beu{_f}"] = lambda: ElementCodec(("addr", "proto", "port", "u32"), "value")
     CODECS[f"flows{_f}"] = lambda: ElementCodec(("addr", "proto", "addr", "port"), None)
 
 
