@@ -251,10 +251,35 @@ class Metadata(Strict):
 # --- IPPool -----------------------------------------------------------------------------------
 
 
+class LabelExpressionSpec(Strict):
+    key: str
+    operator: Literal["In", "NotIn", "Exists", "DoesNotExist"]
+    values: list[str] = []
+
+
+class LabelSelectorSpec(Strict):
+    """A Kubernetes label selector (metav1.LabelSelector)."""
+
+    match_labels: dict[str, str] = {}
+    match_expressions: list[LabelExpressionSpec] = []
+
+
+class ServiceAllocationSpec(Strict):
+    """Which Kubernetes Services may take addresses from a pool (MetalLB's serviceAllocation).
+    Lower priority numbers are preferred; pools without a priority come after those with one."""
+
+    priority: int | None = None
+    namespaces: list[str] = []
+    namespace_selectors: list[LabelSelectorSpec] = []
+    service_selectors: list[LabelSelectorSpec] = []
+
+
 class IPPoolSpec(Strict):
     addresses: Annotated[list[PoolEntry], Field(min_length=1)]
     auto_assign: bool = True
     avoid_buggy_ips: bool = Field(default=False, alias="avoidBuggyIPs")
+    # Kubernetes only: the standalone file has no Services, so it ignores this.
+    service_allocation: ServiceAllocationSpec | None = None
 
 
 class IPPoolDocument(Strict):
