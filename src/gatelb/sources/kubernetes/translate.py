@@ -1,0 +1,454 @@
+"""Cached Kubernetes objects -> the model. Pure: raw JSON objects in, values out, no client.
+
+`to_model` is the one function that turns the cluster into load balancers: one internal L4LB per
+Service port and frontend address (TCP and UDP), plus the user's own L4LB objects, plus the pools.
+`service_requests` is what the Service IPAM (gatelb.ipam_k8s) allocates for. Every problem names
+the object and field and stays with that object: the others keep working.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import ipaddress
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import pydantic
+
+from gatelb.ipam_k8s import (
+    FamilyPolicy,
+    Selector,
+    ServiceAllocation,
+    ServicePool,
+    ServiceRequest,
+)
+from gatelb.model import (
+    Affinity,
+    Backend,
+    CheckType,
+    DesiredState,
+    HealthCheck,
+    IPAddress,
+    IPNetwork,
+    IPPool,
+    LoadBalancer,
+    Protocol,
+    ValidationError,
+)
+from gatelb.sources import errors as pyd_errors
+from gatelb.sources.schema import IPPoolDocument, L4LBDocument, LabelSelectorSpec
+from gatelb.sources.standalone import _load_balancer, _pool
+from gatelb.validate import check_pools
+
+Obj = dict[str, Any]
+
+GATELB_CLASS = "gatelb.io/gatelb"
+ANN_IPS = ("gatelb.io/loadBalancerIPs", "metallb.io/loadBalancerIPs", "metallb.universe.tf/loadBalancerIPs")
+ANN_POOL = ("gatelb.io/address-pool", "metallb.io/address-pool", "metallb.universe.tf/address-pool")
+ANN_SHARE = ("gatelb.io/allow-shared-ip", "metallb.io/allow-shared-ip", "metallb.universe.tf/allow-shared-ip")
+ANN_POOL_RECORD = "gatelb.io/ip-pool"  # written back: which pool the addresses came from
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
+DEFAULT_AFFINITY_S = 10800
+SERVICE, L4LB, IPPOOL = "Service", "L4LB", "IPPool"
+
+
+class BackendMode(enum.StrEnum):
+    NODEPORT = "nodeport"  # each node's InternalIP : the Service's nodePort
+    POD = "pod"  # pod IPs from EndpointSlices (pods routable from the gateway)
+
+
+@dataclass(frozen=True)
+class Options:
+    backend_mode: BackendMode = BackendMode.NODEPORT
+    default_class: bool = True  # class-less Services are ours (off: --no-default-class)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What the informers hold: key ("namespace/name", or "name" if cluster-scoped) -> object."""
+
+    services: Mapping[str, Obj] = field(default_factory=dict)
+    endpointslices: Mapping[str, Obj] = field(default_factory=dict)
+    nodes: Mapping[str, Obj] = field(default_factory=dict)
+    namespaces: Mapping[str, Obj] = field(default_factory=dict)
+    ippools: Mapping[str, Obj] = field(default_factory=dict)
+    l4lbs: Mapping[str, Obj] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Translation:
+    desired: DesiredState
+    errors: tuple[ValidationError, ...] = ()
+
+
+# --- small accessors --------------------------------------------------------------------------
+
+
+def key_of(obj: Obj) -> str:
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{ns}/{meta.get('name')}" if ns else str(meta.get("name"))
+
+
+def _dig(obj: Any, *path: str) -> Any:
+    for part in path:
+        if not isinstance(obj, dict):
+            return None
+        obj = obj.get(part)
+    return obj
+
+
+def _annotation(obj: Obj, names: Iterable[str]) -> tuple[str, str] | None:
+    annotations = _dig(obj, "metadata", "annotations") or {}
+    return next(((n, annotations[n]) for n in names if n in annotations), None)
+
+
+def is_ours(svc: Obj, options: Options) -> bool:
+    if _dig(svc, "spec", "type") != "LoadBalancer":
+        return False
+    cls = _dig(svc, "spec", "loadBalancerClass")
+    return cls == GATELB_CLASS if cls else options.default_class
+
+
+def status_addresses(svc: Obj) -> tuple[IPAddress, ...]:
+    out: list[IPAddress] = []
+    for ingress in _dig(svc, "status", "loadBalancer", "ingress") or []:
+        try:
+            out.append(ipaddress.ip_address(ingress.get("ip", "")))
+        except ValueError:
+            continue  # a hostname, or someone else's garbage: not an address we handed out
+    return tuple(out)
+
+
+def service_lb_name(key: str, protocol: Protocol, port: int, family: int) -> str:
+    return f"svc/{key}/{protocol.value}/{port}/v{family}"
+
+
+def l4lb_lb_name(key: str) -> str:
+    return f"l4lb/{key}"
+
+
+def owner_of(lb_name: str) -> tuple[str, str]:
+    """(kind, key) of the object an internal load balancer came from."""
+    kind, _, rest = lb_name.partition("/")
+    if kind == "svc":
+        ns, name = rest.split("/")[:2]
+        return SERVICE, f"{ns}/{name}"
+    return L4LB, rest
+
+
+# --- pools ------------------------------------------------------------------------------------
+
+
+def _selector(spec: LabelSelectorSpec) -> Selector:
+    return Selector(tuple(sorted(spec.match_labels.items())),
+                    tuple((e.key, e.operator, tuple(e.values)) for e in spec.match_expressions))
+
+
+def _document(raw: Obj, kind: str) -> Obj:
+    """The object as the standalone schema sees it: Kubernetes' own metadata dropped."""
+    return {"apiVersion": raw.get("apiVersion"), "kind": kind,
+            "metadata": {"name": _dig(raw, "metadata", "name")}, "spec": raw.get("spec")}
+
+
+def pools(cluster: Cluster) -> tuple[list[ServicePool], list[ValidationError]]:
+    errors: list[ValidationError] = []
+    found: dict[str, ServicePool] = {}
+    for key, raw in sorted(cluster.ippools.items()):
+        try:
+            doc = IPPoolDocument.model_validate(_document(raw, IPPOOL))
+        except pydantic.ValidationError as exc:
+            errors += [ValidationError(IPPOOL, key, path, text) for path, text in pyd_errors.translate(exc)]
+            continue
+        sa = doc.spec.service_allocation
+        allocation = None if sa is None else ServiceAllocation(
+            sa.priority, frozenset(sa.namespaces), tuple(_selector(s) for s in sa.namespace_selectors),
+            tuple(_selector(s) for s in sa.service_selectors))
+        found[key] = ServicePool(_pool(doc), allocation)
+    overlaps = check_pools(p.pool for p in found.values())
+    for err in overlaps:  # an overlapping pool is left out whole: two pools must never share an address
+        found.pop(err.name, None)
+    return [found[k] for k in sorted(found)], errors + overlaps
+
+
+# --- Services: what to allocate -----------------------------------------------------------------
+
+
+def _families(svc: Obj, requested: tuple[IPAddress, ...]) -> tuple[int, ...]:
+    given = _dig(svc, "spec", "ipFamilies") or []
+    families = tuple(int(f[-1]) for f in given if f in ("IPv4", "IPv6"))
+    if families:
+        return families
+    return tuple(dict.fromkeys(ip.version for ip in requested)) or (4,)
+
+
+def _requested(svc: Obj, key: str) -> tuple[tuple[IPAddress, ...], list[ValidationError]]:
+    found = _annotation(svc, ANN_IPS)
+    if found is not None:
+        name, text = found
+        path = f"metadata.annotations[{name}]"
+    else:
+        text = _dig(svc, "spec", "loadBalancerIP") or ""
+        path = "spec.loadBalancerIP"
+    out: list[IPAddress] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        try:
+            out.append(ipaddress.ip_address(part))
+        except ValueError:
+            return (), [ValidationError(SERVICE, key, path, f"{part!r} is not an IP address")]
+    return tuple(out), []
+
+
+def _ports(svc: Obj, key: str) -> tuple[list[tuple[int, Obj, Protocol]], list[ValidationError]]:
+    out, errors = [], []
+    for i, port in enumerate(_dig(svc, "spec", "ports") or []):
+        proto = str(port.get("protocol") or "TCP")
+        if proto not in ("TCP", "UDP"):
+            errors.append(ValidationError(SERVICE, key, f"spec.ports[{i}].protocol",
+                                          f"{proto} is not supported (TCP or UDP)"))
+            continue
+        out.append((i, port, Protocol(proto.lower())))
+    return out, errors
+
+
+def service_request(svc: Obj, cluster: Cluster) -> tuple[ServiceRequest | None, list[ValidationError]]:
+    key = key_of(svc)
+    requested, errors = _requested(svc, key)
+    ports, port_errors = _ports(svc, key)
+    if errors:
+        return None, errors + port_errors
+    policy_text = _dig(svc, "spec", "ipFamilyPolicy") or "SingleStack"
+    try:
+        policy = FamilyPolicy(policy_text)
+    except ValueError:
+        policy = FamilyPolicy.SINGLE
+    pool = _annotation(svc, ANN_POOL)
+    share = _annotation(svc, ANN_SHARE)
+    ns = key.partition("/")[0]
+    req = ServiceRequest(
+        key=key,
+        ports=tuple((proto, int(p["port"])) for _, p, proto in ports),
+        families=_families(svc, requested),
+        policy=policy,
+        requested=requested,
+        pool=pool[1] if pool else None,
+        sharing_key=share[1] if share else None,
+        labels=dict(_dig(svc, "metadata", "labels") or {}),
+        namespace_labels=dict(_dig(cluster.namespaces.get(ns, {}), "metadata", "labels") or {}),
+    )
+    return req, port_errors
+
+
+def service_requests(cluster: Cluster, options: Options) -> tuple[list[ServiceRequest], list[ValidationError]]:
+    requests, errors = [], []
+    for _, svc in sorted(cluster.services.items()):
+        if is_ours(svc, options):
+            req, errs = service_request(svc, cluster)
+            errors += errs
+            if req is not None:
+                requests.append(req)
+    return requests, errors
+
+
+# --- Services: backends -------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Endpoint:
+    address: IPAddress
+    port: int
+    node: str | None
+
+
+def _slices_by_service(cluster: Cluster) -> dict[str, list[Obj]]:
+    out: dict[str, list[Obj]] = {}
+    for sl in cluster.endpointslices.values():
+        svc = _dig(sl, "metadata", "labels", SERVICE_NAME_LABEL)
+        if svc:
+            out.setdefault(f"{_dig(sl, 'metadata', 'namespace')}/{svc}", []).append(sl)
+    return out
+
+
+def _endpoints(slices: list[Obj], port_name: str, protocol: Protocol, family: int) -> list[_Endpoint]:
+    """Ready endpoints; when there is none, serving-and-terminating ones (KEP-1669), as kube-proxy."""
+    ready: dict[tuple[IPAddress, int], _Endpoint] = {}
+    fallback: dict[tuple[IPAddress, int], _Endpoint] = {}
+    for sl in slices:
+        if sl.get("addressType") != f"IPv{family}":
+            continue
+        sport = next((p for p in sl.get("ports") or [] if (p.get("name") or "") == port_name
+                      and str(p.get("protocol") or "TCP").lower() == protocol.value), None)
+        if sport is None or sport.get("port") is None:
+            continue
+        for ep in sl.get("endpoints") or []:
+            cond = ep.get("conditions") or {}
+            is_ready = cond.get("ready") is not False  # unset means ready (API contract)
+            serving = cond.get("serving") if cond.get("serving") is not None else is_ready
+            addresses = ep.get("addresses") or []
+            if not addresses:
+                continue
+            try:
+                addr = ipaddress.ip_address(addresses[0])  # consumers use the first (kube-proxy does)
+            except ValueError:
+                continue
+            e = _Endpoint(addr, int(sport["port"]), ep.get("nodeName"))
+            if is_ready:
+                ready[(addr, e.port)] = e
+            elif serving and cond.get("terminating"):
+                fallback[(addr, e.port)] = e
+    chosen = ready or fallback
+    return [chosen[k] for k in sorted(chosen, key=lambda k: (int(k[0]), k[1]))]
+
+
+def _node_ip(node: Obj, family: int) -> IPAddress | None:
+    if EXCLUDE_LABEL in (_dig(node, "metadata", "labels") or {}):
+        return None
+    conditions = _dig(node, "status", "conditions") or []
+    if not any(c.get("type") == "Ready" and c.get("status") == "True" for c in conditions):
+        return None
+    for a in _dig(node, "status", "addresses") or []:
+        if a.get("type") == "InternalIP":
+            try:
+                ip = ipaddress.ip_address(a.get("address", ""))
+            except ValueError:
+                continue
+            if ip.version == family:
+                return ip
+    return None
+
+
+# --- Services: load balancers -------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _SvcContext:
+    key: str
+    svc: Obj
+    slices: list[Obj]
+    options: Options
+    cluster: Cluster
+
+
+def _affinity(svc: Obj) -> Affinity | None:
+    if _dig(svc, "spec", "sessionAffinity") != "ClientIP":
+        return None
+    timeout = _dig(svc, "spec", "sessionAffinityConfig", "clientIP", "timeoutSeconds")
+    return Affinity(int(timeout) if timeout else DEFAULT_AFFINITY_S)
+
+
+def _source_ranges(ctx: _SvcContext, errors: list[ValidationError]) -> tuple[IPNetwork, ...]:
+    out: list[IPNetwork] = []
+    for i, text in enumerate(_dig(ctx.svc, "spec", "loadBalancerSourceRanges") or []):
+        try:
+            out.append(ipaddress.ip_network(str(text).strip(), strict=False))
+        except ValueError:
+            errors.append(ValidationError(SERVICE, ctx.key, f"spec.loadBalancerSourceRanges[{i}]",
+                                          f"{text!r} is not a CIDR"))
+    return tuple(out)
+
+
+def _backends_for(ctx: _SvcContext, port: Obj, protocol: Protocol, family: int) -> tuple[Backend, ...] | str:
+    """The backends of one Service port in one family, or why there can be none."""
+    endpoints = [e for f in (4, 6) for e in _endpoints(ctx.slices, port.get("name") or "", protocol, f)]
+    if ctx.options.backend_mode is BackendMode.POD:
+        return tuple(Backend(e.address, e.port) for e in endpoints if e.address.version == family)
+    node_port = port.get("nodePort")
+    if not node_port:
+        return "has no nodePort (allocateLoadBalancerNodePorts: false needs --backend-mode pod)"
+    local_only = _dig(ctx.svc, "spec", "externalTrafficPolicy") == "Local"
+    local_nodes = {e.node for e in endpoints if e.node}
+    out = []
+    for name, node in sorted(ctx.cluster.nodes.items()):
+        ip = _node_ip(node, family)
+        if ip is not None and (not local_only or name in local_nodes):
+            out.append(Backend(ip, int(node_port)))
+    return tuple(out)
+
+
+def _check(ctx: _SvcContext) -> HealthCheck:
+    """Readiness comes from EndpointSlices; only Local traffic in nodeport mode needs a probe: a
+    node answers on healthCheckNodePort with 200 while it has a local endpoint (kube-proxy)."""
+    hc_port = _dig(ctx.svc, "spec", "healthCheckNodePort")
+    local = _dig(ctx.svc, "spec", "externalTrafficPolicy") == "Local"
+    if ctx.options.backend_mode is BackendMode.NODEPORT and local and hc_port:
+        return HealthCheck(type=CheckType.HTTP, port=int(hc_port), request_path="/healthz",
+                           expected_statuses=((200, 299),))
+    return HealthCheck(type=CheckType.NONE)
+
+
+def service_load_balancers(ctx: _SvcContext, addresses: tuple[IPAddress, ...]) -> tuple[
+        list[LoadBalancer], list[ValidationError]]:
+    errors: list[ValidationError] = []
+    ports, port_errors = _ports(ctx.svc, ctx.key)
+    errors += port_errors
+    ranges = _source_ranges(ctx, errors)
+    lbs = []
+    for vip in addresses:
+        family_ranges = tuple(r for r in ranges if r.version == vip.version)
+        if ranges and not family_ranges:
+            # Serving this family unfiltered would open what the user restricted.
+            errors.append(ValidationError(SERVICE, ctx.key, "spec.loadBalancerSourceRanges",
+                                          f"no IPv{vip.version} range: {vip} is not served"))
+            continue
+        for i, port, protocol in ports:
+            backends = _backends_for(ctx, port, protocol, vip.version)
+            if isinstance(backends, str):
+                errors.append(ValidationError(SERVICE, ctx.key, f"spec.ports[{i}]", backends))
+                continue
+            lbs.append(LoadBalancer(
+                name=service_lb_name(ctx.key, protocol, int(port["port"]), vip.version),
+                port=int(port["port"]), protocol=protocol, frontend_ip=vip, backends=backends,
+                affinity=_affinity(ctx.svc), source_ranges=family_ranges, check=_check(ctx),
+                family=vip.version,
+            ))
+    return lbs, errors
+
+
+# --- L4LB objects -------------------------------------------------------------------------------
+
+
+def l4lbs(cluster: Cluster) -> tuple[list[LoadBalancer], list[ValidationError]]:
+    out, errors = [], []
+    for key, raw in sorted(cluster.l4lbs.items()):
+        try:
+            doc = L4LBDocument.model_validate(_document(raw, L4LB))
+        except pydantic.ValidationError as exc:
+            errors += [ValidationError(L4LB, key, path, text) for path, text in pyd_errors.translate(exc)]
+            continue
+        lb, problems = _load_balancer(doc)
+        if problems:
+            errors += [ValidationError(L4LB, key, path, text) for path, text in problems]
+            continue
+        out.append(dataclasses.replace(lb, name=l4lb_lb_name(key)))
+    return out, errors
+
+
+# --- the one function ---------------------------------------------------------------------------
+
+
+def to_model(cluster: Cluster, options: Options, assigned: Mapping[str, tuple[IPAddress, ...]]) -> Translation:
+    """The pools, every Service port on every address `assigned` to its Service, and the L4LB
+    objects (still to be allocated by gatelb.ipam), with every problem found."""
+    pool_list, errors = pools(cluster)
+    slices = _slices_by_service(cluster)
+    lbs: list[LoadBalancer] = []
+    for key, svc in sorted(cluster.services.items()):
+        if not is_ours(svc, options) or not assigned.get(key):
+            continue
+        ctx = _SvcContext(key, svc, slices.get(key, []), options, cluster)
+        svc_lbs, svc_errors = service_load_balancers(ctx, assigned[key])
+        lbs += svc_lbs
+        errors += svc_errors
+    own, own_errors = l4lbs(cluster)
+    desired = DesiredState(pools=tuple(p.pool for p in pool_list),
+                           load_balancers=tuple(sorted(lbs + own, key=lambda lb: lb.name)))
+    return Translation(desired, tuple(errors + own_errors))
+
+
+def plain_pools(pool_list: Iterable[ServicePool]) -> tuple[IPPool, ...]:
+    return tuple(p.pool for p in pool_list)
