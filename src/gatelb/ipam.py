@@ -235,8 +235,14 @@ def allocate_partial(
     """Allocate what can be allocated; L4LBs in error get no address. For sources (Kubernetes)
     where one bad object must not stop the others."""
     alloc = Allocator(desired.pools)
+    errors = _place(alloc, desired.load_balancers, recorded)
+    return alloc.snapshot(), errors
+
+
+def _place(alloc: Allocator, load_balancers: Iterable[LoadBalancer],
+           recorded: Mapping[str, IPAddress]) -> list[ValidationError]:
     errors: list[ValidationError] = []
-    lbs = sorted(desired.load_balancers, key=lambda lb: lb.name)
+    lbs = sorted(load_balancers, key=lambda lb: lb.name)
     # Order matters: first the addresses L4LBs already had (a restart never moves a VIP), then
     # explicit requests (so a new automatic allocation never takes an address someone asked for),
     # then everything else, lowest address first in name order.
@@ -251,7 +257,7 @@ def allocate_partial(
             alloc.assign(lb)
         except ValidationError as err:
             errors.append(err)
-    return alloc.snapshot(), errors
+    return errors
 
 
 def allocate(desired: DesiredState, recorded: Mapping[str, IPAddress]) -> Allocation:
@@ -260,6 +266,75 @@ def allocate(desired: DesiredState, recorded: Mapping[str, IPAddress]) -> Alloca
     if errors:
         raise ValidationErrors(sorted(errors, key=lambda e: e.name))
     return allocation
+
+
+class IncrementalAllocator:
+    """allocate() for a long-running agent: when the pools are the same objects as last time
+    (the cached loader reuses unchanged documents), only L4LBs that are new, changed or removed
+    are released and placed again, in allocate()'s order; the result is the same as a full
+    allocate() with the previous addresses as the record (tests/unit/test_ipam_incremental.py).
+    Any failure drops the kept state, so the next call starts from scratch."""
+
+    def __init__(self) -> None:
+        self._pools: tuple[IPPool, ...] | None = None
+        self._alloc: Allocator | None = None
+        self._lbs: dict[str, LoadBalancer] = {}
+
+    def allocate(self, desired: DesiredState, recorded: Mapping[str, IPAddress]) -> Allocation:
+        alloc = self._alloc
+        if alloc is None or self._pools is None or not _same_objects(desired.pools, self._pools):
+            alloc = Allocator(desired.pools)
+            pending: Iterable[LoadBalancer] = desired.load_balancers
+            previous: Mapping[str, IPAddress] = recorded
+        else:
+            current = {lb.name: lb for lb in desired.load_balancers}
+            gone = [n for n in self._lbs if current.get(n) is not self._lbs[n]]
+            previous = {n: ip for n in gone if (ip := alloc.address_of(n)) is not None}
+            for name in gone:
+                alloc.release(name)
+            pending = [lb for lb in desired.load_balancers if self._lbs.get(lb.name) is not lb]
+            if any(lb.frontend_ip is None and (ip := previous.get(lb.name)) is not None and alloc.holders(ip)
+                   for lb in pending):
+                # A changed automatic L4LB whose old address others now hold by explicit request:
+                # allocate() gives recorded addresses priority over explicit requests, which only
+                # a full pass reproduces.
+                alloc, pending, previous = Allocator(desired.pools), desired.load_balancers, recorded
+        self._alloc = None  # until this call succeeds
+        errors = _place(alloc, pending, previous)
+        if errors:
+            raise ValidationErrors(sorted(errors, key=lambda e: e.name))
+        self._alloc, self._pools = alloc, desired.pools
+        self._lbs = {lb.name: lb for lb in desired.load_balancers}
+        return alloc.snapshot()
+
+
+def _same_objects(a: tuple[IPPool, ...], b: tuple[IPPool, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+
+
+class Resolver:
+    """resolve() that reuses the Service of every L4LB whose object, address and backend health
+    are unchanged, so that an unchanged service is the *same* object and the data-plane diff can
+    skip it by identity. `dirty` names the L4LBs whose backend health changed since last time."""
+
+    def __init__(self) -> None:
+        self._memo: dict[str, tuple[LoadBalancer, IPAddress, Service]] = {}
+
+    def resolve(self, desired: DesiredState, allocation: Allocation, usable: Usable | None,
+                dirty: Iterable[str] = ()) -> ResolvedState:
+        dirty = set(dirty)
+        memo: dict[str, tuple[LoadBalancer, IPAddress, Service]] = {}
+        for lb in desired.load_balancers:
+            vip = allocation.addresses.get(lb.name)
+            if not lb.active or vip is None:
+                continue
+            hit = self._memo.get(lb.name)
+            if hit is not None and hit[0] is lb and hit[1] == vip and lb.name not in dirty:
+                memo[lb.name] = hit
+            else:
+                memo[lb.name] = (lb, vip, service_for(lb, vip, usable))
+        self._memo = memo
+        return ResolvedState(tuple(memo[name][2] for name in sorted(memo)))
 
 
 # --- resolve ----------------------------------------------------------------------------------

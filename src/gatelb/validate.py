@@ -128,15 +128,19 @@ def frontend_text(ip: IPAddress, protocol: Protocol, port: int) -> str:
     return f"{ip} {protocol.value}/{port}"
 
 
-def check_state(desired: DesiredState, known_pools: Iterable[str] = ()) -> list[ValidationError]:
+def check_state(
+    desired: DesiredState, known_pools: Iterable[str] = (), per_object: bool = True
+) -> list[ValidationError]:
     """Every cross-object problem. `known_pools` are pools that exist but failed to load, so an
-    L4LB naming one of them is not reported a second time as referring to an unknown pool."""
+    L4LB naming one of them is not reported a second time as referring to an unknown pool.
+    per_object=False skips check_load_balancer (the cached loader ran it for new objects only)."""
     errors = list(_duplicate_names(IPPOOL, (p.name for p in desired.pools)))
     errors += _duplicate_names(L4LB, (lb.name for lb in desired.load_balancers))
     errors += check_pools(desired.pools)
     pool_names = {p.name for p in desired.pools} | set(known_pools)
     for lb in desired.load_balancers:
-        errors += check_load_balancer(lb)
+        if per_object:
+            errors += check_load_balancer(lb)
         if lb.pool is not None and lb.pool not in pool_names:
             errors.append(ValidationError(L4LB, lb.name, "spec.pool", f"unknown IPPool {lb.pool!r}"))
     errors += _frontend_conflicts(desired.load_balancers)

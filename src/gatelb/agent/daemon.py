@@ -12,26 +12,36 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import json
 import logging
 import signal
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gatelb.agent.applied import services_from_json, services_to_json
 from gatelb.agent.engine import DataplaneSync
 from gatelb.agent.lock import StateLocked, state_lock
-from gatelb.agent.pipeline import Prepared, prepare
 from gatelb.agent.statefile import StateStore, StoredState
 from gatelb.agent.status import health_key
 from gatelb.dataplane.changes import udp_flows_to_flush
 from gatelb.health.monitor import HealthChange, HealthMonitor, TargetKey
-from gatelb.ipam import resolve
+from gatelb.ipam import Allocation, IncrementalAllocator, Resolver
 from gatelb.kernel.conntrack import flush_flows
 from gatelb.kernel.nft import Nft, NftCli, NftError
-from gatelb.model import Backend, HealthCheck, ResolvedState, ValidationError, ValidationErrors
+from gatelb.model import (
+    Backend,
+    DesiredState,
+    HealthCheck,
+    IPAddress,
+    ResolvedState,
+    ValidationError,
+    ValidationErrors,
+)
+from gatelb.sources.cached import CachedLoader
 
 log = logging.getLogger("gatelb")
 
@@ -78,8 +88,16 @@ class Agent:
         self._sync = DataplaneSync(nft, indexed=True)
         self._health_enabled = health
         self._monitor = HealthMonitor(self._on_health) if health else None
-        self._config: Prepared | None = None
+        self._config: Config | None = None
         self._text: str | None = None
+        # Incremental versions of load/allocate/resolve: a change to one of 10,000 L4LBs costs
+        # work proportional to the change (each is tested equal to the plain function).
+        self._loader = CachedLoader()
+        self._allocator = IncrementalAllocator()
+        self._resolver = Resolver()
+        self._health_dirty: set[str] = set()
+        self._triggered_at = 0.0
+        self._reload_ms = 0.0
         self._allocations: dict[str, str] = {}
         self._pending: set[str] = set()
         self._wake: asyncio.Event | None = None
@@ -91,12 +109,15 @@ class Agent:
     # -- triggers -----------------------------------------------------------------------------
 
     def trigger(self, why: str) -> None:
+        if not self._pending:
+            self._triggered_at = time.time()
         self._pending.add(why)
         if self._wake is not None:
             self._wake.set()
 
     def _on_health(self, changes: list[HealthChange]) -> None:
         # gatelb.health already logs every transition (one structured line each).
+        self._health_dirty.update(c.key.lb for c in changes)
         self.trigger("health")
         # Health shows in `gatelb status`, even when the data path does not change.
         self._dirty = True
@@ -142,8 +163,11 @@ class Agent:
             await self._wake.wait()
             self._wake.clear()
             triggers, self._pending = self._pending, set()
+            self._reload_ms = 0.0
             if triggers & {"start", "file", "signal"}:
+                t0 = time.perf_counter()
                 self._reload()
+                self._reload_ms = (time.perf_counter() - t0) * 1000
             if self._config is None:
                 continue
             if not self._apply(sorted(triggers)):
@@ -160,7 +184,9 @@ class Agent:
         if text == self._text and self._config is not None:
             return
         try:
-            config = prepare(text, str(self._path), self._allocations, self._usable)
+            desired = self._loader.load(text, str(self._path))
+            allocation = self._allocator.allocate(desired, _addresses(self._allocations))
+            config = Config(desired, allocation)
         except (ValidationErrors, ValidationError) as err:
             errors = [str(e) for e in getattr(err, "errors", [err])]
             event(logging.ERROR, "config-invalid", file=str(self._path), errors=errors,
@@ -181,7 +207,9 @@ class Agent:
 
     def _apply(self, triggers: list[str]) -> bool:
         assert self._config is not None
-        resolved = resolve(self._config.desired, self._config.allocation, self._usable)
+        resolved = self._resolver.resolve(self._config.desired, self._config.allocation, self._usable,
+                                          self._health_dirty)
+        self._health_dirty.clear()
         try:
             result = self._sync.sync(resolved)
         except NftError as err:
@@ -197,8 +225,12 @@ class Agent:
             assert self._save_wanted is not None
             self._save_wanted.set()
         if result.script:
+            now = time.time()
             event(logging.INFO, "sync", trigger=",".join(triggers), full=result.full, changes=result.changes,
-                  duration_ms=round((result.compile_s + result.apply_s) * 1000, 3), wall_time=time.time(),
+                  reload_ms=round(self._reload_ms, 3), compile_ms=round(result.compile_s * 1000, 3),
+                  apply_ms=round(result.apply_s * 1000, 3),
+                  duration_ms=round(self._reload_ms + (result.compile_s + result.apply_s) * 1000, 3),
+                  since_trigger_ms=round((now - self._triggered_at) * 1000, 3), wall_time=now,
                   generation=result.generation)
         return True
 
@@ -247,7 +279,23 @@ class Agent:
         ))
 
 
-def _health_targets(config: Prepared) -> dict[TargetKey, HealthCheck]:
+@dataclass(frozen=True)
+class Config:
+    """The last configuration that loaded and allocated without errors."""
+
+    desired: DesiredState
+    allocation: Allocation
+
+
+def _addresses(recorded: dict[str, str]) -> dict[str, IPAddress]:
+    out: dict[str, IPAddress] = {}
+    for name, ip in recorded.items():
+        with contextlib.suppress(ValueError):  # a damaged record only loses its pinning
+            out[name] = ipaddress.ip_address(ip)
+    return out
+
+
+def _health_targets(config: Config) -> dict[TargetKey, HealthCheck]:
     return {
         TargetKey(lb.name, b.address, b.port): lb.check
         for lb in config.desired.load_balancers

@@ -50,7 +50,7 @@ _UDP_ONLY = ("payload", "expect")
 _BaseLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
-class _Loader(_BaseLoader):  # type: ignore[valid-type,misc]
+class Loader(_BaseLoader):  # type: ignore[valid-type,misc]
     """Safe loader that refuses duplicate keys (PyYAML silently keeps the last one)."""
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
@@ -119,7 +119,7 @@ def _parse(text: str, source_name: str) -> list[Any]:
 def _parse_yaml(text: str, source_name: str) -> list[Any]:
     documents: list[Any] = []
     try:
-        documents.extend(yaml.load_all(text, Loader=_Loader))  # _Loader is a SafeLoader
+        documents.extend(yaml.load_all(text, Loader=Loader))  # Loader is a SafeLoader
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
         where = f"{source_name} line {mark.line + 1}, column {mark.column + 1}" if mark else source_name
@@ -133,7 +133,7 @@ def _parse_yaml(text: str, source_name: str) -> list[Any]:
 
 
 @dataclass
-class _Collected:
+class Collected:
     pools: dict[str, IPPool] = field(default_factory=dict)
     lbs: dict[str, LoadBalancer] = field(default_factory=dict)
     defined_in: dict[tuple[str, str], int] = field(default_factory=dict)
@@ -141,7 +141,7 @@ class _Collected:
     errors: list[ValidationError] = field(default_factory=list)
 
 
-def _label(raw: dict[Any, Any], number: int) -> tuple[str, str]:
+def label(raw: dict[Any, Any], number: int) -> tuple[str, str]:
     """How errors name a document: `L4LB web` when it says so, else `document 3`."""
     kind, metadata = raw.get("kind"), raw.get("metadata")
     name = metadata.get("name") if isinstance(metadata, dict) else None
@@ -252,12 +252,12 @@ def _load_balancer(doc: L4LBDocument) -> tuple[LoadBalancer, list[tuple[str, str
     return lb, problems
 
 
-def _add_document(raw: Any, number: int, out: _Collected) -> None:
+def add_document(raw: Any, number: int, out: Collected) -> None:
     bad_kind = _kind_problem(raw)
     if bad_kind is not None:
         out.errors.append(ValidationError("document", str(number), *bad_kind))
         return
-    kind, name = _label(raw, number)
+    kind, name = label(raw, number)
     fail = out.errors.append
     first = out.defined_in.setdefault((kind, name), number)
     if first != number and kind != "document":
@@ -286,16 +286,35 @@ def _add_document(raw: Any, number: int, out: _Collected) -> None:
         out.lbs[name] = lb
 
 
-def load_text(text: str, source_name: str = "<input>") -> DesiredState:
-    """Parse and validate; raise ValidationErrors listing every problem found."""
-    out = _Collected()
-    for number, raw in enumerate(_parse(text, source_name), start=1):
-        if raw is not None:  # an empty document (e.g. a trailing `---`)
-            _add_document(raw, number, out)
-    desired = DesiredState(
+def add_valid(obj: IPPool | LoadBalancer, number: int, out: Collected) -> None:
+    """Record an object that validated before (sources/cached.py), with add_document's
+    bookkeeping of names, so duplicates are still found."""
+    kind = "IPPool" if isinstance(obj, IPPool) else "L4LB"
+    first = out.defined_in.setdefault((kind, obj.name), number)
+    if first != number:
+        out.errors.append(ValidationError(
+            kind, obj.name, "metadata.name", f"{kind} {obj.name} is already defined in document {first}"))
+        return
+    if isinstance(obj, IPPool):
+        out.pools[obj.name] = obj
+    else:
+        out.lbs[obj.name] = obj
+
+
+def desired_from(out: Collected) -> DesiredState:
+    return DesiredState(
         pools=tuple(out.pools[n] for n in sorted(out.pools)),
         load_balancers=tuple(out.lbs[n] for n in sorted(out.lbs)),
     )
+
+
+def load_text(text: str, source_name: str = "<input>") -> DesiredState:
+    """Parse and validate; raise ValidationErrors listing every problem found."""
+    out = Collected()
+    for number, raw in enumerate(_parse(text, source_name), start=1):
+        if raw is not None:  # an empty document (e.g. a trailing `---`)
+            add_document(raw, number, out)
+    desired = desired_from(out)
     errors = out.errors + check_state(desired, known_pools=out.broken_pools)
     if errors:
         raise ValidationErrors(errors)
