@@ -5,6 +5,16 @@
 each), notes for each which backend answered, the source address that backend saw, the latency and
 the failure kind, and prints one JSON document (`gatelb.lab.results.ClientResult.to_json`).
 
+With ``--rate R`` the attempts are paced instead (open loop): attempt i starts at i / R seconds
+whether or not earlier ones have finished, so a failing backend cannot slow the offered load down,
+and each attempt records its start time (`Attempt.at`, UNIX seconds): failover tests line that up
+with the moment a backend died.
+
+``python -m gatelb.lab.client udpflow --target ADDR --port P --count N [--rate R]`` is one UDP
+*flow*: one socket (so one source port and one conntrack entry) sending N datagrams ``seq <i>`` at
+R per second, noting which backend answered each one (or the failure: ``timeout``, ``refused``
+for an ICMP port unreachable).
+
 ``python -m gatelb.lab.client hold --target ADDR --port P [--source ADDR] [--timeout S]`` keeps one
 TCP connection open: it prints ``{"backend": .., "seen_source": ..}`` once connected, then for
 every line read on stdin sends it and prints ``{"echo": ..}`` (or ``{"error": ..}``) -- one JSON
@@ -20,7 +30,8 @@ import json
 import socket
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from typing import Any
 
 from gatelb.lab.results import Attempt, ClientResult
 
@@ -114,13 +125,82 @@ PROBES: dict[str, Callable[[str, int, str | None], Awaitable[Answer]]] = {
 
 
 async def attempt(proto: str, target: str, port: int, source: str | None, timeout: float) -> Attempt:
-    start = time.monotonic()
+    at, start = time.time(), time.monotonic()
     try:
         name, seen, status = await asyncio.wait_for(PROBES[proto](target, port, source), timeout)
     except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError, EOFError) as exc:
-        return Attempt(ok=False, latency_ms=(time.monotonic() - start) * 1000, error=error_kind(exc))
+        return Attempt(ok=False, latency_ms=(time.monotonic() - start) * 1000, error=error_kind(exc), at=at)
     return Attempt(ok=True, backend=name, seen_source=seen, status=status,
-                   latency_ms=round((time.monotonic() - start) * 1000, 3))
+                   latency_ms=round((time.monotonic() - start) * 1000, 3), at=at)
+
+
+async def paced(count: int, rate: float, start: Callable[[int], Coroutine[Any, Any, Attempt]]) -> list[Attempt]:
+    """Start `start(i)` at i / rate s for i < count (open loop) and gather the attempts in order."""
+    loop = asyncio.get_running_loop()
+    t0 = loop.time()
+    tasks: list[asyncio.Task[Attempt]] = []
+    for i in range(count):
+        delay = t0 + i / rate - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(loop.create_task(start(i)))
+    return list(await asyncio.gather(*tasks))
+
+
+async def run_paced(proto: str, target: str, port: int, count: int, rate: float, source: str | None,
+                    timeout: float) -> ClientResult:
+    attempts = await paced(count, rate, lambda _: attempt(proto, target, port, source, timeout))
+    return ClientResult.from_attempts(proto, target, port, attempts, source)
+
+
+class _UdpFlow(asyncio.DatagramProtocol):
+    """Replies of one socket, matched to their datagram by the ``seq <i>`` the backend echoes."""
+
+    def __init__(self) -> None:
+        self.pending: dict[int, asyncio.Future[bytes]] = {}
+
+    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
+        parts = data.decode(errors="replace").split()  # "<name> <peer-ip> seq <i>"
+        if len(parts) >= 4 and parts[2] == "seq" and parts[3].isdigit():
+            fut = self.pending.pop(int(parts[3]), None)
+            if fut is not None and not fut.done():
+                fut.set_result(data)
+
+    def error_received(self, exc: Exception) -> None:
+        # An ICMP error names no datagram: it fails every one still waiting (with a timeout shorter
+        # than the pacing period, that is the one just sent).
+        for fut in self.pending.values():
+            if not fut.done():
+                fut.set_exception(exc)
+        self.pending.clear()
+
+
+async def _flow_exchange(transport: asyncio.DatagramTransport, proto: _UdpFlow, seq: int,
+                         timeout: float) -> Attempt:
+    fut: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
+    proto.pending[seq] = fut
+    at, start = time.time(), time.monotonic()
+    transport.sendto(f"seq {seq}".encode())
+    try:
+        name, seen = parse_greeting((await asyncio.wait_for(fut, timeout)).decode())
+    except (OSError, ValueError, TimeoutError) as exc:
+        return Attempt(ok=False, latency_ms=(time.monotonic() - start) * 1000, error=error_kind(exc), at=at)
+    finally:
+        proto.pending.pop(seq, None)
+    return Attempt(ok=True, backend=name, seen_source=seen, latency_ms=round((time.monotonic() - start) * 1000, 3),
+                   at=at)
+
+
+async def udp_flow(target: str, port: int, count: int, rate: float, source: str | None,
+                   timeout: float) -> ClientResult:
+    loop = asyncio.get_running_loop()
+    transport, proto = await loop.create_datagram_endpoint(
+        _UdpFlow, remote_addr=(target, port), local_addr=local_addr(source))
+    try:
+        attempts = await paced(count, rate, lambda i: _flow_exchange(transport, proto, i, timeout))
+    finally:
+        transport.close()
+    return ClientResult.from_attempts("udpflow", target, port, attempts, source)
 
 
 async def run_many(proto: str, target: str, port: int, count: int, source: str | None,
@@ -165,21 +245,31 @@ def hold(target: str, port: int, source: str | None, timeout: float) -> int:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="gatelb.lab.client", description=__doc__.split("\n")[0])
-    p.add_argument("proto", choices=[*PROBES, "hold"])
+    p.add_argument("proto", choices=[*PROBES, "udpflow", "hold"])
     p.add_argument("--target", required=True)
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--count", type=int, default=1)
     p.add_argument("--source", help="bind to this local address (e.g. the client's second address)")
     p.add_argument("--timeout", type=float, default=2.0, help="seconds per attempt")
     p.add_argument("--concurrency", type=int, default=8)
-    return p.parse_args(argv)
+    p.add_argument("--rate", type=float, help="attempts per second, paced (open loop); udpflow: default 10")
+    a = p.parse_args(argv)
+    if a.rate is not None and a.rate <= 0:
+        p.error(f"--rate: {a.rate} is not a positive rate")
+    return a
 
 
 def main(argv: list[str] | None = None) -> int:
     a = parse_args(argv)
     if a.proto == "hold":
         return hold(a.target, a.port, a.source, a.timeout)
-    result = asyncio.run(run_many(a.proto, a.target, a.port, a.count, a.source, a.timeout, a.concurrency))
+    if a.proto == "udpflow":
+        run = udp_flow(a.target, a.port, a.count, a.rate or 10.0, a.source, a.timeout)
+    elif a.rate is not None:
+        run = run_paced(a.proto, a.target, a.port, a.count, a.rate, a.source, a.timeout)
+    else:
+        run = run_many(a.proto, a.target, a.port, a.count, a.source, a.timeout, a.concurrency)
+    result = asyncio.run(run)
     print(result.to_json(), flush=True)
     return 0
 

@@ -18,6 +18,8 @@ class Attempt:
     backend saw (equal to the client's own address when the path keeps it, e.g. DNAT).
     error: None, or one of ``refused``, ``timeout``, ``reset``, ``closed`` (EOF before an answer),
     ``unreachable``, ``bad-answer``, ``error:<text>``.
+    at: wall-clock time (UNIX seconds) the attempt started; recorded by paced runs (``--rate``),
+    whose timeline tests compare with the moment a backend was killed. None otherwise.
     """
 
     ok: bool
@@ -26,6 +28,7 @@ class Attempt:
     latency_ms: float = 0.0
     error: str | None = None
     status: int | None = None  # HTTP status code
+    at: float | None = None
 
 
 @dataclass(frozen=True)

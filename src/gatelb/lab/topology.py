@@ -45,6 +45,7 @@ from gatelb.lab import lifecycle, naming
 from gatelb.lab.held import HeldConnection
 from gatelb.lab.procs import LineReader, stop_process
 from gatelb.lab.results import ClientResult
+from gatelb.lab.running import RunningClient
 
 CLIENT_V4 = "192.0.2.10"
 CLIENT_V4_OUTSIDE = "192.0.2.200"  # second client address, outside SOURCE_RANGE_INSIDE
@@ -363,6 +364,20 @@ class Lab:
         if not lines:
             raise LabError(f"Lab {self.lab_id}: the client printed nothing: {done.stderr.strip()}")
         return ClientResult.from_json(lines[-1])
+
+    def start_client(self, proto: str, target: str, port: int, count: int, *, rate: float | None = None,
+                     source: str | None = None, timeout: float = 2.0) -> RunningClient:
+        """Like `connect_many`, but paced at `rate` attempts/s (each recording its start time) and in
+        the background: returns at once; `.result()` waits for the `ClientResult`. `proto` may also
+        be ``udpflow``: one UDP socket sending `count` datagrams (see `gatelb.lab.client`)."""
+        args = [f"--target={target}", f"--port={port}", f"--count={count}", f"--timeout={timeout}"]
+        if rate is not None:
+            args.append(f"--rate={rate}")
+        if source:
+            args.append(f"--source={source}")
+        proc = self.python("client", "gatelb.lab.client", proto, *args, stdin=subprocess.DEVNULL,
+                           stderr=subprocess.PIPE)
+        return RunningClient(proc, 15 + timeout + count / (rate or 10.0))
 
     def hold(self, target: str, port: int, *, source: str | None = None,
              timeout: float = 2.0) -> HeldConnection:
