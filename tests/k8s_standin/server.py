@@ -60,6 +60,7 @@ class StandinServer:
         self.requests: list[tuple[str, str]] = []  # (method, path?query): what clients asked
         self._runner: web.AppRunner | None = None
         self._streams: set[asyncio.Event] = set()
+        self._open: asyncio.Event | None = None  # cleared: new watches wait (pause_watches)
         self.url = ""
 
     async def start(self, host: str = "127.0.0.1", port: int = 0) -> str:
@@ -82,6 +83,21 @@ class StandinServer:
     def drop_watches(self) -> None:
         for stop in list(self._streams):
             stop.set()
+
+    def pause_watches(self) -> None:
+        """End every open watch and hold new ones until resume_watches(), like an API server
+        restart: what happens meanwhile (e.g. a compaction) is seen when clients come back."""
+        self._gate().clear()
+        self.drop_watches()
+
+    def resume_watches(self) -> None:
+        self._gate().set()
+
+    def _gate(self) -> asyncio.Event:
+        if self._open is None:
+            self._open = asyncio.Event()
+            self._open.set()
+        return self._open
 
     def kubeconfig(self) -> dict[str, Any]:
         """A kubeconfig (as a dict) pointing at this server."""
@@ -147,6 +163,7 @@ class StandinServer:
         since = None if since_text in ("", "0") else int(since_text)
         timeout = min(float(q.get("timeoutSeconds", MAX_WATCH_S)), MAX_WATCH_S)
         bookmarks = q.get("allowWatchBookmarks", "").lower() in ("true", "1")
+        await self._gate().wait()
         resp = web.StreamResponse(headers={"Content-Type": "application/json"})
         await resp.prepare(request)
         try:

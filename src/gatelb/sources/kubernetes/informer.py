@@ -1,0 +1,95 @@
+"""List-then-watch caches of Kubernetes objects (client-go's reflector, reduced to what we need).
+
+    list (resourceVersion R) -> watch from R -> stream ends -> watch again from the last version seen
+                                             -> 410 Gone   -> list again
+
+BOOKMARK events only move the version forward (so a resumed watch starts close to now and a
+quiet resource does not fall out of the server's history). Errors back off and resume from the
+last version; a failed list is retried. `synced` is set once the first list is in: the agent
+programs nothing before every informer's is.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+from gatelb.sources.kubernetes.api import Gone, Kind, Obj
+
+log = logging.getLogger("gatelb.kube")
+
+BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
+WATCH_TIMEOUT_S = 300  # the server ends each watch after this; we resume at once
+
+
+class Lister(Protocol):
+    async def list(self, kind: Kind) -> tuple[list[Obj], str]: ...
+
+    def watch(self, kind: Kind, resource_version: str, timeout_s: int) -> AsyncIterator[tuple[str, Obj]]: ...
+
+
+def object_key(obj: Obj) -> str:
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{ns}/{meta.get('name')}" if ns else str(meta.get("name"))
+
+
+class Informer:
+    def __init__(self, api: Lister, kind: Kind, on_change: Callable[[str], None],
+                 watch_timeout_s: int = WATCH_TIMEOUT_S) -> None:
+        self.kind = kind
+        self.objects: dict[str, Obj] = {}
+        self.synced = asyncio.Event()
+        self.resource_version: str | None = None
+        self.counts = {"lists": 0, "watches": 0, "gone": 0, "errors": 0, "bookmarks": 0}
+        self._api = api
+        self._on_change = on_change
+        self._timeout = watch_timeout_s
+
+    async def run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if self.resource_version is None:
+                    await self._relist()
+                await self._watch_once()
+                failures = 0
+            except asyncio.CancelledError:
+                raise
+            except Gone:
+                self.counts["gone"] += 1
+                log.info("watch expired (410), relisting", extra={"fields": {"kind": self.kind.name}})
+                self.resource_version = None
+            except Exception as err:
+                self.counts["errors"] += 1
+                delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
+                failures += 1
+                log.warning("list/watch failed, retrying", extra={"fields": {
+                    "kind": self.kind.name, "error": repr(err)[:500], "retry_in_s": delay}})
+                await asyncio.sleep(delay)
+
+    async def _relist(self) -> None:
+        items, rv = await self._api.list(self.kind)
+        self.objects = {object_key(o): o for o in items}
+        self.resource_version = rv
+        self.counts["lists"] += 1
+        self.synced.set()
+        self._on_change(self.kind.name)
+
+    async def _watch_once(self) -> None:
+        assert self.resource_version is not None
+        self.counts["watches"] += 1
+        async for kind, obj in self._api.watch(self.kind, self.resource_version, self._timeout):
+            rv = (obj.get("metadata") or {}).get("resourceVersion")
+            if kind == "BOOKMARK":
+                self.counts["bookmarks"] += 1
+            elif kind in ("ADDED", "MODIFIED"):
+                self.objects[object_key(obj)] = obj
+                self._on_change(self.kind.name)
+            elif kind == "DELETED":
+                self.objects.pop(object_key(obj), None)
+                self._on_change(self.kind.name)
+            if rv:
+                self.resource_version = str(rv)

@@ -1,0 +1,122 @@
+"""Informers against the API stand-in over real HTTP: list, watch, resume, relist on 410, bookmarks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from kubernetes_asyncio.client import ApiClient, CoreV1Api
+
+from gatelb.sources.kubernetes.api import SERVICES, KubeApi
+from gatelb.sources.kubernetes.informer import Informer
+from tests.k8s_standin.client import run
+from tests.k8s_standin.server import StandinServer
+
+
+async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not cond():
+        assert loop.time() < deadline, "condition not reached in time"
+        await asyncio.sleep(0.02)
+
+
+@contextlib.asynccontextmanager
+async def informing(client: ApiClient, **kw: Any) -> AsyncIterator[tuple[Informer, list[str]]]:
+    changes: list[str] = []
+    inf = Informer(KubeApi(client), SERVICES, changes.append, **kw)
+    task = asyncio.create_task(inf.run())
+    try:
+        await asyncio.wait_for(inf.synced.wait(), 5)
+        yield inf, changes
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+
+def svc(name: str) -> dict[str, Any]:
+    return {"metadata": {"name": name}, "spec": {"type": "LoadBalancer", "ports": [{"port": 80}]}}
+
+
+def names(inf: Informer) -> list[str]:
+    return sorted(inf.objects)
+
+
+def test_list_then_watch_follows_changes() -> None:
+    async def body(server: StandinServer, client: ApiClient) -> None:
+        core = CoreV1Api(client)
+        await core.create_namespaced_service("default", svc("a"))
+        async with informing(client) as (inf, changes):
+            assert names(inf) == ["default/a"] and changes == ["services"]
+            await core.create_namespaced_service("default", svc("b"))
+            await core.patch_namespaced_service("a", "default", {"metadata": {"labels": {"x": "y"}}})
+            await core.delete_namespaced_service("b", "default")
+            await wait_until(lambda: len(changes) == 4)
+            assert names(inf) == ["default/a"]
+            assert inf.objects["default/a"]["metadata"]["labels"] == {"x": "y"}
+            assert inf.counts["lists"] == 1
+        # The watch started at the list's version, not from scratch.
+        watches = [p for m, p in server.requests if "watch=" in p]
+        assert "resourceVersion=" in watches[0] and "allowWatchBookmarks=" in watches[0]
+
+    run(body)
+
+
+def test_dropped_watch_resumes_from_last_version_without_relisting() -> None:
+    async def body(server: StandinServer, client: ApiClient) -> None:
+        core = CoreV1Api(client)
+        async with informing(client) as (inf, _):
+            await core.create_namespaced_service("default", svc("a"))
+            await wait_until(lambda: names(inf) == ["default/a"])
+            server.drop_watches()
+            await core.create_namespaced_service("default", svc("b"))  # while no watch is open
+            await wait_until(lambda: names(inf) == ["default/a", "default/b"])
+            assert inf.counts["lists"] == 1 and inf.counts["watches"] >= 2 and inf.counts["gone"] == 0
+
+    run(body)
+
+
+def test_server_side_watch_timeout_resumes() -> None:
+    async def body(server: StandinServer, client: ApiClient) -> None:
+        core = CoreV1Api(client)
+        async with informing(client, watch_timeout_s=1) as (inf, _):
+            await wait_until(lambda: inf.counts["watches"] >= 2, timeout=5)
+            await core.create_namespaced_service("default", svc("late"))
+            await wait_until(lambda: names(inf) == ["default/late"])
+            assert inf.counts["lists"] == 1
+
+    run(body)
+
+
+def test_410_gone_relists() -> None:
+    async def body(server: StandinServer, client: ApiClient) -> None:
+        core = CoreV1Api(client)
+        await core.create_namespaced_service("default", svc("a"))
+        async with informing(client) as (inf, _):
+            # A gap the server no longer remembers: the watch is down, changes, a compaction.
+            server.pause_watches()
+            await core.delete_namespaced_service("a", "default")
+            await core.create_namespaced_service("default", svc("b"))
+            server.store.compact()
+            server.resume_watches()
+            await wait_until(lambda: inf.counts["gone"] == 1 and inf.counts["lists"] == 2)
+            assert names(inf) == ["default/b"]
+            await core.create_namespaced_service("default", svc("c"))
+            await wait_until(lambda: names(inf) == ["default/b", "default/c"])
+
+    run(body)
+
+
+def test_bookmarks_advance_the_version() -> None:
+    async def body(server: StandinServer, client: ApiClient) -> None:
+        core = CoreV1Api(client)
+        async with informing(client) as (inf, changes):
+            other = await core.create_namespaced_service("default", svc("x"))
+            await wait_until(lambda: inf.counts["bookmarks"] >= 2)
+            assert inf.resource_version == other.metadata.resource_version
+            assert changes == ["services", "services"]  # a bookmark is no change
+
+    run(body, bookmark_interval=0.1)
