@@ -143,6 +143,8 @@ class Daemon:
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Daemon:
+        if self._proc is not None:
+            raise RuntimeError("gatelb run: already started")
         argv = [sys.executable, "-m", "gatelb.cli.main", "--state-dir", str(self.gatelb.state_dir), "run",
                 "-f", str(self.config), "--log-format", "json", "--no-health", *self._extra]
         with open(self.log_path, "ab") as log:
@@ -155,7 +157,7 @@ class Daemon:
             self._proc = None
 
     def __enter__(self) -> Daemon:
-        return self.start()
+        return self if self._proc is not None else self.start()
 
     def __exit__(self, *exc: object) -> None:
         self.stop()

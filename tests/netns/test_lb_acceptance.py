@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 import statistics
 import time
 from collections.abc import Iterator
@@ -121,9 +122,11 @@ def test_clientip_affinity_sticks_until_its_timeout(gl: Gatelb, lab: Lab) -> Non
     timeout_s = 2
     gl.apply_ok(config(l4lb("sticky", frontend=FRONTEND, backend=backends(), algorithm="roundrobin",
                             sessionAffinity={"type": "ClientIP", "timeoutSeconds": timeout_s})))
-    stuck = all_ok(lab, VIP, 100)
+    # One at a time: concurrent first packets could each make a pick before the first one's entry
+    # is in the set (true of any such affinity, kube-proxy's too), and this test counts picks.
+    stuck = all_ok(lab, VIP, 100, concurrency=1)
     assert len(stuck) == 1 and sum(stuck.values()) == 100, stuck
-    other = all_ok(lab, VIP, 20, source=CLIENT_V4_OUTSIDE)  # another client: its own pick, its own stickiness
+    other = all_ok(lab, VIP, 20, source=CLIENT_V4_OUTSIDE, concurrency=1)  # another client: its own pick
     assert len(other) == 1 and other.keys() != stuck.keys(), (stuck, other)
     assert affinity_entries(gl, CLIENT_V4)
     # Poll the kernel's set, not the service: every connection would renew the entry.
@@ -133,7 +136,7 @@ def test_clientip_affinity_sticks_until_its_timeout(gl: Gatelb, lab: Lab) -> Non
         time.sleep(0.1)
     again = all_ok(lab, VIP, 1)
     assert again.keys() != stuck.keys(), (stuck, again)
-    assert len(all_ok(lab, VIP, 30)) == 1  # and sticks again, to its new backend
+    assert all_ok(lab, VIP, 30, concurrency=1).keys() == again.keys()  # and sticks again, to the new one
 
 
 # -- addresses the backends see, source ranges -------------------------------------------------
@@ -200,7 +203,7 @@ def test_disable_removes_the_vip_and_enable_restores_the_same_address(gl: Gatelb
     # While disabled, another L4LB asks for an address: it must not get web's.
     newcomer = l4lb("newcomer", frontend={"port": 80}, backend=backends())
     gl.apply_ok(config(web("disable"), newcomer))
-    assert vip not in gl.table()
+    assert not mentions(gl.table(), vip)
     assert none_ok(lab, vip)
     assert gl.lb_status("web")["state"] == "disable"
     assert gl.vip("newcomer") != vip
@@ -209,15 +212,17 @@ def test_disable_removes_the_vip_and_enable_restores_the_same_address(gl: Gatelb
     assert sum(all_ok(lab, vip, 10).values()) == 10
 
 
+def mentions(text: str, address: str) -> bool:
+    """`address` appears in `text` as a whole (203.0.113.1 is not in 203.0.113.10)."""
+    return re.search(rf"(?<![\w:.]){re.escape(address)}(?![\w:])", text) is not None
+
+
 def normalised(table: str) -> list[str]:
-    """A table listing as sorted words without the generation element: element order depends on
-    history, and nft prints a map-key `th dport` as `tcp dport` depending on its cache."""
-    lines = [ln for ln in table.splitlines() if not ln.strip().startswith("elements") or "generation" not in ln]
-    text = "\n".join(lines).replace(" th dport", " tcp dport")
-    body = text.split("set generation", 1)
-    if len(body) == 2:  # drop the generation set's body: its one element is the generation number
-        text = body[0] + body[1].split("}", 1)[1]
-    return sorted(text.split())
+    """A table listing as sorted words without the generation set (its one element is a counter
+    of applies): element order depends on history, and nft prints a map-key `th dport` as
+    `tcp dport` depending on its cache."""
+    text = re.sub(r"set generation \{[^{}]*(\{[^{}]*\}[^{}]*)?\}", "", table)
+    return sorted(text.replace(" th dport", " tcp dport").split())
 
 
 def test_delete_removes_everything_the_l4lb_had(gl: Gatelb, lab: Lab) -> None:
@@ -228,11 +233,11 @@ def test_delete_removes_everything_the_l4lb_had(gl: Gatelb, lab: Lab) -> None:
     gl.apply_ok(config(web, api))
     all_ok(lab, "203.0.113.20", 5, port=443, concurrency=1)
     before = gl.table()
-    assert "203.0.113.20" in before and "_api" in before
+    assert mentions(before, "203.0.113.20") and "_api" in before
     out = gl.delete(api)
     assert out.code == 0, out.output
     after = gl.table("-s")
-    assert "203.0.113.20" not in after and "_api" not in after
+    assert not mentions(after, "203.0.113.20") and "_api" not in after
     assert none_ok(lab, "203.0.113.20", port=443)
     assert len(all_ok(lab, VIP, 30)) == 3
     # Exactly what a fresh load of web alone gives (stateless listing: counters differ).
