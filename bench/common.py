@@ -293,6 +293,12 @@ class Results:
         self.command = " ".join(argv if argv is not None else [Path(sys.argv[0]).name, *sys.argv[1:]])
         self.data: dict[str, Any] = {}
         self.tables: list[Table] = []
+        self.load: list[float] = []
+
+    def sample_load(self) -> None:
+        """Note the 1-minute load average: this machine has 2 cores shared with other people's work,
+        and a figure taken while the load was high deserves less trust."""
+        self.load.append(os.getloadavg()[0])
 
     def table(self, title: str, headers: list[str], note: str = "") -> Table:
         t = Table(title, headers, note=note)
@@ -302,13 +308,16 @@ class Results:
     def markdown(self) -> str:
         head = (f"## {self.name}\n\nMachine: {machine_line(self.machine)}\n\n"
                 f"Command: `{self.command}`\n\n")
+        if self.load:
+            head += (f"Load average (1 min) while measuring: {min(self.load):.2f}-{max(self.load):.2f} "
+                     f"({self.machine['cores']} cores)\n\n")
         return head + "\n".join(t.markdown() for t in self.tables)
 
     def write(self, results_dir: Path = RESULTS_DIR) -> tuple[Path, Path]:
         results_dir.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         base = results_dir / f"{self.name}-{stamp}"
-        payload = {"name": self.name, "machine": self.machine, "command": self.command,
+        payload = {"name": self.name, "machine": self.machine, "command": self.command, "loadavg": self.load,
                    "data": _jsonable(self.data), "tables": [asdict(t) for t in self.tables]}
         json_path, md_path = base.with_suffix(".json"), base.with_suffix(".md")
         json_path.write_text(json.dumps(payload, indent=2) + "\n")

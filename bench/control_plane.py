@@ -393,10 +393,13 @@ def main(argv: list[str] | None = None) -> int:
         incs: list[IncrementalFigures] = []
         for n in sizes:
             repeats = 1 if a.quick else (a.repeats or (3 if n >= 10000 else 5))
+            res.sample_load()
             if not a.skip_full:
                 fulls.append(full_sync(n, repeats, workdir, refs))
+            res.sample_load()
             if not a.skip_incremental:
                 incs.append(incremental(n, 1 if a.quick else a.inc_repeats, workdir))
+            res.sample_load()
         if fulls:
             full_sync_tables(res, fulls, refs)
         if incs:

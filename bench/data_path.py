@@ -3,8 +3,10 @@
 For each scenario a fresh lab is built, a minimal C HTTP server (bench/tools/httpclose.c, 4
 worker processes) listens on 8080 in every backend, and the gw gets the scenario's ruleset:
 
-  direct          no rules on the gw: the client talks to be1:8080, routed by the gw (no NAT,
-                  no conntrack) -- the path without a load balancer
+  direct          no rules on the gw: the client talks to the backends' own addresses, routed by
+                  the gw (no NAT, no conntrack) -- the path without a load balancer
+  direct+ct       the same, with connection tracking switched on in the gw (one `ct state` rule,
+                  no NAT): separates what conntrack costs from what the load balancer adds
   gatelb N        `gatelb apply` in the gw: the measured L4LB 203.0.113.10:80 -> be1..beB:8080,
                   plus N-1 filler L4LBs x 10 backends (198.18.0.0/16 -> 198.19.0.0/16, never hit),
                   plus one L4LB 203.0.113.11:5201 -> be1:5201 for iperf3
@@ -19,7 +21,7 @@ Figures per scenario (rounds interleaved across scenarios, median (min-max) over
   - connect latency p50/p99: bench.connprobe, sequential connects timed one by one;
   - bulk throughput: iperf3 (one stream, client -> server).
 
-    python -m bench.data_path                      # N = 1 and 10000, 3 rounds
+    python -m bench.data_path                      # N = 1 and 10000, 5 rounds
     python -m bench.data_path --quick              # N = 1 and 50, short runs: the smoke test
 """
 
@@ -63,16 +65,19 @@ LAB_POOL = ("lab", "203.0.113.0/24")
 CLIENT_NET = "192.0.2.0/24"
 SERVER_SRC = REPO / "bench" / "tools" / "httpclose.c"
 SERVER_WORKERS = 4
+# Switches conntrack on in the gw without NAT or filtering: every real gateway tracks connections.
+CONNTRACK_ONLY = ("table inet glbbench { chain track { type filter hook forward priority 0; policy accept; "
+                  "ct state established,related counter accept; } }\n")
 
 
 @dataclass(frozen=True)
 class Scenario:
-    kind: str  # direct | gatelb | kp-iptables
+    kind: str  # direct | direct+ct | gatelb | kp-iptables
     n: int = 0
 
     @property
     def label(self) -> str:
-        return "direct" if self.kind == "direct" else f"{self.kind} N={self.n}"
+        return self.kind if self.kind.startswith("direct") else f"{self.kind} N={self.n}"
 
 
 @dataclass
@@ -148,6 +153,9 @@ def _load(lab: Lab, sc: Scenario, params: Params, workdir: Path) -> float:
     """Program the gw for the scenario; returns how long that took (seconds)."""
     if sc.kind == "direct":
         return 0.0
+    if sc.kind == "direct+ct":
+        lab.run("gw", ["nft", "-f", "-"], input=CONNTRACK_ONLY)
+        return 0.0
     svcs = scenario_services(sc.n, params.backends)
     start = time.perf_counter()
     if sc.kind == "gatelb":
@@ -191,7 +199,7 @@ def parse_wrk(out: str) -> dict[str, float]:
 
 def _target(sc: Scenario) -> tuple[str, int, str, int]:
     """(web address, port, iperf3 address, port) the client aims at in this scenario."""
-    if sc.kind == "direct":
+    if sc.kind.startswith("direct"):
         return backend_v4(1), BACKEND_PORT, backend_v4(1), IPERF_PORT
     return VIP, VIP_PORT, IPERF_VIP, IPERF_PORT
 
@@ -218,7 +226,7 @@ def _wrk_args(sc: Scenario, params: Params, workdir: Path) -> list[str]:
     addr, port, _, _ = _target(sc)
     args = ["wrk", f"-t{params.backends}", f"-c{max(params.wrk_connections, params.backends)}",
             f"-d{params.wrk_seconds:g}s", "--latency", "-H", "Connection: close"]
-    if sc.kind == "direct":
+    if sc.kind.startswith("direct"):
         script = workdir / "spread.lua"
         hosts = ", ".join(f'"{backend_v4(i)}"' for i in range(1, params.backends + 1))
         script.write_text(f"local targets = {{ {hosts} }}\nlocal i = 0\n"
@@ -302,19 +310,19 @@ def tables(res: Results, scenarios: list[Scenario], figs: dict[Scenario, Figures
         f = figs[sc]
         g = summarize(f.gbps)
         b.rows.append([sc.label, g.fmt("", 2), ratio(g.median, base_gbps),
-                       summarize(f.load_s).fmt("s", 2) if sc.kind != "direct" else "-"])
+                       summarize(f.load_s).fmt("s", 2) if not sc.kind.startswith("direct") else "-"])
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", default="1,10000", help="numbers of load balancers (default 1,10000)")
     p.add_argument("--layouts", default="gatelb,kp-iptables", help="default gatelb,kp-iptables")
-    p.add_argument("--rounds", type=int, default=3)
+    p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--backends", type=int, default=3)
-    p.add_argument("--wrk-seconds", type=float, default=5.0)
+    p.add_argument("--wrk-seconds", type=float, default=3.0)
     p.add_argument("--connections", type=int, default=32, help="wrk concurrent connections")
     p.add_argument("--probe-count", type=int, default=2000)
-    p.add_argument("--iperf-seconds", type=float, default=5.0)
+    p.add_argument("--iperf-seconds", type=float, default=3.0)
     p.add_argument("--quick", action="store_true", help="smoke run: N = 1 and 50, one short round")
     a = p.parse_args(argv)
     require_root()
@@ -324,7 +332,8 @@ def main(argv: list[str] | None = None) -> int:
     else:
         sizes, rounds = parse_sizes(a.sizes), a.rounds
         params = Params(a.backends, a.wrk_seconds, a.connections, a.probe_count, a.iperf_seconds)
-    scenarios = [Scenario("direct")] + [Scenario(k, n) for k in a.layouts.split(",") if k for n in sizes]
+    layouts = [k for k in a.layouts.split(",") if k]
+    scenarios = [Scenario("direct"), Scenario("direct+ct"), *(Scenario(k, n) for k in layouts for n in sizes)]
     shown = argv if argv is not None else sys.argv[1:]
     res = Results("data_path", ["python -m bench.data_path", *shown])
     figs = {sc: Figures() for sc in scenarios}
@@ -334,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
         for r in range(rounds):
             for sc in scenarios:
                 log(f"data path round {r + 1}/{rounds}: {sc.label}")
+                res.sample_load()
                 measure(sc, params, server, workdir, figs[sc])
                 f = figs[sc]
                 log(f"  {f.rate[-1]:.0f} conn/s, connect p50 {f.connect_p50_us[-1]:.0f} us, "

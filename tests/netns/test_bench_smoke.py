@@ -89,7 +89,8 @@ def test_data_path_quick() -> None:
     body = data["data"]
     assert isinstance(body, dict)
     scenarios = body["scenarios"]
-    assert set(scenarios) == {"direct", "gatelb N=1", "gatelb N=50", "kp-iptables N=1", "kp-iptables N=50"}
+    assert set(scenarios) == {"direct", "direct+ct", "gatelb N=1", "gatelb N=50", "kp-iptables N=1",
+                              "kp-iptables N=50"}
     for label, figs in scenarios.items():
         for key in ("rate", "connect_p50_us", "gbps"):
             assert _finite(figs[key]["median"]), (label, key)
