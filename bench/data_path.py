@@ -66,8 +66,8 @@ CLIENT_NET = "192.0.2.0/24"
 SERVER_SRC = REPO / "bench" / "tools" / "httpclose.c"
 SERVER_WORKERS = 4
 # Switches conntrack on in the gw without NAT or filtering: every real gateway tracks connections.
-CONNTRACK_ONLY = ("table inet glbbench { chain track { type filter hook forward priority 0; policy accept; "
-                  "ct state established,related counter accept; } }\n")
+CONNTRACK_ONLY = ("table inet glbbench {\n chain track { type filter hook forward priority 0; policy accept;\n"
+                  "  ct state established,related counter accept\n }\n}\n")
 
 
 @dataclass(frozen=True)
