@@ -1,0 +1,190 @@
+"""The Kubernetes agent end to end against the API stand-in (real HTTP) with the fake nft.
+
+The kernel side is proven in tests/netns/test_kube_scenario.py; here: IPAM, status write-back,
+Events, leader election, restarts, class rules, L4LB objects.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, DiscoveryV1Api
+
+from gatelb.agent.kube import KubeAgent, KubeSettings
+from gatelb.kernel.fake import FakeNft
+from gatelb.sources.kubernetes.api import KubeApi
+from gatelb.sources.kubernetes.translate import BackendMode, Options
+from tests.k8s_standin.client import run
+from tests.k8s_standin.server import StandinServer
+
+POD = Options(backend_mode=BackendMode.POD)
+
+
+async def wait_for(get: Callable[[], Any], timeout: float = 5.0) -> Any:
+    """Poll an async or plain getter until it returns something truthy."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while True:
+        value = get()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return value
+        assert loop.time() < deadline, "not reached in time"
+        await asyncio.sleep(0.05)
+
+
+@contextlib.asynccontextmanager
+async def agent(client: ApiClient, nft: FakeNft | None = None, identity: str = "gw1",
+                options: Options = POD) -> AsyncIterator[tuple[KubeAgent, FakeNft]]:
+    nft = nft or FakeNft()
+    a = KubeAgent(KubeApi(client), nft, KubeSettings(options, identity=identity, health=False))
+    stop = asyncio.Event()
+    task = asyncio.create_task(a.run(stop))
+    try:
+        yield a, nft
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 5)
+
+
+async def make_pool(client: ApiClient, name: str, addresses: list[str], **spec: Any) -> None:
+    body = {"apiVersion": "gatelb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": name},
+            "spec": {"addresses": addresses, **spec}}
+    await CustomObjectsApi(client).create_cluster_custom_object("gatelb.io", "v1alpha1", "ippools", body)
+
+
+async def make_service(client: ApiClient, name: str, ns: str = "default", port: int = 80,
+                       annotations: dict[str, str] | None = None, **spec: Any) -> None:
+    body = {"metadata": {"name": name, "annotations": annotations or {}},
+            "spec": {"type": "LoadBalancer", "ports": [{"name": "http", "port": port, "protocol": "TCP"}], **spec}}
+    await CoreV1Api(client).create_namespaced_service(ns, body)
+
+
+async def make_slice(client: ApiClient, svc: str, *addresses: str, ns: str = "default") -> None:
+    body = {"metadata": {"name": f"{svc}-1", "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [a], "conditions": {"ready": True}} for a in addresses]}
+    await DiscoveryV1Api(client).create_namespaced_endpoint_slice(ns, body)
+
+
+def ingress_of(server: StandinServer, name: str, ns: str = "default") -> list[str]:
+    obj = server.store.objects.get(("v1/services", ns, name)) or {}
+    return [i["ip"] for i in ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []]
+
+
+def events(server: StandinServer, reason: str) -> list[str]:
+    return [o["message"] for (rid, _, _), o in server.store.objects.items()
+            if rid == "v1/events" and o["reason"] == reason]
+
+
+def test_service_gets_address_status_event_and_rules() -> None:
+    async def body(server: StandinServer, client: ApiClient) -> None:
+        await make_pool(client, "public", ["203.0.113.10-203.0.113.11"])
+        await make_service(client, "web")
+        await make_slice(client, "web", "198.51.100.11", "198.51.100.12")
+        async with agent(client) as (_, nft):
+            assert await wait_for(lambda: ingress_of(server, "web")) == ["203.0.113.10"]
+            svc = server.store.objects[("v1/services", "default", "web")]
+            assert svc["status"]["loadBalancer"]["ingress"] == [{"ip": "203.0.113.10", "ipMode": "VIP"}]
+            assert svc["metadata"]["annotations"]["gatelb.io/ip-pool"] == "public"
+            assert await wait_for(lambda: events(server, "IPAllocated")) == [
+                "Assigned IP [203.0.113.10] from IPPool public"]
+            script = nft.last_transaction
+            assert "203.0.113.10" in script and "198.51.100.12" in script
+
+    run(body)
+
+
+def test_exhausted_pool_is_an_allocation_failed_event_and_others_keep_working() -> None:
+    async def body(server: StandinServer, client: ApiClient) -> None:
+        await make_pool(client, "tiny", ["203.0.113.10"])
+        await make_service(client, "a")
+        async with agent(client):
+            await wait_for(lambda: ingress_of(server, "a"))
+            await make_service(client, "b")
+            msgs = await wait_for(lambda: events(server, "AllocationFailed"))
+            assert msgs == ["PoolExhausted: IPPool tiny: no free IPv4 address"]
+            assert ingress_of(server, "a") == ["203.0.113.10"] and ingress_of(server, "b") == []
+            # Deleting the holder frees the address for the waiting Service.
+            await CoreV1Api(client).delete_namespaced_service("a", "default")
+            assert await wait_for(lambda: ingress_of(server, "b")) == ["203.0.113.10"]
+
+    run(body)
+
+
+def test_restart_keeps_addresses_even_when_the_order_changes() -> None:
+    async def body(server: StandinServer, client: ApiClient) -> None:
+        await make_pool(client, "public", ["203.0.113.10-203.0.113.20"])
+        await make_service(client, "b")
+        async with agent(client):
+            await wait_for(lambda: ingress_of(server, "b"))
+        await make_service(client, "a")  # sorts first: a fresh allocation would give it .10
+        async with agent(client):
+            assert await wait_for(lambda: ingress_of(server, "a")) == ["203.0.113.11"]
+            assert ingress_of(server, "b") == ["203.0.113.10"]
+
+    run(body)
+
+
+def test_class_change_releases_the_address_and_clears_status() -> None:
+    async def body(server: StandinServer, client: ApiClient) -> None:
+        await make_pool(client, "public", ["203.0.113.10-203.0.113.20"])
+        await make_service(client, "web")
+        await make_service(client, "theirs", loadBalancerClass="example.com/other")
+        async with agent(client) as (a, _):
+            await wait_for(lambda: ingress_of(server, "web"))
+            assert ingress_of(server, "theirs") == []
+            assert [s.name for s in a.resolved.services] == ["svc/default/web/tcp/80/v4"]
+            await CoreV1Api(client).patch_namespaced_service(
+                "web", "default", {"spec": {"loadBalancerClass": "example.com/other"}})
+            await wait_for(lambda: not ingress_of(server, "web"))
+            svc = server.store.objects[("v1/services", "default", "web")]
+            assert "gatelb.io/ip-pool" not in svc["metadata"]["annotations"]
+            await wait_for(lambda: not a.resolved.services)
+
+    run(body)
+
+
+def test_follower_programs_leader_addresses_and_never_allocates() -> None:
+    async def body(server: StandinServer, client: ApiClient) -> None:
+        await make_pool(client, "public", ["203.0.113.10-203.0.113.20"])
+        await make_service(client, "web")
+        await make_slice(client, "web", "198.51.100.11")
+        async with agent(client, identity="gw1") as (leader, _):
+            await wait_for(lambda: ingress_of(server, "web"))
+            async with agent(client, identity="gw2") as (follower, nft2):
+                await wait_for(lambda: follower.rounds > 0 and "203.0.113.10" in nft2.last_transaction)
+                await make_service(client, "api")
+                await wait_for(lambda: ingress_of(server, "api"))
+                await wait_for(lambda: "203.0.113.11" in nft2.last_transaction)
+                assert leader.is_leader and not follower.is_leader
+        lease = server.store.objects[("coordination.k8s.io/v1/leases", "gatelb-system", "gatelb-ipam")]
+        assert lease["spec"]["holderIdentity"] == "gw1"
+
+    run(body)
+
+
+def test_l4lb_objects_get_a_frontend_and_status() -> None:
+    async def body(server: StandinServer, client: ApiClient) -> None:
+        custom = CustomObjectsApi(client)
+        await make_pool(client, "public", ["203.0.113.10-203.0.113.20"])
+        await make_service(client, "web", annotations={"gatelb.io/loadBalancerIPs": "203.0.113.10"})
+        for name, spec in (("ext", {"frontend": {"port": 80}, "backend": ["198.51.100.50:8080"]}),
+                           ("bad", {"frontend": {"port": 80}, "algorithm": "fastest"})):
+            await custom.create_namespaced_custom_object("gatelb.io", "v1alpha1", "ops", "l4lbs", {
+                "apiVersion": "gatelb.io/v1alpha1", "kind": "L4LB", "metadata": {"name": name}, "spec": spec})
+        async with agent(client):
+            def status(name: str) -> dict[str, Any]:
+                return server.store.objects[("gatelb.io/v1alpha1/l4lbs", "ops", name)].get("status") or {}
+
+            ext = await wait_for(lambda: status("ext"))
+            assert ext == {"state": "Active", "message": "1/1 backends serving", "frontendIP": "203.0.113.11"}
+            bad = await wait_for(lambda: status("bad"))
+            assert bad["state"] == "Error" and "spec.algorithm: 'fastest' is not one of" in bad["message"]
+            assert ingress_of(server, "web") == ["203.0.113.10"]
+
+    run(body)
