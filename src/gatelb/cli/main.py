@@ -31,7 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     pl.add_argument("--nft", action="store_true", help="also print the nft transaction")
 
     r = sub.add_parser("run", help="the daemon: apply, then follow file changes, SIGHUP and health checks")
-    r.add_argument("-f", "--file", required=True)
+    r.add_argument("-f", "--file", help="YAML file (required unless Kubernetes is the source)")
+    k = r.add_argument_group("Kubernetes (source: the cluster's Services, EndpointSlices and gatelb.io objects)")
+    k.add_argument("--kubeconfig", help="kubeconfig file")
+    k.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
+    k.add_argument("--mode", choices=["gateway"], default="gateway", help="program the gateway this runs on")
+    k.add_argument("--backend-mode", choices=["nodeport", "pod"], default="nodeport",
+                   help="backends: node InternalIP:nodePort, or pod IPs from EndpointSlices")
+    k.add_argument("--no-default-class", action="store_true",
+                   help="ignore Services without spec.loadBalancerClass (only gatelb.io/gatelb ones)")
+    k.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "gatelb-system"),
+                   help="namespace of the leader-election Lease (default: $POD_NAMESPACE or gatelb-system)")
     r.add_argument("--log-format", choices=["text", "json"], default="text")
     r.add_argument("--no-health", action="store_true", help="do not run health checks (all backends count as up)")
 
@@ -54,6 +64,17 @@ def main(argv: list[str] | None = None) -> int:
         from gatelb.cli.demo import run_demo
 
         return run_demo(args.connections)
+    if args.command == "run" and (args.kubeconfig or args.in_cluster):
+        from gatelb.agent.kube import KubeSettings, run_kube
+        from gatelb.sources.kubernetes.translate import BackendMode, Options
+
+        opts = Options(BackendMode(args.backend_mode), default_class=not args.no_default_class)
+        settings = KubeSettings(opts, lease_namespace=args.lease_namespace, health=not args.no_health,
+                                file=Path(args.file) if args.file else None)
+        return run_kube(args.kubeconfig, settings, args.log_format)
+    if args.command == "run" and not args.file:
+        print("gatelb run: -f/--file is required (or --kubeconfig / --in-cluster)", file=sys.stderr)
+        return 2
     if args.command == "run":
         from gatelb.agent.daemon import run_daemon
 
