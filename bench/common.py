@@ -259,6 +259,17 @@ def scratch_netns(prefix: str = "glbb") -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
 
 
+def exit_on_signals() -> None:
+    """SIGTERM and SIGHUP end a benchmark like Ctrl-C does: through the `finally` blocks, so daemons
+    are stopped and scratch namespaces deleted. (A background job of a non-interactive shell
+    ignores SIGINT, so SIGTERM is how one stops it.)"""
+    def _raise(signum: int, _frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _raise)
+
+
 def require_root() -> None:
     if os.geteuid() != 0:
         sys.exit("this benchmark needs root (it creates network namespaces)")

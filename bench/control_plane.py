@@ -2,8 +2,12 @@
 
 Full sync (each measurement in a fresh, empty network namespace):
   - `gatelb apply` end to end (process start to exit), its phases from --timings-json, the
-    gatelb process's own peak RSS and nft's;
-  - plain `nft -f` on the exact text gatelb applied (--dump-nft): the floor set by nft itself;
+    gatelb process's own peak RSS;
+  - the same with GATELB_NFT_ONLY=1 (everything through one `nft -f` transaction instead of nft for
+    the structure plus gatelb's own netlink batch for the bulk elements);
+  - plain `nft -f` on the complete ruleset text gatelb loads (its --dump-nft, taken in an extra,
+    untimed run: producing the text costs gatelb time it does not otherwise spend): the floor set
+    by nft itself for the same ruleset;
   - the same services in kube-proxy's layouts (bench/gen.py): nftables v1.36, nftables v1.31,
     and iptables via iptables-restore.
   Variants are interleaved round by round so that drift on a shared machine hits all of them alike.
@@ -38,6 +42,7 @@ from bench import gen
 from bench.common import (
     Results,
     RunResult,
+    exit_on_signals,
     gatelb_cmd,
     gatelb_measured_cmd,
     iptables_restore,
@@ -64,6 +69,7 @@ MIB = 1024.0
 class FullSyncFigures:
     n: int
     wall: list[float] = field(default_factory=list)  # gatelb apply, process start to exit
+    wall_nft_only: list[float] = field(default_factory=list)  # the same with GATELB_NFT_ONLY=1
     phases: dict[str, list[float]] = field(default_factory=lambda: {p: [] for p in PHASES})
     gatelb_rss_kib: list[int] = field(default_factory=list)
     floor: list[RunResult] = field(default_factory=list)  # plain nft -f on gatelb's text
@@ -77,7 +83,7 @@ class FullSyncFigures:
                     "user_s": [r.user_s for r in rs], "sys_s": [r.sys_s for r in rs]}
 
         return {
-            "n": self.n, "gatelb_wall_s": summarize(self.wall),
+            "n": self.n, "gatelb_wall_s": summarize(self.wall), "gatelb_nft_only_wall_s": summarize(self.wall_nft_only),
             "phases": {p: summarize(v) for p, v in self.phases.items()},
             "gatelb_maxrss_kib": self.gatelb_rss_kib,
             "nft_floor": runs(self.floor), "references": {k: runs(v) for k, v in self.refs.items()},
@@ -99,18 +105,28 @@ def _write_inputs(n: int, workdir: Path, references: Sequence[str]) -> dict[str,
     return paths
 
 
-def _gatelb_apply_once(yaml_path: Path, workdir: Path, dump: Path, figs: FullSyncFigures) -> None:
+def _gatelb_apply_once(yaml_path: Path, workdir: Path, figs: FullSyncFigures | None,
+                       nft_only: bool = False, dump: Path | None = None) -> None:
+    """One `gatelb apply` into a fresh namespace, its figures added to `figs` (with nft_only, only
+    its wall time). With `dump`, an untimed run that writes the complete nft text there."""
     rusage, timings = workdir / "rusage.json", workdir / "timings.json"
     for stale in (rusage, timings):
         stale.unlink(missing_ok=True)
+    env = {"GATELB_NFT_ONLY": "1" if nft_only else "0"}
     with scratch_netns() as ns, tempfile.TemporaryDirectory(prefix="glbb-state-") as state:
+        extra = ["--dump-nft", str(dump)] if dump else []
         cmd = gatelb_measured_cmd(str(rusage), "apply", "-f", str(yaml_path), "--timings-json", str(timings),
-                                  "--dump-nft", str(dump), "-q")
-        res = run_measured(cmd, netns=ns, env={"GATELB_STATE_DIR": state}).check()
+                                  *extra, "-q")
+        res = run_measured(cmd, netns=ns, env={**env, "GATELB_STATE_DIR": state}).check()
         # An exit code of 0 with nothing in the kernel would make every figure meaningless.
         tables = run_measured(["nft", "list", "tables"], netns=ns).check().stdout
         if "gatelb" not in tables:
             raise RuntimeError(f"gatelb apply exited 0 but the namespace holds no gatelb table: {tables!r}")
+    if figs is None:
+        return
+    if nft_only:
+        figs.wall_nft_only.append(res.wall_s)
+        return
     t = json.loads(timings.read_text())
     u = json.loads(rusage.read_text())
     figs.wall.append(res.wall_s)
@@ -134,10 +150,14 @@ def full_sync(n: int, repeats: int, workdir: Path, references: Sequence[str]) ->
     figs = FullSyncFigures(n, refs={r: [] for r in references})
     figs.iptables_variant = iptables_restore()[1] if "kp-iptables" in references else ""
     dump = workdir / f"gatelb-{n}.nft"
+    log(f"full sync N={n}: gatelb apply --dump-nft (untimed)")
+    _gatelb_apply_once(paths["yaml"], workdir, None, dump=dump)
     for r in range(repeats):
         log(f"full sync N={n} round {r + 1}/{repeats}: gatelb apply")
-        _gatelb_apply_once(paths["yaml"], workdir, dump, figs)
-        log(f"full sync N={n} round {r + 1}/{repeats}: nft -f on gatelb's text")
+        _gatelb_apply_once(paths["yaml"], workdir, figs)
+        log(f"full sync N={n} round {r + 1}/{repeats}: gatelb apply, GATELB_NFT_ONLY=1")
+        _gatelb_apply_once(paths["yaml"], workdir, figs, nft_only=True)
+        log(f"full sync N={n} round {r + 1}/{repeats}: nft -f on gatelb's complete text")
         figs.floor.append(_load("nft", dump))
         for ref in references:
             log(f"full sync N={n} round {r + 1}/{repeats}: {ref}")
@@ -153,7 +173,7 @@ def _mib(kib: Sequence[int]) -> str:
 def full_sync_tables(res: Results, all_figs: list[FullSyncFigures], references: Sequence[str]) -> None:
     t = res.table(
         "Full sync: gatelb apply into an empty namespace (N L4LBs x 10 backends)",
-        ["N", "end to end", "parse+validate", "IPAM", "compile", "kernel apply (nft)", "total in-process",
+        ["N", "end to end", "parse+validate", "IPAM", "compile", "kernel apply", "total in-process",
          "gatelb peak RSS", "nft peak RSS (same text)", "nft text"],
         note="Seconds: median (min-max) over the rounds. End to end = process start (interpreter, "
              "imports) to exit. Peak RSS: the largest over the rounds; gatelb's own process (the nft "
@@ -167,19 +187,20 @@ def full_sync_tables(res: Results, all_figs: list[FullSyncFigures], references: 
                        f"{f.nft_text_bytes / 1e6:.1f} MB"])
 
     variant = next((f.iptables_variant for f in all_figs if f.iptables_variant), "")
-    headers = ["N", "gatelb apply", "nft -f (gatelb's text)", "gatelb / nft -f"]
+    headers = ["N", "gatelb apply", "nft -f (same ruleset)", "gatelb / nft -f", "gatelb, nft only"]
     for ref in references:
         label = f"{ref} ({variant}-restore)" if ref == "kp-iptables" else ref
         headers += [label, f"{ref} / gatelb"]
     c = res.table("Full sync: gatelb against plain nft -f and kube-proxy's layouts (same services)", headers,
-                  note="Each load into a fresh empty namespace; seconds, median (min-max). "
-                       "Ratios of medians.")
+                  note="Each load into a fresh empty namespace; seconds, median (min-max). Ratios of medians. "
+                       "nft -f loads gatelb's complete ruleset text (its --dump-nft); "
+                       "'gatelb, nft only' is gatelb apply with GATELB_NFT_ONLY=1 (no netlink bulk batch).")
     m = res.table("Full sync: peak RSS of the loading process",
-                  ["N", "gatelb (own process)", "nft -f (gatelb's text)", *references])
+                  ["N", "gatelb (own process)", "nft -f (same ruleset)", *references])
     for f in all_figs:
         g = summarize(f.wall)
         floor = summarize([r.wall_s for r in f.floor])
-        row = [str(f.n), g.fmt(), floor.fmt(), ratio(g.median, floor.median)]
+        row = [str(f.n), g.fmt(), floor.fmt(), ratio(g.median, floor.median), summarize(f.wall_nft_only).fmt()]
         mrow = [str(f.n), _mib(f.gatelb_rss_kib), _mib([r.maxrss_kib for r in f.floor])]
         for ref in references:
             s = summarize([r.wall_s for r in f.refs[ref]])
@@ -379,6 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, help="keep generated inputs here (default: a temporary directory)")
     a = p.parse_args(argv)
     require_root()
+    exit_on_signals()
     sizes = [50] if a.quick else parse_sizes(a.sizes)
     refs = tuple(r for r in a.references.split(",") if r)
     unknown = set(refs) - set(REFERENCES)

@@ -44,6 +44,7 @@ from bench.common import (
     PYTHON,
     REPO,
     Results,
+    exit_on_signals,
     gatelb_cmd,
     iptables_restore,
     log,
@@ -326,6 +327,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="smoke run: N = 1 and 50, one short round")
     a = p.parse_args(argv)
     require_root()
+    exit_on_signals()
     if a.quick:
         sizes, rounds = [1, 50], 1
         params = Params(a.backends, 1.0, 8, 100, 1.0)

@@ -17,7 +17,7 @@ if not __package__:  # run as a script (`python bench/run_all.py`): make `import
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench import control_plane, data_path
-from bench.common import log, require_root
+from bench.common import exit_on_signals, log, require_root
 
 BENCHMARKS = {"control_plane": control_plane.main, "data_path": data_path.main}
 
@@ -29,6 +29,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("rest", nargs="*", help="arguments passed to every benchmark (after --)")
     a = p.parse_args(argv)
     require_root()
+    exit_on_signals()
     failed = []
     for name in a.only or list(BENCHMARKS):
         log(f"=== {name}")
