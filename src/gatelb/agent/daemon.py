@@ -105,6 +105,7 @@ class Agent:
         self._failures = 0
         self._resolved: ResolvedState | None = None
         self._save_wanted: asyncio.Event | None = None
+        self._saved_health = -1  # the monitor's revision in the state file
 
     # -- triggers -----------------------------------------------------------------------------
 
@@ -255,10 +256,18 @@ class Agent:
         thread: at 10,000 services it takes a noticeable fraction of a second."""
         assert self._save_wanted is not None
         while True:
-            await self._save_wanted.wait()
+            # Also wake up every interval: a first check that confirms an assumed-up backend changes
+            # only its reason, reports no transition, and would otherwise never reach the file.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._save_wanted.wait(), SAVE_INTERVAL_S)
+            if not self._save_wanted.is_set() and not self._health_revised():
+                continue
             self._save_wanted.clear()
             await asyncio.to_thread(self._save)
             await asyncio.sleep(SAVE_INTERVAL_S)
+
+    def _health_revised(self) -> bool:
+        return self._monitor is not None and self._monitor.revision != self._saved_health
 
     def _save(self) -> None:
         if self._config is None or not self._sync.has_applied:
@@ -266,6 +275,7 @@ class Agent:
         self._dirty = False
         health: dict[str, dict[str, Any]] = {}
         if self._monitor is not None:
+            self._saved_health = self._monitor.revision
             for st in self._monitor.snapshot():
                 health[health_key(st.key.lb, str(st.key.address), st.key.port)] = {
                     "state": st.status.value, "since": st.since_wall, "reason": st.reason}

@@ -133,6 +133,7 @@ class HealthMonitor:
         self._running = False
         self._pending: list[HealthChange] = []
         self._flush_scheduled = False
+        self._revision = 0
 
     # -- the desired set ----------------------------------------------------------------------
 
@@ -142,6 +143,8 @@ class HealthMonitor:
         now = self._clock()
         assume_up = not self._seeded
         self._seeded = True
+        if targets.keys() != self._targets.keys():
+            self._revision += 1
         for key in [k for k in self._targets if k not in targets]:
             self._stop(self._targets.pop(key))
         for key, check in targets.items():
@@ -161,6 +164,7 @@ class HealthMonitor:
         return target
 
     def _change_check(self, key: TargetKey, target: _Target, check: HealthCheck, now: float) -> None:
+        self._revision += 1
         self._stop(target)
         before = target.state
         target.check = check
@@ -176,6 +180,14 @@ class HealthMonitor:
     def is_up(self, key: TargetKey) -> bool:
         """Whether the backend may take new connections. KeyError for a key not in the last set()."""
         return self._targets[key].state.up
+
+    @property
+    def revision(self) -> int:
+        """Grows whenever what `snapshot()` shows for state or reason may have changed: targets
+        added, removed or re-checked, transitions, and results that change only the reason (a first
+        check that confirms an assumed state is no transition). The agent compares it to decide
+        whether `gatelb status` needs rewriting, without diffing snapshots."""
+        return self._revision
 
     def snapshot(self) -> list[TargetStatus]:
         """Every target's state, sorted by load balancer then backend."""
@@ -274,6 +286,8 @@ class HealthMonitor:
         target.last = LastResult(result.ok, result.detail, now, result.latency_ms)
         before = target.state
         target.state = sm.observe(before, result.ok, result.detail, now, target.rules)
+        if target.state.reason != before.reason or target.state.status is not before.status:
+            self._revision += 1
         if target.state.status is not before.status:
             self._log(key, target.state)
             self._pending.append(
