@@ -10,6 +10,7 @@ the addresses in Service status), which is the safe side.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -59,7 +60,21 @@ class LeaseElector:
                 self._set(leader)
                 await asyncio.sleep(self._renew)
         finally:
+            was_leader = self.is_leader
             self._set(False)
+            if was_leader:  # hand over at once instead of making the next instance wait out the lease
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(self.release(), 2)
+
+    async def release(self) -> None:
+        lease = await self._api.read_lease(self.namespace, self.name)
+        spec = (lease or {}).get("spec") or {}
+        if lease is None or spec.get("holderIdentity") != self.identity:
+            return
+        spec = {**spec, "holderIdentity": None, "leaseDurationSeconds": 1}
+        body = {"metadata": {"name": self.name, "resourceVersion": lease["metadata"]["resourceVersion"]},
+                "spec": spec}
+        await self._api.replace_lease(self.namespace, self.name, body)
 
     def _set(self, leader: bool) -> None:
         if leader != self.is_leader:
