@@ -59,14 +59,14 @@ def settle() -> None:
     time.sleep(3 * INTERVAL_MS / 1000)
 
 
-def health_of(daemon: LabDaemon, index: int, state: str, *, after: float, timeout: float = 5.0) -> Event:
+def health_of(daemon: LabDaemon, index: int, state: str, *, after: float, timeout: float = 10.0) -> Event:
     """The health line that reports backend `index` (1-based) in `state`."""
     backend = f"{backend_v4(index)}:"
     return daemon.wait_event("health", after=after, timeout=timeout,
                              where=lambda e: str(e["backend"]).startswith(backend) and e["state"] == state)
 
 
-def synced(daemon: LabDaemon, *, after: float, trigger: str, timeout: float = 5.0) -> Event:
+def synced(daemon: LabDaemon, *, after: float, trigger: str, timeout: float = 10.0) -> Event:
     return daemon.wait_event("sync", after=after, timeout=timeout, where=lambda e: trigger in str(e["trigger"]))
 
 
