@@ -263,15 +263,19 @@ class Agent:
             if not self._save_wanted.is_set() and not self._health_revised():
                 continue
             self._save_wanted.clear()
-            await asyncio.to_thread(self._save)
+            snapshot = self._snapshot()
+            if snapshot is not None:
+                await asyncio.to_thread(_write_state, self._store, *snapshot)
             await asyncio.sleep(SAVE_INTERVAL_S)
 
     def _health_revised(self) -> bool:
         return self._monitor is not None and self._monitor.revision != self._saved_health
 
-    def _save(self) -> None:
+    def _snapshot(self) -> tuple[StoredState, ResolvedState | None] | None:
+        """What to write, taken on the event loop: the monitor and the configuration change there,
+        so a worker thread must not read them. Serialising happens in the thread."""
         if self._config is None or not self._sync.has_applied:
-            return
+            return None
         self._dirty = False
         health: dict[str, dict[str, Any]] = {}
         if self._monitor is not None:
@@ -279,14 +283,25 @@ class Agent:
             for st in self._monitor.snapshot():
                 health[health_key(st.key.lb, str(st.key.address), st.key.port)] = {
                     "state": st.status.value, "since": st.since_wall, "reason": st.reason}
-        resolved = self._resolved
-        self._store.save(StoredState(
+        state = StoredState(
             allocations=dict(self._allocations),
             pools=dict(self._config.allocation.pool_of),
             applied={"generation": self._sync.generation, "source": str(self._path), "sourceText": self._text,
-                     "services": services_to_json(resolved) if resolved else [], "health": health,
-                     "appliedAt": time.time(), "daemon": True},
-        ))
+                     "services": [], "health": health, "appliedAt": time.time(), "daemon": True},
+        )
+        return state, self._resolved
+
+    def _save(self) -> None:
+        snapshot = self._snapshot()
+        if snapshot is not None:
+            _write_state(self._store, *snapshot)
+
+
+def _write_state(store: StateStore, state: StoredState, resolved: ResolvedState | None) -> None:
+    # ResolvedState is immutable, so serialising it off the event loop is safe.
+    if resolved is not None and state.applied is not None:
+        state.applied["services"] = services_to_json(resolved)
+    store.save(state)
 
 
 @dataclass(frozen=True)
