@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
-import json
 import logging
 import signal
 import sys
@@ -25,6 +24,7 @@ from typing import Any
 from gatelb.agent.applied import services_from_json, services_to_json
 from gatelb.agent.engine import DataplaneSync
 from gatelb.agent.lock import StateLocked, state_lock
+from gatelb.agent.runtime import event, setup_logging, supervise
 from gatelb.agent.statefile import StateStore, StoredState
 from gatelb.agent.status import health_key
 from gatelb.dataplane.changes import udp_flows_to_flush
@@ -43,42 +43,8 @@ from gatelb.model import (
 )
 from gatelb.sources.cached import CachedLoader
 
-log = logging.getLogger("gatelb")
-
 SAVE_INTERVAL_S = 1.0
 RETRY_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
-
-
-# Attributes every LogRecord has; anything else on a record came from `extra=` and is a field.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "fields"}
-
-
-def _fields(record: logging.LogRecord) -> dict[str, Any]:
-    fields = {k: v for k, v in vars(record).items() if k not in _STANDARD}
-    fields.update(getattr(record, "fields", {}))
-    return fields
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        data: dict[str, Any] = {"time": round(record.created, 6), "level": record.levelname.lower(),
-                                "msg": record.getMessage()}
-        data.update(_fields(record))
-        return json.dumps(data, default=str)
-
-
-class TextFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        fields = _fields(record)
-        extra = " ".join(f"{k}={v}" for k, v in fields.items() if k != "errors")
-        text = f"{time.strftime('%H:%M:%S')} {record.levelname.lower():5} {record.getMessage()} {extra}".rstrip()
-        if "errors" in fields:
-            text += "".join(f"\n    {e}" for e in fields["errors"])
-        return text
-
-
-def event(level: int, msg: str, **fields: Any) -> None:
-    log.log(level, msg, extra={"fields": {"event": msg, **fields}})
 
 
 class Agent:
@@ -127,25 +93,19 @@ class Agent:
 
     # -- main ---------------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event) -> bool:
+        """Until `stop`; False when a task died (the process then exits non-zero)."""
         self._wake = asyncio.Event()
         self._save_wanted = asyncio.Event()
         self._adopt_previous()
         self.trigger("start")
-        tasks = [asyncio.create_task(self._reconcile_loop(), name="reconcile"),
-                 asyncio.create_task(self._watch_file(), name="file-watch"),
-                 asyncio.create_task(self._save_loop(), name="state-save")]
+        tasks = {"reconcile": self._reconcile_loop(), "file-watch": self._watch_file(),
+                 "state-save": self._save_loop()}
         if self._monitor is not None:
-            tasks.append(asyncio.create_task(self._monitor.run(), name="health"))
-        for t in tasks:
-            t.add_done_callback(_report_death)
-        await stop.wait()
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            tasks["health"] = self._monitor.run()
+        healthy = await supervise(tasks, stop)
         self._save()
+        return healthy
 
     def _adopt_previous(self) -> None:
         """Take over the table a previous run left, so a restart reloads nothing and keeps
@@ -329,16 +289,9 @@ def _health_targets(config: Config) -> dict[TargetKey, HealthCheck]:
     }
 
 
-def _report_death(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        event(logging.CRITICAL, "task-died", task=task.get_name(), error=repr(task.exception()))
-
 
 def run_daemon(path: Path, state_dir: Path, log_format: str, health: bool = True) -> int:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
-    log.addHandler(handler)
-    log.setLevel(logging.INFO)
+    setup_logging(log_format)
     try:
         with state_lock(state_dir):
             return asyncio.run(_main(Agent(path, StateStore(state_dir), NftCli(), health)))
@@ -354,8 +307,8 @@ async def _main(agent: Agent) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     event(logging.INFO, "started", pid=__import__("os").getpid())
-    await agent.run(stop)
+    healthy = await agent.run(stop)
     event(logging.INFO, "stopped")
-    return 0
+    return 0 if healthy else 1
 
 

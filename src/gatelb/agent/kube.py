@@ -18,15 +18,14 @@ import logging
 import os
 import signal
 import socket
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from gatelb.agent.daemon import JsonFormatter, TextFormatter, event
 from gatelb.agent.engine import DataplaneSync
+from gatelb.agent.runtime import event, setup_logging, supervise
 from gatelb.dataplane.changes import udp_flows_to_flush
 from gatelb.health.monitor import HealthChange, HealthMonitor, TargetKey
 from gatelb.ipam import Allocation, allocate_partial, resolve
@@ -142,22 +141,15 @@ class KubeAgent:
 
     # -- main ---------------------------------------------------------------------------------
 
-    async def run(self, stop: asyncio.Event) -> None:
+    async def run(self, stop: asyncio.Event) -> bool:
+        """Until `stop`; False when a task died."""
         self._wake = asyncio.Event()
         self._load_file()
-        tasks = [asyncio.create_task(inf.run(), name=f"informer-{name}") for name, inf in self._informers.items()]
-        tasks += [asyncio.create_task(self._elector.run(), name="lease"),
-                  asyncio.create_task(self._reconcile_loop(), name="reconcile")]
+        tasks = {f"informer-{name}": inf.run() for name, inf in self._informers.items()}
+        tasks.update(lease=self._elector.run(), reconcile=self._reconcile_loop())
         if self._monitor is not None:
-            tasks.append(asyncio.create_task(self._monitor.run(), name="health"))
-        for t in tasks:
-            t.add_done_callback(_report_death)
-        await stop.wait()
-        for t in tasks:
-            t.cancel()
-        for t in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await t
+            tasks["health"] = self._monitor.run()
+        return await supervise(tasks, stop)
 
     def _load_file(self) -> None:
         path = self._settings.file
@@ -315,17 +307,9 @@ def _l4lb_status_addresses(cluster: Cluster) -> dict[str, IPAddress]:
     return out
 
 
-def _report_death(task: asyncio.Task[Any]) -> None:
-    if not task.cancelled() and task.exception() is not None:
-        event(logging.CRITICAL, "task-died", task=task.get_name(), error=repr(task.exception()))
-
 
 def run_kube(kubeconfig: str | None, settings: KubeSettings, log_format: str) -> int:
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
-    for name in ("gatelb",):
-        logging.getLogger(name).addHandler(handler)
-        logging.getLogger(name).setLevel(logging.INFO)
+    setup_logging(log_format)
     return asyncio.run(_main(kubeconfig, settings))
 
 
@@ -338,8 +322,8 @@ async def _main(kubeconfig: str | None, settings: KubeSettings) -> int:
     agent = KubeAgent(KubeApi(client), NftCli(), settings)
     event(logging.INFO, "started", pid=os.getpid(), source="kubernetes", backend_mode=settings.options.backend_mode)
     try:
-        await agent.run(stop)
+        healthy = await agent.run(stop)
     finally:
         await client.close()
     event(logging.INFO, "stopped")
-    return 0
+    return 0 if healthy else 1
