@@ -6,7 +6,7 @@ from __future__ import annotations
 import ipaddress
 
 from gatelb.dataplane import compile_ruleset
-from gatelb.dataplane.render import GLOBAL_SETS
+from gatelb.dataplane.render import GLOBAL_SETS, REGULAR_CHAINS
 from gatelb.model import Algorithm, Backend, Protocol, ResolvedState, Service
 
 
@@ -28,6 +28,9 @@ def test_udp_and_tcp_services_use_separate_maps_and_chains() -> None:
             rs = compile_ruleset(ResolvedState((service(Protocol.TCP, algorithm, family),
                                                 service(Protocol.UDP, algorithm, family))))
             assert len(rs.elements[f"be{family}"]) == 1 and len(rs.elements[f"beu{family}"]) == 1
-            rules = [r for rules in rs.chains.values() for r in rules]
+            # the chains the two services jump to: per-service (round robin) or from the skeleton
+            targets = [d.removeprefix("goto ") for d in rs.elements[f"svc{family}"].values()]
+            chains = {**REGULAR_CHAINS, **{k: list(v) for k, v in rs.chains.items()}}
+            rules = [r for t in targets for r in chains[t]]
             assert sum(f"map @beu{family}" in r for r in rules) == 1, rules
             assert sum(f"map @be{family}" in r for r in rules) == 1, rules

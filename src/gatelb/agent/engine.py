@@ -17,11 +17,15 @@ from dataclasses import dataclass
 
 from gatelb.dataplane import Ruleset, compile_ruleset, render_delete, render_diff, render_full
 from gatelb.dataplane.incremental import AppliedRuleset
-from gatelb.dataplane.render import count_changes
+from gatelb.dataplane.render import count_changes, element_changes, elements_only
 from gatelb.kernel.nft import Nft
 from gatelb.model import ResolvedState
 
-# Sets whose elements a full load may send in bulk over netlink (kernel/nlelements.py CODECS).
+# Sets whose elements may go to the kernel over netlink (kernel/nlelements.py CODECS): in bulk
+# for a full load, and for element-only increments (ELEMENT_SETS; `allow*` are interval sets,
+# which the netlink encoder does not do).
+ELEMENT_SETS = ("svc4", "be4", "beu4", "flows4", "fullnat4", "restricted4",
+                "svc6", "be6", "beu6", "flows6", "fullnat6", "restricted6", "generation")
 BULK_SETS = ("svc4", "be4", "beu4", "flows4", "svc6", "be6", "beu6", "flows6")
 
 
@@ -43,6 +47,7 @@ class DataplaneSync:
         self._index: AppliedRuleset | None = None
         self._generation = 0
         self._full_load = Ruleset()
+        self._diff: tuple[Ruleset, Ruleset] = (Ruleset(), Ruleset())
 
     @property
     def generation(self) -> int:
@@ -84,12 +89,14 @@ class DataplaneSync:
             if not changed and not removed:
                 return "", 0, False, self._index
             before, after = self._index.update(changed, removed)
+            self._diff = (before, after)
             return render_diff(before, after, self._generation, nxt), count_changes(before, after), False, self._index
         new = compile_ruleset(state)
         if self._applied is None:
             self._full_load = new
             return "", new.element_count() + len(new.chains), True, new
         script = render_diff(self._applied, new, self._generation, nxt)
+        self._diff = (self._applied, new)
         return script, count_changes(self._applied, new) if script else 0, False, new
 
     def sync(self, state: ResolvedState) -> SyncResult:
@@ -101,12 +108,13 @@ class DataplaneSync:
                 if full:
                     script = self._load_full(self._full_load, self._generation + 1)
                 else:
-                    self._nft.apply(script)
+                    self._apply_increment(script, *self._diff)
             except Exception:
                 self.force_full()  # the in-memory index may already hold the new state
                 raise
             finally:
                 self._full_load = Ruleset()
+                self._diff = (Ruleset(), Ruleset())
             self._generation += 1
         if isinstance(bookkeeping, AppliedRuleset):
             self._index = bookkeeping
@@ -114,6 +122,21 @@ class DataplaneSync:
             self._applied = bookkeeping  # type: ignore[assignment]
         t2 = time.perf_counter()
         return SyncResult(full, changes, t1 - t0, t2 - t1, script, self._generation)
+
+    def _apply_increment(self, script: str, before: Ruleset, after: Ruleset) -> None:
+        """Most increments (a backend added, removed, down, up) change map elements only: those
+        go to the kernel as one netlink batch, which saves starting nft (and nft reading our
+        table) on the failover path. Anything structural goes through nft as text."""
+        if not (self._nft.bulk_elements and elements_only(before, after)):
+            self._nft.apply(script)
+            return
+        deletes, adds = element_changes(before, after)
+        if not all(name in ELEMENT_SETS for name, _ in deletes) or not all(name in ELEMENT_SETS for name, _ in adds):
+            self._nft.apply(script)
+            return
+        deletes.append(("generation", [str(self._generation)]))
+        adds.append(("generation", [(str(self._generation + 1), "")]))
+        self._nft.apply_elements(deletes, adds)
 
     def _load_full(self, rs: Ruleset, generation: int) -> str:
         """Load `rs` as the whole table; returns the nft script that was applied.

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
-from .ruleset import FAMILY, NO_BACKEND_CHAIN, TABLE, Ruleset
+from .ruleset import FAMILY, NO_BACKEND_CHAIN, TABLE, Ruleset, static_pick_chains
 
 T = f"{FAMILY} {TABLE}"
 
@@ -97,6 +97,7 @@ BASE_CHAINS: dict[str, tuple[str, list[str]]] = {
 REGULAR_CHAINS: dict[str, list[str]] = {
     "services": _services_rules(),
     NO_BACKEND_CHAIN: ["meta l4proto tcp reject with tcp reset", "reject with icmpx port-unreachable"],
+    **{name: [rule] for name, rule in static_pick_chains().items()},
 }
 
 
@@ -170,18 +171,11 @@ def render_diff(old: Ruleset, new: Ruleset, old_generation: int, generation: int
     for n in added_chains + changed_chains:
         out += [f"add rule {T} {n} {r}" for r in new.chains[n]]
 
-    for set_name in sorted(set(old.elements) | set(new.elements)):
-        before = old.elements.get(set_name, {})
-        after = new.elements.get(set_name, {})
-        gone = [k for k, d in before.items() if after.get(k) != d]
-        if gone:
-            out += _element_statements("delete", set_name, gone)
-    for set_name in sorted(set(old.elements) | set(new.elements)):
-        before = old.elements.get(set_name, {})
-        after = new.elements.get(set_name, {})
-        fresh = [_element_text(k, d) for k, d in after.items() if before.get(k) != d]
-        if fresh:
-            out += _element_statements("add", set_name, fresh)
+    deletes, adds = element_changes(old, new)
+    for set_name, keys in deletes:
+        out += _element_statements("delete", set_name, keys)
+    for set_name, items in adds:
+        out += _element_statements("add", set_name, (_element_text(k, d) for k, d in items))
 
     # Flush first: a removed chain may jump to another removed chain (affinity service -> endpoint).
     out += [f"flush chain {T} {n}" for n in removed_chains]
@@ -192,6 +186,32 @@ def render_diff(old: Ruleset, new: Ruleset, old_generation: int, generation: int
     out.append(f"delete element {T} generation {{ {old_generation} }}")
     out.append(f"add element {T} generation {{ {generation} }}")
     return "\n".join(out) + "\n"
+
+
+ElementDeletes = list[tuple[str, list[str]]]
+ElementAdds = list[tuple[str, list[tuple[str, str]]]]
+
+
+def element_changes(old: Ruleset, new: Ruleset) -> tuple[ElementDeletes, ElementAdds]:
+    """Per set: keys to delete, then (key, data) to add. An element whose data changed is in
+    both (nft cannot replace an element's data in place)."""
+    deletes: ElementDeletes = []
+    adds: ElementAdds = []
+    for set_name in sorted(set(old.elements) | set(new.elements)):
+        before = old.elements.get(set_name, {})
+        after = new.elements.get(set_name, {})
+        gone = [k for k, d in before.items() if after.get(k) != d]
+        fresh = [(k, d) for k, d in after.items() if before.get(k) != d]
+        if gone:
+            deletes.append((set_name, gone))
+        if fresh:
+            adds.append((set_name, fresh))
+    return deletes, adds
+
+
+def elements_only(old: Ruleset, new: Ruleset) -> bool:
+    """Whether turning `old` into `new` touches set elements only (no chain, rule or set)."""
+    return old.chains == new.chains and old.sets == new.sets
 
 
 def count_changes(old: Ruleset, new: Ruleset) -> int:

@@ -21,6 +21,7 @@ Nothing here does I/O; the same input always gives the same Ruleset, in the same
 from __future__ import annotations
 
 import hashlib
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -167,17 +168,46 @@ def backend_map(svc: Service) -> str:
     return f"be{'u' if svc.protocol is Protocol.UDP else ''}{svc.family}"
 
 
+# Shared pick chains for up to this many slots are part of the table's fixed skeleton, so that a
+# backend going down or coming back (which changes the slot count) changes map elements only.
+STATIC_PICK_SLOTS = 16
+
+
+def pick_rule(family: int, protocol: Protocol, selector: str) -> str:
+    ip = ip_keyword(family)
+    bemap = f"be{'u' if protocol is Protocol.UDP else ''}{family}"
+    return f"dnat {ip} to {ip} daddr . meta l4proto . th dport . {selector} map @{bemap}"
+
+
+def pick_chain_name(family: int, protocol: Protocol, algorithm: Algorithm, modulus: int) -> str:
+    udp = "u" if protocol is Protocol.UDP else ""
+    return f"pick{family}{udp}_{algorithm.value}_{modulus}"
+
+
+def static_pick_chains() -> dict[str, str]:
+    """The pick chains of the skeleton: name -> rule."""
+    chains = {}
+    for family in (4, 6):
+        for protocol in Protocol:
+            for algorithm in (Algorithm.RANDOM, Algorithm.SOURCEHASH):
+                for modulus in range(1, STATIC_PICK_SLOTS + 1):
+                    probe = Service("", ipaddress.ip_address("::" if family == 6 else "0.0.0.0"), protocol, 1, (),
+                                    algorithm=algorithm)
+                    chains[pick_chain_name(family, protocol, algorithm, modulus)] = pick_rule(
+                        family, protocol, _selector(probe, modulus))
+    return chains
+
+
 def _pick_chain(rs: Ruleset, svc: Service, modulus: int) -> str:
-    fam = svc.family
-    ip = ip_keyword(fam)
-    rule = f"dnat {ip} to {ip} daddr . meta l4proto . th dport . {_selector(svc, modulus)} map @{backend_map(svc)}"
+    rule = pick_rule(svc.family, svc.protocol, _selector(svc, modulus))
     if svc.algorithm is Algorithm.ROUNDROBIN:
         # numgen inc keeps one counter per rule: sharing it between services would make two
         # services that alternate connections always land on the same slots.
         name = f"rr_{service_id(svc)}"
     else:
-        udp = "u" if svc.protocol is Protocol.UDP else ""
-        name = f"pick{fam}{udp}_{svc.algorithm.value}_{modulus}"
+        name = pick_chain_name(svc.family, svc.protocol, svc.algorithm, modulus)
+        if modulus <= STATIC_PICK_SLOTS:
+            return name  # in the skeleton
     rs.chains[name] = (rule,)
     return name
 

@@ -14,6 +14,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from gatelb.dataplane.render import ElementAdds, ElementDeletes
 from gatelb.dataplane.ruleset import FAMILY, TABLE
 
 from .nft import NftError
@@ -69,6 +70,12 @@ class FakeNft:
         raise NftError("FakeNft keeps no counters")
 
     bulk_elements = True  # exercised like the real two-step load: structure, then elements
+
+    def apply_elements(self, deletes: ElementDeletes, adds: ElementAdds) -> None:
+        lines = [f"delete element {_T} {name} {{ {', '.join(keys)} }}" for name, keys in deletes if keys]
+        lines += [f"add element {_T} {name} {{ {', '.join(f'{k} : {d}' if d else k for k, d in items)} }}"
+                  for name, items in adds if items]
+        self.apply("\n".join(lines) + "\n" if lines else "")
 
     def load_elements(self, elements: dict[str, dict[str, str]]) -> None:
         lines = [f"add element {_T} {name} {{ {', '.join(f'{k} : {d}' if d else k for k, d in items.items())} }}"

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from typing import Any, Protocol
 
+from gatelb.dataplane.render import ElementAdds, ElementDeletes
 from gatelb.dataplane.ruleset import FAMILY, TABLE
 
 
@@ -44,6 +45,10 @@ class Nft(Protocol):
         ...
 
     def load_elements(self, elements: dict[str, dict[str, str]]) -> None: ...
+
+    def apply_elements(self, deletes: ElementDeletes, adds: ElementAdds) -> None:
+        """One transaction deleting, then adding, set elements (only when bulk_elements)."""
+        ...
 
 
 def _nft_binary() -> str:
@@ -82,6 +87,17 @@ class NftCli:
         batch, acks = build_batch(TABLE, {name: items.items() for name, items in elements.items() if items})
         if acks:
             send_batch(batch, acks)
+
+    def apply_elements(self, deletes: ElementDeletes, adds: ElementAdds) -> None:
+        from .nlelements import Batch, send_batch
+
+        batch = Batch(TABLE)
+        for name, keys in deletes:
+            batch.delete(name, keys)
+        for name, items in adds:
+            batch.add(name, items)
+        if batch.acks:
+            send_batch(batch.finish(), batch.acks)
 
     def apply(self, script: str) -> None:
         if not script:

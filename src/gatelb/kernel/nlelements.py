@@ -28,6 +28,7 @@ NFNL_SUBSYS_NFTABLES = 10
 NFNL_MSG_BATCH_BEGIN = 0x10
 NFNL_MSG_BATCH_END = 0x11
 NFT_MSG_NEWSETELEM = 12
+NFT_MSG_DELSETELEM = 14
 NLMSG_ERROR = 2
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
@@ -95,13 +96,14 @@ class ElementCodec:
             self._cache[text if kind != "u32" else "#" + text] = got
         return got
 
-    def _frame(self, key_len: int, data_len: int) -> tuple[bytes, bytes]:
+    def _frame(self, key_len: int, data_len: int, keyed_only: bool = False) -> tuple[bytes, bytes]:
         """(bytes before the key, bytes between key and data) for these lengths; all fields are
         multiples of 4 bytes, so no padding is ever needed."""
-        frame = self._frames.get((key_len, data_len))
+        frame = self._frames.get((key_len, -1 if keyed_only else data_len))
         if frame is None:
             key_attr = 4 + 4 + key_len
-            data_attr = (4 + 4 + data_len) if self._data == "value" else (4 + data_len) if data_len else 0
+            data_attr = 0 if keyed_only else (
+                (4 + 4 + data_len) if self._data == "value" else (4 + data_len) if data_len else 0)
             total = 4 + key_attr + data_attr
             before = struct.pack("=HHHHHH", total, NFTA_LIST_ELEM | NLA_F_NESTED,
                                  key_attr, NFTA_SET_ELEM_KEY | NLA_F_NESTED, 4 + key_len, NFTA_DATA_VALUE)
@@ -111,10 +113,12 @@ class ElementCodec:
                                       4 + data_len, NFTA_DATA_VALUE)
             elif self._data == "verdict":
                 between = struct.pack("=HH", data_attr, NFTA_SET_ELEM_DATA | NLA_F_NESTED)
-            frame = self._frames[(key_len, data_len)] = (before, between)
+            frame = self._frames[(key_len, -1 if keyed_only else data_len)] = (before, between)
         return frame
 
     def _key(self, key: str) -> bytes:
+        if len(self._key_fields) == 1:
+            return self._part(self._key_fields[0], key)
         # Keys share long prefixes (a frontend's slots, a VIP's flows): encode everything but the
         # last field once per prefix.
         prefix, _, last = key.rpartition(" . ")
@@ -126,6 +130,12 @@ class ElementCodec:
             fields = zip(self._key_fields, parts, strict=False)
             head = self._cache[prefix] = b"".join([self._part(k, p) for k, p in fields])
         return head + self._part(self._key_fields[-1], last)
+
+    def encode_key(self, key: str) -> bytes:
+        """An element to delete: the key is enough."""
+        key_bytes = self._key(key)
+        before, _ = self._frame(len(key_bytes), 0, keyed_only=True)
+        return before + key_bytes
 
     def encode(self, key: str, data: str) -> bytes:
         key_bytes = self._key(key)
@@ -157,6 +167,10 @@ for _f in (4, 6):
     CODECS[f"be{_f}"] = lambda: ElementCodec(("addr", "proto", "port", "u32"), "value")
     CODECS[f"beu{_f}"] = lambda: ElementCodec(("addr", "proto", "port", "u32"), "value")
     CODECS[f"flows{_f}"] = lambda: ElementCodec(("addr", "proto", "addr", "port"), None)
+    CODECS[f"fullnat{_f}"] = lambda: ElementCodec(("addr", "proto", "addr", "port"), None)
+    CODECS[f"restricted{_f}"] = lambda: ElementCodec(("addr", "proto", "port"), None)
+# `type mark` is host byte order, like numgen's integers.
+CODECS["generation"] = lambda: ElementCodec(("u32",), None)
 
 
 def _message(kind: int, flags: int, seq: int, family: int, res_id: int, payload: bytes) -> bytes:
@@ -164,10 +178,10 @@ def _message(kind: int, flags: int, seq: int, family: int, res_id: int, payload:
     return struct.pack("=IHHII", length, kind, flags, seq, 0) + struct.pack("!BBH", family, 0, res_id) + payload
 
 
-def _chunks(items: Iterable[tuple[str, str]], codec: ElementCodec) -> Iterator[bytes]:
+def _chunks(encoded: Iterable[bytes]) -> Iterator[bytes]:
     chunk: list[bytes] = []
-    for key, data in items:
-        chunk.append(codec.encode(key, data))
+    for element in encoded:
+        chunk.append(element)
         if len(chunk) == ELEMENTS_PER_MESSAGE:
             yield b"".join(chunk)
             chunk = []
@@ -175,21 +189,43 @@ def _chunks(items: Iterable[tuple[str, str]], codec: ElementCodec) -> Iterator[b
         yield b"".join(chunk)
 
 
-def build_batch(table: str, elements: dict[str, Iterable[tuple[str, str]]], seq0: int = 1) -> tuple[bytes, int]:
-    """(batch bytes, number of acknowledged messages)."""
-    msgs = [_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq0, 0, NFNL_SUBSYS_NFTABLES, b"")]
-    seq = seq0
-    for set_name, items in elements.items():
-        header = _nla(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0") + _nla(
-            NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
-        for chunk in _chunks(items, CODECS[set_name]()):
-            seq += 1
+class Batch:
+    """One nfnetlink transaction of element deletions and additions, in the order given."""
+
+    def __init__(self, table: str) -> None:
+        self._table = table.encode() + b"\0"
+        self._seq = 1
+        self._msgs = [_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, self._seq, 0, NFNL_SUBSYS_NFTABLES, b"")]
+        self.acks = 0
+
+    def _add(self, kind: int, flags: int, set_name: str, encoded: Iterable[bytes]) -> None:
+        header = _nla(NFTA_SET_ELEM_LIST_TABLE, self._table) + _nla(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
+        for chunk in _chunks(encoded):
+            self._seq += 1
+            self.acks += 1
             payload = header + _nla(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, chunk)
-            msgs.append(_message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_NEWSETELEM,
-                                 NLM_F_REQUEST | NLM_F_CREATE | NLM_F_ACK, seq, NFPROTO_INET, 0, payload))
-    acked = seq - seq0
-    msgs.append(_message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 1, 0, NFNL_SUBSYS_NFTABLES, b""))
-    return b"".join(msgs), acked
+            self._msgs.append(_message((NFNL_SUBSYS_NFTABLES << 8) | kind, flags | NLM_F_REQUEST | NLM_F_ACK,
+                                       self._seq, NFPROTO_INET, 0, payload))
+
+    def add(self, set_name: str, items: Iterable[tuple[str, str]]) -> None:
+        codec = CODECS[set_name]()
+        self._add(NFT_MSG_NEWSETELEM, NLM_F_CREATE, set_name, (codec.encode(k, d) for k, d in items))
+
+    def delete(self, set_name: str, keys: Iterable[str]) -> None:
+        codec = CODECS[set_name]()
+        self._add(NFT_MSG_DELSETELEM, 0, set_name, (codec.encode_key(k) for k in keys))
+
+    def finish(self) -> bytes:
+        end = _message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, self._seq + 1, 0, NFNL_SUBSYS_NFTABLES, b"")
+        return b"".join([*self._msgs, end])
+
+
+def build_batch(table: str, elements: dict[str, Iterable[tuple[str, str]]]) -> tuple[bytes, int]:
+    """A batch adding `elements` (set name -> (key, data)): (batch bytes, acknowledged messages)."""
+    batch = Batch(table)
+    for set_name, items in elements.items():
+        batch.add(set_name, items)
+    return batch.finish(), batch.acks
 
 
 def send_batch(batch: bytes, expected_acks: int, timeout_s: float = 30.0) -> None:

@@ -110,7 +110,13 @@ def _end_script(v4: Sequence[str], v6: str, gw_v4: str, gw_v6: str) -> str:
 
 def _sysctls(gw: bool) -> list[str]:
     no_dad = ["net.ipv6.conf.all.accept_dad=0", "net.ipv6.conf.default.accept_dad=0"]
-    return [*no_dad, "net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1"] if gw else no_dad
+    # The kernel limits ICMP errors per peer (a burst of about 6, then one a second). Tests and
+    # benchmarks send many UDP probes from one client to VIPs without backends, whose refusals are
+    # ICMP port unreachable; on a real gateway the limit is a feature, in the lab it makes results
+    # depend on what ran before.
+    no_icmp_limit = ["net.ipv4.icmp_ratelimit=0", "net.ipv6.icmp.ratelimit=0"]
+    gateway = ["net.ipv4.ip_forward=1", "net.ipv6.conf.all.forwarding=1", *no_icmp_limit]
+    return [*no_dad, *gateway] if gw else no_dad
 
 
 class Lab:
