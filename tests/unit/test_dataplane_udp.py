@@ -17,9 +17,9 @@ def service(protocol: Protocol, algorithm: Algorithm = Algorithm.RANDOM, family:
 
 
 def test_udp_maps_are_declared_with_udp_data() -> None:
-    assert GLOBAL_SETS["beu4"].endswith(": ip daddr . udp dport; counter; }")
-    assert GLOBAL_SETS["beu6"].endswith(": ip6 daddr . udp dport; counter; }")
-    assert GLOBAL_SETS["be4"].endswith(": ip daddr . tcp dport; counter; }")
+    assert GLOBAL_SETS["beu4"].endswith(": ip daddr . udp dport; }")
+    assert GLOBAL_SETS["beu6"].endswith(": ip6 daddr . udp dport; }")
+    assert GLOBAL_SETS["be4"].endswith(": ip daddr . tcp dport; }")
 
 
 def test_udp_and_tcp_services_use_separate_maps_and_chains() -> None:

@@ -24,9 +24,9 @@ from gatelb.model import ResolvedState
 # Sets whose elements may go to the kernel over netlink (kernel/nlelements.py CODECS): in bulk
 # for a full load, and for element-only increments (ELEMENT_SETS; `allow*` are interval sets,
 # which the netlink encoder does not do).
-ELEMENT_SETS = ("svc4", "be4", "beu4", "flows4", "fullnat4", "restricted4",
-                "svc6", "be6", "beu6", "flows6", "fullnat6", "restricted6", "generation")
-BULK_SETS = ("svc4", "be4", "beu4", "flows4", "svc6", "be6", "beu6", "flows6")
+ELEMENT_SETS = ("svc4", "be4", "beu4", "flows4", "conns4", "fullnat4", "restricted4",
+                "svc6", "be6", "beu6", "flows6", "conns6", "fullnat6", "restricted6", "generation")
+BULK_SETS = ("svc4", "be4", "beu4", "flows4", "conns4", "svc6", "be6", "beu6", "flows6", "conns6")
 
 
 @dataclass(frozen=True)

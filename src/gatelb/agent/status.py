@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from typing import Any
 
-from gatelb.dataplane.ruleset import backend_id, service_id
 from gatelb.kernel.counters import Counter, TableCounters
 from gatelb.model import DesiredState, LoadBalancer, ResolvedState, Service
 
@@ -54,21 +53,16 @@ def _lb_status(
     counters: TableCounters,
     health: dict[str, HealthRecord],
 ) -> dict[str, Any]:
-    fe_key = (str(svc.vip), svc.protocol.value, svc.port) if svc else None
     usable = {b.key for b in svc.backends} if svc else set()
     backends: list[dict[str, Any]] = []
     total = Counter()
     for b in lb.backends:
         flow = Counter()
         new = 0
-        if svc is not None and fe_key is not None:
-            bkey = (str(b.address), b.port)
-            flow = counters.flows.get((fe_key[0], fe_key[1], bkey[0], bkey[1]), Counter())
-            if svc.affinity is not None:
-                ep = counters.endpoint_chains.get(f"ep_{service_id(svc)}_{backend_id(b)}")
-                new = ep[1] if ep else 0
-            else:
-                new = counters.backend_new.get((fe_key, bkey), 0)
+        if svc is not None:
+            key = (str(svc.vip), svc.protocol.value, str(b.address), b.port)
+            flow = counters.flows.get(key, Counter())
+            new = counters.new_connections.get(key, 0)
         total.add(flow)
         record = health.get(health_key(lb.name, str(b.address), b.port), {})
         if b.weight == 0 or b.drain:
@@ -87,8 +81,6 @@ def _lb_status(
                 "counters": _counter_json(flow, new),
             }
         )
-    # The sum over backends, not the frontend's own map counter: both restart from zero when their
-    # element is rewritten (a changed backend set), and the sum keeps the table self-consistent.
     new_total = sum(b["counters"]["newConnections"] for b in backends)
     return {
         "name": lb.name,

@@ -32,18 +32,21 @@ ELEMENT_CHUNK = 5000
 # dport` there hits the rebuild bug above, so the UDP map says `udp dport` (and gets `udp`).
 GLOBAL_SETS: dict[str, str] = {}
 for _f, _ip, _t in ((4, "ip", "ipv4_addr"), (6, "ip6", "ipv6_addr")):
-    GLOBAL_SETS[f"svc{_f}"] = f"map svc{_f} {{ type {_t} . inet_proto . inet_service : verdict; counter; }}"
+    GLOBAL_SETS[f"svc{_f}"] = f"map svc{_f} {{ type {_t} . inet_proto . inet_service : verdict; }}"
     for _map, _proto in ((f"be{_f}", "tcp"), (f"beu{_f}", "udp")):
         GLOBAL_SETS[_map] = (
             f"map {_map} {{ typeof {_ip} daddr . meta l4proto . tcp dport . numgen random mod 1 : "
-            f"{_ip} daddr . {_proto} dport; counter; }}"
+            f"{_ip} daddr . {_proto} dport; }}"
         )
-    # (frontend address, protocol, backend address, backend port): per-backend packet/byte counters.
-    # nft 1.0.6 cannot put `ct original proto-dst` in a concatenation, so the frontend port is not
-    # part of the key; see docs/status.md.
-    GLOBAL_SETS[f"flows{_f}"] = (
-        f"set flows{_f} {{ typeof ct original {_ip} daddr . meta l4proto . {_ip} daddr . tcp dport; counter; }}"
-    )
+    # (frontend address, protocol, backend address, backend port): per-backend counters, packets and
+    # bytes of every flow (flows*) and new connections (conns*). They live as long as the backend
+    # stays configured, whatever happens to its slots. nft 1.0.6 cannot put `ct original proto-dst`
+    # in a concatenation, so the frontend port is not part of the key; see docs/status.md.
+    for _counted in ("flows", "conns"):
+        GLOBAL_SETS[f"{_counted}{_f}"] = (
+            f"set {_counted}{_f} {{ typeof ct original {_ip} daddr . meta l4proto . {_ip} daddr . tcp dport; "
+            "counter; }"
+        )
     GLOBAL_SETS[f"fullnat{_f}"] = (
         f"set fullnat{_f} {{ typeof ct original {_ip} daddr . meta l4proto . {_ip} daddr . tcp dport; }}"
     )
@@ -75,6 +78,10 @@ def _fullnat_rules() -> list[str]:
 def _counter_rules() -> list[str]:
     rules = []
     for f, ip in ((4, "ip"), (6, "ip6")):
+        rules.append(
+            f"ct state new ct status dnat ct direction original"
+            f" ct original {ip} daddr . meta l4proto . {ip} daddr . th dport @conns{f}"
+        )
         rules.append(
             f"ct status dnat ct direction original ct original {ip} daddr . meta l4proto . {ip} daddr . th dport"
             f" @flows{f}"

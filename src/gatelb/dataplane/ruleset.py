@@ -129,10 +129,11 @@ def _compile_service(rs: Ruleset, svc: Service) -> None:
             rs.add_element(f"allow{fam}", f"{key} . {net}")
 
     flows = rs.elements.setdefault(f"flows{fam}", {})
+    conns = rs.elements.setdefault(f"conns{fam}", {})
     for t in targets:
-        flows[flows_prefix + t] = ""
+        flows[flows_prefix + t] = conns[flows_prefix + t] = ""
     for b in svc.idle_backends:
-        flows[f"{flows_prefix}{b.address} . {b.port}"] = ""
+        flows[f"{flows_prefix}{b.address} . {b.port}"] = conns[f"{flows_prefix}{b.address} . {b.port}"] = ""
 
     if not svc.backends:
         verdict = f"goto {NO_BACKEND_CHAIN}" if svc.no_backend is NoBackendAction.REJECT else "drop"
@@ -230,7 +231,7 @@ def _compile_affinity(rs: Ruleset, svc: Service, slots: tuple[int, ...]) -> str:
         ep_chain = f"ep_{sid}_{bid}"
         rs.sets[set_name] = f"type {addr_type}; flags dynamic,timeout; timeout {timeout}s;"
         rs.chains[ep_chain] = (
-            f"update @{set_name} {{ {ip} saddr }} counter meta l4proto {svc.protocol.value}"
+            f"update @{set_name} {{ {ip} saddr }} meta l4proto {svc.protocol.value}"
             f" dnat {ip} to {fmt_endpoint(b.address, b.port)}",
         )
         rules.append(f"{ip} saddr @{set_name} goto {ep_chain}")

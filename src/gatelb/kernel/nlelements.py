@@ -167,6 +167,7 @@ for _f in (4, 6):
     CODECS[f"be{_f}"] = lambda: ElementCodec(("addr", "proto", "port", "u32"), "value")
     CODECS[f"beu{_f}"] = lambda: ElementCodec(("addr", "proto", "port", "u32"), "value")
     CODECS[f"flows{_f}"] = lambda: ElementCodec(("addr", "proto", "addr", "port"), None)
+    CODECS[f"conns{_f}"] = lambda: ElementCodec(("addr", "proto", "addr", "port"), None)
     CODECS[f"fullnat{_f}"] = lambda: ElementCodec(("addr", "proto", "addr", "port"), None)
     CODECS[f"restricted{_f}"] = lambda: ElementCodec(("addr", "proto", "port"), None)
 # `type mark` is host byte order, like numgen's integers.
