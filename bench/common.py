@@ -259,6 +259,30 @@ def scratch_netns(prefix: str = "glbb") -> Iterator[str]:
         subprocess.run(["ip", "netns", "del", name], check=False, capture_output=True)
 
 
+def _cpu_times() -> tuple[int, int]:
+    """(busy, total) jiffies over all CPUs, from /proc/stat."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = fields[3] + fields[4]  # idle + iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def wait_quiet(max_s: float = 10.0, busy_below: float = 0.35, window_s: float = 0.25) -> float:
+    """Wait until the machine's CPUs are mostly idle (or `max_s` passed); returns the time waited.
+
+    Deleting a namespace hands its conntrack entries, sockets and rules to a kernel worker that keeps
+    running after `ip netns del` returns; a scenario measured right after a big teardown would pay
+    for it. Other people's work on this shared machine can keep it busy: hence the bound.
+    """
+    start = time.monotonic()
+    while time.monotonic() - start < max_s:
+        b0, t0 = _cpu_times()
+        time.sleep(window_s)
+        b1, t1 = _cpu_times()
+        if t1 > t0 and (b1 - b0) / (t1 - t0) < busy_below:
+            break
+    return time.monotonic() - start
+
+
 def exit_on_signals() -> None:
     """SIGTERM and SIGHUP end a benchmark like Ctrl-C does: through the `finally` blocks, so daemons
     are stopped and scratch namespaces deleted. (A background job of a non-interactive shell

@@ -10,7 +10,9 @@ Full sync (each measurement in a fresh, empty network namespace):
     by nft itself for the same ruleset;
   - the same services in kube-proxy's layouts (bench/gen.py): nftables v1.36, nftables v1.31,
     and iptables via iptables-restore.
-  Variants are interleaved round by round so that drift on a shared machine hits all of them alike.
+  Variants are interleaved round by round so that drift on a shared machine hits all of them alike,
+  and each waits (bounded) for idle CPUs: the kernel tears a deleted namespace's ruleset down in
+  the background, which would otherwise be charged to the next measurement.
 
 Incremental (through `gatelb run --log-format json --no-health`, N loaded): one backend added, one
 removed, one L4LB added, one removed. Latency = the daemon's `wall_time` (taken after the kernel
@@ -54,6 +56,7 @@ from bench.common import (
     run_measured,
     scratch_netns,
     summarize,
+    wait_quiet,
 )
 
 PHASES = ("parse_s", "ipam_s", "compile_s", "apply_s", "total_s")
@@ -113,6 +116,7 @@ def _gatelb_apply_once(yaml_path: Path, workdir: Path, figs: FullSyncFigures | N
     for stale in (rusage, timings):
         stale.unlink(missing_ok=True)
     env = {"GATELB_NFT_ONLY": "1" if nft_only else "0"}
+    wait_quiet()  # the kernel may still be tearing down the previous namespace's ruleset
     with scratch_netns() as ns, tempfile.TemporaryDirectory(prefix="glbb-state-") as state:
         extra = ["--dump-nft", str(dump)] if dump else []
         cmd = gatelb_measured_cmd(str(rusage), "apply", "-f", str(yaml_path), "--timings-json", str(timings),
@@ -137,6 +141,7 @@ def _gatelb_apply_once(yaml_path: Path, workdir: Path, figs: FullSyncFigures | N
 
 def _load(kind: str, path: Path) -> RunResult:
     """Load one ruleset file into a fresh namespace: nft -f, or iptables-restore for kp-iptables."""
+    wait_quiet()
     with scratch_netns() as ns:
         if kind == "kp-iptables":
             restore, _ = iptables_restore()

@@ -15,7 +15,9 @@ worker processes) listens on 8080 in every backend, and the gw gets the scenario
                   the middle is the expected position). Its "pod CIDR" is set to the client's network
                   so that, like gatelb's `nat: dnat`, it does one DNAT and no masquerade.
 
-Figures per scenario (rounds interleaved across scenarios, median (min-max) over rounds):
+Figures per scenario (rounds interleaved across scenarios, each round starting one scenario later,
+and each scenario measured once the CPUs are idle again after the previous lab's teardown --
+bounded, since others share the machine; median (min-max) over rounds):
   - new connections/s: wrk with `Connection: close`, so every request is a new TCP connection;
     wrk's request latency p50/p99 (wrk starts its clock after connect);
   - connect latency p50/p99: bench.connprobe, sequential connects timed one by one;
@@ -52,6 +54,7 @@ from bench.common import (
     ratio,
     require_root,
     summarize,
+    wait_quiet,
 )
 from gatelb.lab import Lab
 from gatelb.lab.procs import LineReader
@@ -343,8 +346,10 @@ def main(argv: list[str] | None = None) -> int:
         workdir = Path(tmp)
         server = build_server(workdir)
         for r in range(rounds):
-            for sc in scenarios:
-                log(f"data path round {r + 1}/{rounds}: {sc.label}")
+            # Each round starts one scenario later, so no scenario always follows the same one.
+            for sc in scenarios[r % len(scenarios):] + scenarios[:r % len(scenarios)]:
+                waited = wait_quiet()
+                log(f"data path round {r + 1}/{rounds}: {sc.label} (waited {waited:.1f} s for idle CPUs)")
                 res.sample_load()
                 measure(sc, params, server, workdir, figs[sc])
                 f = figs[sc]
