@@ -109,7 +109,7 @@ def check_pools(pools: Iterable[IPPool]) -> list[ValidationError]:
 def _frontend_conflicts(lbs: Iterable[LoadBalancer]) -> Iterator[ValidationError]:
     # Only explicit addresses can clash here: IPAM gives an allocated address to one L4LB alone.
     owner: dict[tuple[IPAddress, Protocol, int], str] = {}
-    for lb in sorted(lbs, key=lambda lb: lb.name):
+    for lb in lbs:  # DesiredState keeps them sorted by name, so the first one named wins
         if not lb.active or lb.frontend_ip is None:
             continue
         key = (lb.frontend_ip, lb.protocol, lb.port)
