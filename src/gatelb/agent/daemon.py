@@ -205,8 +205,8 @@ class Agent:
         if result.script:
             now = time.time()
             event(logging.INFO, "sync", trigger=",".join(triggers), full=result.full, changes=result.changes,
-                  reload_ms=round(self._reload_ms, 3), **self._reload_detail, compile_ms=round(result.compile_s * 1000, 3),
-                  apply_ms=round(result.apply_s * 1000, 3),
+                  reload_ms=round(self._reload_ms, 3), **self._reload_detail,
+                  compile_ms=round(result.compile_s * 1000, 3), apply_ms=round(result.apply_s * 1000, 3),
                   duration_ms=round(self._reload_ms + (result.compile_s + result.apply_s) * 1000, 3),
                   since_trigger_ms=round((now - self._triggered_at) * 1000, 3), wall_time=now,
                   generation=result.generation)
