@@ -196,6 +196,22 @@ class Daemon:
         return mark
 
 
+@pytest.fixture(scope="module", name="lab")
+def module_lab() -> Iterator[Lab]:
+    """One lab for a whole test module (import this fixture to use it): building labs per test
+    would dominate the run time."""
+    with shared_lab() as lab:
+        yield lab
+
+
+@pytest.fixture(name="gl")
+def gatelb_cli(lab: Lab, tmp_path: Path) -> Iterator[Gatelb]:
+    """The gatelb CLI with a fresh state directory; the gw's table is reset before and after."""
+    reset_gw(lab)
+    yield Gatelb(lab, tmp_path)
+    reset_gw(lab)
+
+
 def reset_gw(lab: Lab) -> None:
     """Between tests sharing one lab: no gatelb table, no conntrack entries in the gw namespace
     (both belong to the lab, which the tests created)."""

@@ -4,29 +4,13 @@ anybody's counts."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
 
 from gatelb.lab.topology import Lab
 
-from .gatelb_helpers import Gatelb, backends, config, l4lb, reset_gw, shared_lab
+from .gatelb_helpers import Gatelb, backends, config, gatelb_cli, l4lb, module_lab  # noqa: F401 - fixtures `gl` and `lab`
 
 VIP = "203.0.113.10"
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with shared_lab() as lab:
-        yield lab
-
-
-@pytest.fixture
-def gl(lab: Lab, tmp_path: Path) -> Iterator[Gatelb]:
-    reset_gw(lab)
-    yield Gatelb(lab, tmp_path)
-    reset_gw(lab)
 
 
 def new_connections(gl: Gatelb) -> dict[str, int]:

@@ -15,8 +15,6 @@ import json
 import re
 import statistics
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
@@ -30,7 +28,7 @@ from gatelb.lab.topology import (
     Lab,
 )
 
-from .gatelb_helpers import POOL_V6, Gatelb, backends, config, l4lb, reset_gw, shared_lab
+from .gatelb_helpers import POOL_V6, Gatelb, backends, config, gatelb_cli, l4lb, module_lab  # noqa: F401 - fixtures `gl` and `lab`
 
 VIP = "203.0.113.10"
 VIP6 = "2001:db8:100::10"
@@ -38,19 +36,6 @@ FRONTEND = {"ip": VIP, "port": 80}
 BACKENDS = ("be1", "be2", "be3")
 SPREAD = 600
 TIMEOUT = 5.0  # per connection: far above any real connect time, even on a busy machine
-
-
-@pytest.fixture(scope="module")
-def lab() -> Iterator[Lab]:
-    with shared_lab() as lab:
-        yield lab
-
-
-@pytest.fixture
-def gl(lab: Lab, tmp_path: Path) -> Iterator[Gatelb]:
-    reset_gw(lab)
-    yield Gatelb(lab, tmp_path)
-    reset_gw(lab)
 
 
 def shares(per_backend: dict[str, int], total: int) -> dict[str, float]:
