@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             return oneshot.EXIT_OK
         with state_lock(state_dir(args)):
             if args.command in ("apply", "plan"):
-                text = oneshot._read(args.file)
+                text = oneshot.read_input(args.file)
                 report = oneshot.apply_text(ctx, text, os.path.abspath(args.file), dry_run=args.command == "plan",
                                             want_nft_text=bool(getattr(args, "dump_nft", None)),
                                             describe=not getattr(args, "quiet", False))
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     print_report(report, applied=False, show_nft=args.nft)
             elif args.command == "delete":
-                names, pools = oneshot.names_in(oneshot._read(args.file), args.file)
+                names, pools = oneshot.names_in(oneshot.read_input(args.file), args.file)
                 print_report(oneshot.delete_names(ctx, names, pools), applied=True)
             elif args.command == "flush":
                 oneshot.flush(ctx)

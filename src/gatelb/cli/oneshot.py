@@ -62,7 +62,7 @@ def _prepare_or_exit(text: str, source: str, stored: StoredState) -> Prepared:
         raise CommandError(f"invalid configuration, nothing applied:\n{err}", EXIT_INVALID) from err
 
 
-def _read(path: str) -> str:
+def read_input(path: str) -> str:
     try:
         return sys.stdin.read() if path == "-" else Path(path).read_text()
     except OSError as err:
