@@ -24,7 +24,6 @@ from gatelb.dataplane import compile_full
 from gatelb.dataplane.changes import describe_changes, udp_flows_to_flush
 from gatelb.dataplane.render import render_delete
 from gatelb.kernel.conntrack import flush_flows
-from gatelb.kernel.counters import parse_table
 from gatelb.kernel.nft import Nft, NftCli, NftError
 from gatelb.model import ResolvedState, ValidationError, ValidationErrors
 from gatelb.sources.standalone import load_text
@@ -166,7 +165,7 @@ def status(ctx: Context) -> dict[str, Any]:
     except (ValidationErrors, ValidationError) as err:
         raise CommandError(f"the recorded configuration no longer loads: {err}", EXIT_FAILED) from err
     resolved = services_from_json(applied.get("services", []))
-    counters = parse_table(ctx.nft.list_table_json())
+    counters = ctx.nft.read_counters()
     return build_status(
         desired, stored.allocations, resolved, counters, applied.get("generation"), applied.get("health", {})
     )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import yaml
@@ -28,6 +30,9 @@ def print_report(report: dict[str, Any], applied: bool, show_nft: bool = False) 
         print(report["script"], end="")
 
 
+PRETTY_MAX = 500
+
+
 def _human(n: int) -> str:
     for unit in ("", "K", "M", "G", "T"):
         if abs(n) < 1000:
@@ -42,7 +47,9 @@ def _endpoint(address: str, port: int) -> str:
 
 def print_status(data: dict[str, Any], output: str) -> None:
     if output == "json":
-        print(json.dumps(data, indent=2))
+        # Indented output uses json's pure-Python encoder: seconds at 10,000 load balancers. Large
+        # outputs are compact (same shape), which is what programs reading them want anyway.
+        print(json.dumps(data, indent=2 if len(data["loadBalancers"]) <= PRETTY_MAX else None))
         return
     if output == "yaml":
         print(yaml.safe_dump(data, sort_keys=False), end="")
@@ -55,12 +62,32 @@ def print_status(data: dict[str, Any], output: str) -> None:
             f"[yellow]warning: kernel generation {gen['kernel']} != applied {gen['applied']}"
             " (table missing or changed outside gatelb)[/yellow]"
         )
+    rows = list(_status_rows(data["loadBalancers"]))
+    if len(rows) > RICH_MAX_ROWS:
+        # rich lays out every cell of every row (about 90 s for 110,000 rows): plain columns instead.
+        _print_plain(rows)
+        return
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for col, justify in (("NAME", "left"), ("FRONTEND / BACKEND", "left"), ("STATE", "left"),
-                         ("MODE", "left"), ("NEW", "right"), ("PACKETS", "right"), ("BYTES", "right"),
-                         ("SINCE / WHY", "left")):
+    for col, justify in zip(COLUMNS, JUSTIFY, strict=True):
         table.add_column(col, justify=justify, no_wrap=col != "SINCE / WHY")  # type: ignore[arg-type]
-    for lb in data["loadBalancers"]:
+    for row, style in rows:
+        cells = list(row)
+        if style == "lb":
+            cells[0] = f"[bold]{cells[0]}[/bold]"
+        else:
+            cells[2] = f"[{style}]{cells[2]}[/{style}]"
+        table.add_row(*cells)
+    console.print(table)
+
+
+COLUMNS = ("NAME", "FRONTEND / BACKEND", "STATE", "MODE", "NEW", "PACKETS", "BYTES", "SINCE / WHY")
+JUSTIFY = ("left", "left", "left", "left", "right", "right", "right", "left")
+RICH_MAX_ROWS = 2000
+
+
+def _status_rows(lbs: list[dict[str, Any]]) -> Iterator[tuple[tuple[str, ...], str]]:
+    """(cells, style) per line: a load balancer ("lb"), then its backends (colour by state)."""
+    for lb in lbs:
         fe = lb["frontend"]
         front = f"{_endpoint(fe['ip'], fe['port']) if fe['ip'] else '(no address)'}/{lb['protocol']}"
         mode = [lb["algorithm"]]
@@ -72,15 +99,22 @@ def print_status(data: dict[str, Any], output: str) -> None:
             mode.append("from " + ",".join(lb["sourceRanges"]))
         c = lb["counters"]
         state = lb["state"] if lb["programmed"] or lb["state"] != "active" else "active (not programmed)"
-        table.add_row(f"[bold]{lb['name']}[/bold]", front, state, " ".join(mode),
-                      str(c["newConnections"]), _human(c["packets"]), _human(c["bytes"]), "")
+        yield (lb["name"], front, state, " ".join(mode), str(c["newConnections"]), _human(c["packets"]),
+               _human(c["bytes"]), ""), "lb"
         for b in lb["backends"]:
             style = {"up": "green", "down": "red", "draining": "yellow"}.get(b["state"], "white")
             bc = b["counters"]
             why = b.get("reason") or ""
             if b.get("since"):
                 why = f"{time.strftime('%H:%M:%S', time.localtime(b['since']))} {why}".strip()
-            table.add_row("", f"  {_endpoint(b['address'], b['port'])}", f"[{style}]{b['state']}[/{style}]",
-                          f"weight {b['weight']}", str(bc["newConnections"]), _human(bc["packets"]),
-                          _human(bc["bytes"]), why)
-    console.print(table)
+            yield ("", f"  {_endpoint(b['address'], b['port'])}", b["state"], f"weight {b['weight']}",
+                   str(bc["newConnections"]), _human(bc["packets"]), _human(bc["bytes"]), why), style
+
+
+def _print_plain(rows: list[tuple[tuple[str, ...], str]]) -> None:
+    widths = [max(len(col), *(len(r[i]) for r, _ in rows)) for i, col in enumerate(COLUMNS)]
+    def line(cells: tuple[str, ...]) -> str:
+        return " ".join(c.rjust(w) if j == "right" else c.ljust(w)
+                        for c, w, j in zip(cells, widths, JUSTIFY, strict=True)).rstrip()
+    out = [line(COLUMNS)] + [line(r) for r, _ in rows]
+    sys.stdout.write("\n".join(out) + "\n")

@@ -17,6 +17,7 @@ from typing import Any
 from gatelb.dataplane.render import ElementAdds, ElementDeletes
 from gatelb.dataplane.ruleset import FAMILY, TABLE
 
+from .counters import TableCounters
 from .nft import NftError
 
 _T = f"{FAMILY} {TABLE}"
@@ -68,6 +69,9 @@ class FakeNft:
 
     def list_table_json(self) -> list[dict[str, Any]]:
         raise NftError("FakeNft keeps no counters")
+
+    def read_counters(self) -> TableCounters:
+        return TableCounters(generation=self.generation())
 
     bulk_elements = True  # exercised like the real two-step load: structure, then elements
 

@@ -17,6 +17,8 @@ from typing import Any, Protocol
 from gatelb.dataplane.render import ElementAdds, ElementDeletes
 from gatelb.dataplane.ruleset import FAMILY, TABLE
 
+from .counters import TableCounters, parse_table
+
 
 class NftError(RuntimeError):
     """nft rejected a transaction; the kernel is unchanged (nft transactions are all-or-nothing)."""
@@ -38,6 +40,10 @@ class Nft(Protocol):
         ...
 
     def table_exists(self) -> bool: ...
+
+    def read_counters(self) -> TableCounters:
+        """Generation and per-backend counters (for `gatelb status`)."""
+        ...
 
     @property
     def bulk_elements(self) -> bool:
@@ -118,6 +124,13 @@ class NftCli:
 
     def table_exists(self) -> bool:
         return self._run(["list", "tables", FAMILY]).stdout.find(f"table {FAMILY} {TABLE}\n") >= 0
+
+    def read_counters(self) -> TableCounters:
+        if self.bulk_elements:  # same condition: our netlink socket is in nft's namespace
+            from .nlcounters import read_counters
+
+            return read_counters(TABLE)
+        return parse_table(self.list_table_json())
 
     def list_table_json(self) -> list[dict[str, Any]]:
         proc = self._run(["-j", "list", "table", FAMILY, TABLE])

@@ -58,7 +58,7 @@ _PROTO = {"tcp": 6, "udp": 17}
 _HOST_U32 = struct.Struct("=I")
 
 
-def _nla(kind: int, payload: bytes) -> bytes:
+def nla(kind: int, payload: bytes) -> bytes:
     length = 4 + len(payload)
     return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
 
@@ -144,7 +144,7 @@ class ElementCodec:
             data_bytes = self._part("addr", addr) + self._part("port", port)
         elif self._data == "verdict":
             data_bytes = self._verdicts.get(data) or self._verdicts.setdefault(
-                data, _nla(NFTA_DATA_VERDICT | NLA_F_NESTED, _verdict(data)))
+                data, nla(NFTA_DATA_VERDICT | NLA_F_NESTED, _verdict(data)))
         else:
             data_bytes = b""
         before, between = self._frame(len(key_bytes), len(data_bytes))
@@ -153,11 +153,11 @@ class ElementCodec:
 
 def _verdict(text: str) -> bytes:
     if text == "drop":
-        return _nla(NFTA_VERDICT_CODE, struct.pack("!i", NF_DROP))
+        return nla(NFTA_VERDICT_CODE, struct.pack("!i", NF_DROP))
     verb, _, chain = text.partition(" ")
     if verb != "goto" or not chain:
         raise ValueError(f"verdict {text!r} is not supported by the netlink loader")
-    return _nla(NFTA_VERDICT_CODE, struct.pack("!i", NFT_GOTO)) + _nla(NFTA_VERDICT_CHAIN, chain.encode() + b"\0")
+    return nla(NFTA_VERDICT_CODE, struct.pack("!i", NFT_GOTO)) + nla(NFTA_VERDICT_CHAIN, chain.encode() + b"\0")
 
 
 # The layouts of the sets the compiler fills in bulk (see dataplane/render.py GLOBAL_SETS).
@@ -174,7 +174,7 @@ for _f in (4, 6):
 CODECS["generation"] = lambda: ElementCodec(("u32",), None)
 
 
-def _message(kind: int, flags: int, seq: int, family: int, res_id: int, payload: bytes) -> bytes:
+def nl_message(kind: int, flags: int, seq: int, family: int, res_id: int, payload: bytes) -> bytes:
     length = 16 + 4 + len(payload)
     return struct.pack("=IHHII", length, kind, flags, seq, 0) + struct.pack("!BBH", family, 0, res_id) + payload
 
@@ -196,16 +196,16 @@ class Batch:
     def __init__(self, table: str) -> None:
         self._table = table.encode() + b"\0"
         self._seq = 1
-        self._msgs = [_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, self._seq, 0, NFNL_SUBSYS_NFTABLES, b"")]
+        self._msgs = [nl_message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, self._seq, 0, NFNL_SUBSYS_NFTABLES, b"")]
         self.acks = 0
 
     def _add(self, kind: int, flags: int, set_name: str, encoded: Iterable[bytes]) -> None:
-        header = _nla(NFTA_SET_ELEM_LIST_TABLE, self._table) + _nla(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
+        header = nla(NFTA_SET_ELEM_LIST_TABLE, self._table) + nla(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
         for chunk in _chunks(encoded):
             self._seq += 1
             self.acks += 1
-            payload = header + _nla(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, chunk)
-            self._msgs.append(_message((NFNL_SUBSYS_NFTABLES << 8) | kind, flags | NLM_F_REQUEST | NLM_F_ACK,
+            payload = header + nla(NFTA_SET_ELEM_LIST_ELEMENTS | NLA_F_NESTED, chunk)
+            self._msgs.append(nl_message((NFNL_SUBSYS_NFTABLES << 8) | kind, flags | NLM_F_REQUEST | NLM_F_ACK,
                                        self._seq, NFPROTO_INET, 0, payload))
 
     def add(self, set_name: str, items: Iterable[tuple[str, str]]) -> None:
@@ -217,7 +217,7 @@ class Batch:
         self._add(NFT_MSG_DELSETELEM, 0, set_name, (codec.encode_key(k) for k in keys))
 
     def finish(self) -> bytes:
-        end = _message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, self._seq + 1, 0, NFNL_SUBSYS_NFTABLES, b"")
+        end = nl_message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, self._seq + 1, 0, NFNL_SUBSYS_NFTABLES, b"")
         return b"".join([*self._msgs, end])
 
 

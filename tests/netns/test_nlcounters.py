@@ -1,0 +1,53 @@
+"""`gatelb status` reads counters with a netlink dump; it must agree with nft's own JSON listing."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parents[2]
+
+SCRIPT = """
+from tests.unit.test_dataplane import example_state
+from gatelb.dataplane import compile_full
+from gatelb.kernel.nft import NftCli
+from gatelb.kernel.counters import parse_table
+from gatelb.kernel.nlcounters import read_counters
+nft = NftCli()
+assert read_counters().generation is None            # no table yet
+nft.apply(compile_full(example_state(), generation=7))
+# counters with known values (nft can set them when adding an element)
+F4 = "203.0.113.10 . tcp . 198.51.100.12 . 8080"
+C6 = "2001:db8:100::1 . tcp . 2001:db8:2::12 . 8080"
+nft.apply(f"delete element inet gatelb flows4 {{ {F4} }}\\n"
+          f"add element inet gatelb flows4 {{ {F4} counter packets 12 bytes 3456 }}\\n"
+          f"delete element inet gatelb conns6 {{ {C6} }}\\n"
+          f"add element inet gatelb conns6 {{ {C6} counter packets 5 bytes 300 }}\\n")
+fast, reference = read_counters(), parse_table(nft.list_table_json())
+assert fast == reference, (fast, reference)
+assert fast.generation == 7
+assert fast.flows[("203.0.113.10", "tcp", "198.51.100.12", 8080)].bytes == 3456
+assert fast.new_connections[("2001:db8:100::1", "tcp", "2001:db8:2::12", 8080)] == 5
+print("ok", len(fast.flows), len(fast.new_connections))
+"""
+
+
+@pytest.fixture
+def netns() -> Iterator[str]:
+    name = f"glbc{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", name], check=True)
+    try:
+        yield name
+    finally:
+        subprocess.run(["ip", "netns", "del", name], check=False)
+
+
+def test_netlink_counter_dump_equals_nft_json(netns: str) -> None:
+    done = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", SCRIPT],
+                          capture_output=True, text=True, cwd=HERE, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stdout + done.stderr
