@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -221,3 +222,46 @@ class ResolvedState:
 
     def by_name(self) -> dict[str, Service]:
         return {s.name: s for s in self.services}
+
+
+class OriginKind(enum.StrEnum):
+    FILE = "file"  # an L4LB document of a standalone file or directory
+    L4LB = "L4LB"  # a gatelb.io L4LB object in Kubernetes
+    SERVICE = "Service"  # one port and address family of a Kubernetes Service
+
+
+@dataclass(frozen=True, slots=True)
+class ObjectRef:
+    """The object a load balancer or an error belongs to: (kind, key). The key is the name in
+    a file, "namespace/name" for namespaced Kubernetes objects, "name" for cluster-scoped ones."""
+
+    kind: str
+    key: str
+
+    def __str__(self) -> str:
+        return f"{self.kind} {self.key}"
+
+
+@dataclass(frozen=True)
+class SyncedState:
+    """What every consumer (health monitor, state record, status write-back, metrics, announcers,
+    DNS) receives after each successful sync: the complete state, never a delta.
+
+    `changed` names the load balancers that differ from the previous SyncedState, as a hint that
+    lets a consumer skip work; None means "assume everything changed" (the first sync, a full
+    resync, a pool change). A consumer must stay correct if it ignores the hint.
+    """
+
+    generation: int
+    load_balancers: Mapping[str, LoadBalancer]  # desired, every source, by name
+    origins: Mapping[str, ObjectRef]  # load balancer name -> the object it came from
+    addresses: Mapping[str, IPAddress]  # frontend address of every allocated load balancer
+    pools: tuple[IPPool, ...]
+    pool_of: Mapping[str, str | None]  # load balancer name -> the pool its address came from
+    services: Mapping[str, Service]  # what the kernel serves now, by name
+    errors: Mapping[ObjectRef, tuple[ValidationError, ...]]
+    changed: frozenset[str] | None = None
+    full: bool = False  # this sync reloaded the whole table
+
+    def resolved(self) -> ResolvedState:
+        return ResolvedState(tuple(self.services[n] for n in sorted(self.services)))
