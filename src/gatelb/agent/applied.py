@@ -1,20 +1,27 @@
-"""Compact JSON form of the resolved services, kept in the state file between runs.
+"""The typed record of what was applied, and its compact JSON form in the state file.
 
-A one-shot `gatelb apply` uses it (with the generation number in the kernel) to update the kernel
-incrementally instead of reloading everything, and `gatelb status` uses it to know what is live.
+Every mode adopts the table from it after a restart (with the generation number in the kernel),
+so that nothing is reloaded when nothing changed; `gatelb status` shows it.
 """
 
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass, field
 from typing import Any
 
 from gatelb.model import (
     Affinity,
     Algorithm,
     Backend,
+    CheckType,
+    HealthCheck,
+    LBState,
+    LoadBalancer,
     NatMode,
     NoBackendAction,
+    ObjectRef,
     Protocol,
     ResolvedState,
     Service,
@@ -67,3 +74,91 @@ def services_from_json(rows: list[dict[str, Any]]) -> ResolvedState:
             for r in rows
         )
     )
+
+
+# --- desired load balancers (so that `gatelb status` and `delete` need no source text) -----------
+
+
+def _check_out(c: HealthCheck) -> dict[str, Any]:
+    return {"type": c.type.value, "port": c.port, "interval": c.interval_ms, "timeout": c.timeout_ms,
+            "rise": c.rise, "fall": c.fall, "requestPath": c.request_path, "host": c.host,
+            "statuses": [list(r) for r in c.expected_statuses], "payload": c.payload, "expect": c.expect}
+
+
+def _check_in(d: dict[str, Any]) -> HealthCheck:
+    return HealthCheck(type=CheckType(d["type"]), port=d.get("port"), interval_ms=int(d["interval"]),
+                       timeout_ms=int(d["timeout"]), rise=int(d["rise"]), fall=int(d["fall"]),
+                       request_path=str(d["requestPath"]), host=d.get("host"),
+                       expected_statuses=tuple((int(a), int(b)) for a, b in d["statuses"]),
+                       payload=d.get("payload"), expect=d.get("expect"))
+
+
+def lbs_to_json(lbs: Iterable[LoadBalancer]) -> list[dict[str, Any]]:
+    return [
+        {
+            "name": lb.name, "port": lb.port, "protocol": lb.protocol.value,
+            "frontendIP": str(lb.frontend_ip) if lb.frontend_ip else None, "pool": lb.pool,
+            "backends": _backends_out(lb.backends), "algorithm": lb.algorithm.value,
+            "affinity": lb.affinity.timeout_seconds if lb.affinity else None,
+            "sourceRanges": [str(n) for n in lb.source_ranges], "nat": lb.nat.value, "state": lb.state.value,
+            "check": _check_out(lb.check), "noBackend": lb.no_backend.value, "family": lb.family,
+        }
+        for lb in lbs
+    ]
+
+
+def lbs_from_json(rows: list[dict[str, Any]]) -> tuple[LoadBalancer, ...]:
+    return tuple(
+        LoadBalancer(
+            name=r["name"], port=int(r["port"]), protocol=Protocol(r["protocol"]),
+            frontend_ip=ipaddress.ip_address(r["frontendIP"]) if r.get("frontendIP") else None,
+            pool=r.get("pool"), backends=_backends_in(r["backends"]), algorithm=Algorithm(r["algorithm"]),
+            affinity=Affinity(int(r["affinity"])) if r.get("affinity") else None,
+            source_ranges=tuple(ipaddress.ip_network(n) for n in r.get("sourceRanges", [])),
+            nat=NatMode(r["nat"]), state=LBState(r["state"]), check=_check_in(r["check"]),
+            no_backend=NoBackendAction(r["noBackend"]), family=int(r["family"]),
+        )
+        for r in rows
+    )
+
+
+HealthRecord = dict[str, Any]  # {"state", "since", "reason"} of one target
+
+
+@dataclass(frozen=True)
+class AppliedRecord:
+    """What the last successful sync programmed, kept between runs: the daemon and the one-shot
+    commands adopt the table from it (when the kernel's generation still matches), `gatelb
+    status` shows it, `gatelb delete` removes from it."""
+
+    generation: int
+    services: ResolvedState
+    load_balancers: tuple[LoadBalancer, ...] = ()
+    origins: dict[str, ObjectRef] = field(default_factory=dict)
+    sources: tuple[str, ...] = ()
+    health: dict[str, HealthRecord] = field(default_factory=dict)
+    errors: tuple[str, ...] = ()
+    applied_at: float = 0.0
+    daemon: bool = False
+    info: dict[str, Any] = field(default_factory=dict)  # mode-specific (Kubernetes: leader, informers)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "generation": self.generation, "services": services_to_json(self.services),
+            "loadBalancers": lbs_to_json(self.load_balancers),
+            "origins": {n: [o.kind, o.key] for n, o in self.origins.items()},
+            "sources": list(self.sources), "health": self.health, "errors": list(self.errors),
+            "appliedAt": self.applied_at, "daemon": self.daemon, "info": self.info,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> AppliedRecord:
+        """Raises KeyError, TypeError or ValueError on a damaged record."""
+        return cls(
+            generation=int(d["generation"]), services=services_from_json(d["services"]),
+            load_balancers=lbs_from_json(d.get("loadBalancers", [])),
+            origins={n: ObjectRef(str(k), str(v)) for n, (k, v) in d.get("origins", {}).items()},
+            sources=tuple(d.get("sources", ())), health=dict(d.get("health", {})),
+            errors=tuple(d.get("errors", ())), applied_at=float(d.get("appliedAt", 0.0)),
+            daemon=bool(d.get("daemon", False)), info=dict(d.get("info", {})),
+        )

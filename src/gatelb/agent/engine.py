@@ -13,13 +13,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from gatelb.dataplane import Ruleset, compile_ruleset, render_delete, render_diff, render_full
 from gatelb.dataplane.incremental import AppliedRuleset
 from gatelb.dataplane.render import count_changes, element_changes, elements_only
 from gatelb.kernel.nft import Nft
-from gatelb.model import ResolvedState
+from gatelb.model import ResolvedState, Service
 
 # Sets whose elements may go to the kernel over netlink (kernel/nlelements.py CODECS): in bulk
 # for a full load, and for element-only increments (ELEMENT_SETS; `allow*` are interval sets,
@@ -122,6 +123,49 @@ class DataplaneSync:
             self._applied = bookkeeping  # type: ignore[assignment]
         t2 = time.perf_counter()
         return SyncResult(full, changes, t1 - t0, t2 - t1, script, self._generation)
+
+    def sync_changes(self, services: Mapping[str, Service], upserts: Sequence[Service],
+                     removed: Sequence[str]) -> SyncResult:
+        """The reconciler's path: `services` is everything that should be served, `upserts` and
+        `removed` what changed since the last call. Without applied bookkeeping (first start,
+        after a failure) this is a full load of `services`; otherwise only the changed services
+        are recompiled and diffed, so the work is proportional to the change."""
+        assert self._indexed, "sync_changes needs the indexed engine"
+        if self._index is None:
+            return self.sync(ResolvedState(tuple(services[n] for n in sorted(services))))
+        t0 = time.perf_counter()
+        index = self._index
+        changed = [s for s in upserts if index.services.get(s.name) != s]
+        gone = [n for n in removed if n in index.services]
+        if not changed and not gone:
+            return SyncResult(False, 0, time.perf_counter() - t0, 0.0, "", self._generation)
+        before, after = index.update(changed, gone)
+        script = render_diff(before, after, self._generation, self._generation + 1)
+        changes = count_changes(before, after)
+        t1 = time.perf_counter()
+        if script:
+            try:
+                self._apply_increment(script, before, after)
+            except Exception:
+                self.force_full()  # the index already holds the new state
+                raise
+            self._generation += 1
+        return SyncResult(False, changes, t1 - t0, time.perf_counter() - t1, script, self._generation)
+
+    def plan_changes(self, services: Mapping[str, Service], upserts: Sequence[Service],
+                     removed: Sequence[str]) -> str:
+        """The transaction sync_changes() would apply, without applying it. Spends the engine
+        (its bookkeeping then holds the planned state): for the one-shot `plan` only."""
+        nxt = self._generation + 1
+        if self._index is None:
+            return render_full(AppliedRuleset.build(ResolvedState(tuple(services[n] for n in sorted(services))))
+                               .ruleset(), nxt)
+        changed = [s for s in upserts if self._index.services.get(s.name) != s]
+        gone = [n for n in removed if n in self._index.services]
+        if not changed and not gone:
+            return ""
+        before, after = self._index.update(changed, gone)
+        return render_diff(before, after, self._generation, nxt)
 
     def _apply_increment(self, script: str, before: Ruleset, after: Ruleset) -> None:
         """Most increments (a backend added, removed, down, up) change map elements only: those

@@ -15,7 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-VERSION = 1
+from gatelb.agent.applied import AppliedRecord
+
+VERSION = 2  # 2: `applied` is an AppliedRecord (1: free-form, with the source text)
 FILE_NAME = "state.json"
 DEFAULT_STATE_DIR = "/var/lib/gatelb"
 ENV_STATE_DIR = "GATELB_STATE_DIR"
@@ -27,10 +29,9 @@ class StateFileError(RuntimeError):
 
 @dataclass(frozen=True)
 class StoredState:
-    allocations: dict[str, str] = field(default_factory=dict)  # L4LB name -> frontend IP
-    pools: dict[str, str | None] = field(default_factory=dict)  # L4LB name -> IPPool name
-    # Filled by the data-plane layer with what it applied; stored as is, never interpreted here.
-    applied: dict[str, Any] | None = None
+    allocations: dict[str, str] = field(default_factory=dict)  # load balancer name -> frontend IP
+    pools: dict[str, str | None] = field(default_factory=dict)  # load balancer name -> IPPool name
+    applied: AppliedRecord | None = None
 
 
 def state_dir(cli_value: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Path:
@@ -52,11 +53,19 @@ def _decode(data: Any, path: Path) -> StoredState:
     if not isinstance(data, dict):
         raise StateFileError(f"{path}: expected a JSON object")
     version = data.get("version")
-    if version != VERSION:
+    if version not in (1, VERSION):
         raise StateFileError(f"{path}: unsupported version {version!r} (this gatelb reads version {VERSION})")
-    applied = data.get("applied")
-    if applied is not None and not isinstance(applied, dict):
+    raw = data.get("applied")
+    if raw is not None and not isinstance(raw, dict):
         raise StateFileError(f"{path}: 'applied' must be an object or null")
+    applied = None
+    if raw is not None and version == VERSION:
+        try:
+            applied = AppliedRecord.from_json(raw)
+        except (KeyError, TypeError, ValueError) as err:
+            raise StateFileError(f"{path}: 'applied' is damaged ({type(err).__name__}: {err}); move the file "
+                                 "away to start afresh (allocations will be redone)") from err
+    # A version-1 record is dropped (the next sync is a full one); its allocations are kept.
     return StoredState(
         allocations=_str_map(data.get("allocations", {}), "allocations", path, nullable=False),
         pools=_str_map(data.get("pools", {}), "pools", path, nullable=True),
@@ -87,13 +96,13 @@ class StateStore:
         return _decode(data, self.path)
 
     def save(self, state: StoredState) -> None:
-        """Replace the file atomically. Raises TypeError if `applied` is not JSON-serialisable
-        (before anything is written)."""
+        """Replace the file atomically. Raises TypeError if the record is not JSON-serialisable
+        (before anything is written), OSError when the disk refuses."""
         document = {
             "version": VERSION,
             "allocations": dict(sorted(state.allocations.items())),
             "pools": dict(sorted(state.pools.items())),
-            "applied": state.applied,
+            "applied": state.applied.to_json() if state.applied is not None else None,
         }
         try:
             # No indent: only then does json use its C encoder (10x faster at 10,000 services).

@@ -33,7 +33,7 @@ import contextlib
 import logging
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass
 
 from gatelb.health import state as sm
@@ -129,6 +129,7 @@ class HealthMonitor:
         self._jitter = jitter  # fraction of the interval; spreads probes so they do not come in waves
         self._prober = prober
         self._targets: dict[TargetKey, _Target] = {}
+        self._by_lb: dict[str, set[TargetKey]] = {}
         self._seeded = False  # has set() been called once
         self._running = False
         self._pending: list[HealthChange] = []
@@ -146,13 +147,41 @@ class HealthMonitor:
         if targets.keys() != self._targets.keys():
             self._revision += 1
         for key in [k for k in self._targets if k not in targets]:
-            self._stop(self._targets.pop(key))
+            self._remove(key)
         for key, check in targets.items():
-            current = self._targets.get(key)
-            if current is None:
-                self._targets[key] = self._new_target(key, check, now, assume_up)
-            elif current.check != check:
-                self._change_check(key, current, check, now)
+            self._put(key, check, now, assume_up)
+
+    def update(self, lbs: Iterable[str], targets: Mapping[TargetKey, HealthCheck]) -> None:
+        """Make the targets of the load balancers `lbs` exactly those in `targets` (whose keys must
+        belong to `lbs`); every other load balancer's targets stay as they are. The reconciler's
+        path: work proportional to the load balancers that changed, not to all of them."""
+        now = self._clock()
+        assume_up = not self._seeded
+        self._seeded = True
+        for lb in lbs:
+            for key in [k for k in self._by_lb.get(lb, ()) if k not in targets]:
+                self._revision += 1
+                self._remove(key)
+        for key, check in targets.items():
+            if key not in self._targets:
+                self._revision += 1
+            self._put(key, check, now, assume_up)
+
+    def _put(self, key: TargetKey, check: HealthCheck, now: float, assume_up: bool) -> None:
+        current = self._targets.get(key)
+        if current is None:
+            self._targets[key] = self._new_target(key, check, now, assume_up)
+            self._by_lb.setdefault(key.lb, set()).add(key)
+        elif current.check != check:
+            self._change_check(key, current, check, now)
+
+    def _remove(self, key: TargetKey) -> None:
+        self._stop(self._targets.pop(key))
+        keys = self._by_lb.get(key.lb)
+        if keys is not None:
+            keys.discard(key)
+            if not keys:
+                del self._by_lb[key.lb]
 
     def _new_target(self, key: TargetKey, check: HealthCheck, now: float, assume_up: bool) -> _Target:
         rules = sm.Rules(check.rise, check.fall, self._damping)
