@@ -12,11 +12,13 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from gatelb.model import (
+    AddressRange,
     Affinity,
     Algorithm,
     Backend,
     CheckType,
     HealthCheck,
+    IPPool,
     LBState,
     LoadBalancer,
     NatMode,
@@ -122,6 +124,20 @@ def lbs_from_json(rows: list[dict[str, Any]]) -> tuple[LoadBalancer, ...]:
     )
 
 
+def pools_to_json(pools: Iterable[IPPool]) -> list[dict[str, Any]]:
+    return [{"name": p.name, "ranges": [[str(r.first), str(r.last)] for r in p.ranges],
+             "autoAssign": p.auto_assign, "avoidBuggyIPs": p.avoid_buggy_ips} for p in pools]
+
+
+def pools_from_json(rows: list[dict[str, Any]]) -> tuple[IPPool, ...]:
+    return tuple(
+        IPPool(str(r["name"]), tuple(AddressRange(ipaddress.ip_address(a), ipaddress.ip_address(b))
+                                     for a, b in r["ranges"]),
+               bool(r["autoAssign"]), bool(r["avoidBuggyIPs"]))
+        for r in rows
+    )
+
+
 HealthRecord = dict[str, Any]  # {"state", "since", "reason"} of one target
 
 
@@ -134,6 +150,7 @@ class AppliedRecord:
     generation: int
     services: ResolvedState
     load_balancers: tuple[LoadBalancer, ...] = ()
+    pools: tuple[IPPool, ...] = ()
     origins: dict[str, ObjectRef] = field(default_factory=dict)
     sources: tuple[str, ...] = ()
     health: dict[str, HealthRecord] = field(default_factory=dict)
@@ -145,7 +162,7 @@ class AppliedRecord:
     def to_json(self) -> dict[str, Any]:
         return {
             "generation": self.generation, "services": services_to_json(self.services),
-            "loadBalancers": lbs_to_json(self.load_balancers),
+            "loadBalancers": lbs_to_json(self.load_balancers), "pools": pools_to_json(self.pools),
             "origins": {n: [o.kind, o.key] for n, o in self.origins.items()},
             "sources": list(self.sources), "health": self.health, "errors": list(self.errors),
             "appliedAt": self.applied_at, "daemon": self.daemon, "info": self.info,
@@ -156,7 +173,7 @@ class AppliedRecord:
         """Raises KeyError, TypeError or ValueError on a damaged record."""
         return cls(
             generation=int(d["generation"]), services=services_from_json(d["services"]),
-            load_balancers=lbs_from_json(d.get("loadBalancers", [])),
+            load_balancers=lbs_from_json(d.get("loadBalancers", [])), pools=pools_from_json(d.get("pools", [])),
             origins={n: ObjectRef(str(k), str(v)) for n, (k, v) in d.get("origins", {}).items()},
             sources=tuple(d.get("sources", ())), health=dict(d.get("health", {})),
             errors=tuple(d.get("errors", ())), applied_at=float(d.get("appliedAt", 0.0)),

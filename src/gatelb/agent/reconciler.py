@@ -158,6 +158,10 @@ class Reconciler:
         self._health_dirty.update(lbs)
         self.trigger("health")
 
+    def remember(self, addresses: Mapping[str, IPAddress]) -> None:
+        """Addresses load balancers had before (the state record): they get them back."""
+        self._recorded.update(addresses)
+
     def adopt(self, previous: ResolvedState, generation: int) -> bool:
         """Take over the table a previous run left (see DataplaneSync.adopt); the first round then
         changes only what differs from it."""

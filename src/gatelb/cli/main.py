@@ -91,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
             return oneshot.EXIT_OK
         with state_lock(state_dir(args)):
             if args.command in ("apply", "plan"):
-                text = oneshot.read_input(args.file)
-                report = oneshot.apply_text(ctx, text, os.path.abspath(args.file), dry_run=args.command == "plan",
+                report = oneshot.apply_path(ctx, args.file, dry_run=args.command == "plan",
                                             want_nft_text=bool(getattr(args, "dump_nft", None)),
                                             describe=not getattr(args, "quiet", False))
                 if args.command == "apply":

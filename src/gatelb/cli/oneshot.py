@@ -1,32 +1,34 @@
 """The one-shot commands: apply, plan, delete, flush, status.
 
-Each loads the state file, works out the change, applies it as one transaction and records the
-result. Exit codes: 0 success, 2 invalid input (nothing applied), 1 apply or system failure.
+apply/plan/delete are one round of the same reconciler the daemon runs, with a one-shot source:
+they adopt the table the state record describes (so a change to one of 10,000 load balancers is
+an increment, not a reload), and record the result. Exit codes: 0 success, 2 invalid input
+(nothing applied), 1 apply or system failure.
 """
 
 from __future__ import annotations
 
-import json
+import asyncio
+import ipaddress
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from gatelb.agent.applied import services_from_json, services_to_json
-from gatelb.agent.engine import DataplaneSync, SyncResult
-from gatelb.agent.pipeline import Prepared, prepare
+from gatelb.agent.engine import DataplaneSync
+from gatelb.agent.reconciler import Reconciler, one_round
+from gatelb.agent.record import stored_state
 from gatelb.agent.statefile import StateStore, StoredState
 from gatelb.agent.status import build_status
 from gatelb.dataplane import compile_full
-from gatelb.dataplane.changes import describe_changes, udp_flows_to_flush
+from gatelb.dataplane.changes import describe_changes
 from gatelb.dataplane.render import render_delete
 from gatelb.kernel.conntrack import flush_flows
 from gatelb.kernel.nft import Nft, NftCli, NftError
-from gatelb.model import ResolvedState, ValidationError, ValidationErrors
-from gatelb.sources.standalone import load_text
+from gatelb.model import DesiredState, IPAddress, ResolvedState, ValidationError, ValidationErrors
+from gatelb.sources.base import Source
+from gatelb.sources.static import StaticSource
 
 EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
 
@@ -47,18 +49,14 @@ class Context:
         return cls(StateStore(state_dir), NftCli())
 
 
-def _previous(stored: StoredState) -> tuple[ResolvedState | None, int]:
-    applied = stored.applied or {}
-    if not applied.get("services") and not applied.get("generation"):
-        return None, 0
-    return services_from_json(applied.get("services", [])), int(applied.get("generation", 0))
-
-
-def _prepare_or_exit(text: str, source: str, stored: StoredState) -> Prepared:
-    try:
-        return prepare(text, source, stored.allocations)
-    except (ValidationErrors, ValidationError) as err:
-        raise CommandError(f"invalid configuration, nothing applied:\n{err}", EXIT_INVALID) from err
+def _addresses(stored: StoredState) -> dict[str, IPAddress]:
+    out: dict[str, IPAddress] = {}
+    for name, text in stored.allocations.items():
+        try:
+            out[name] = ipaddress.ip_address(text)
+        except ValueError:
+            continue  # a damaged record only loses its pinning; IPAM allocates afresh
+    return out
 
 
 def read_input(path: str) -> str:
@@ -68,77 +66,84 @@ def read_input(path: str) -> str:
         raise CommandError(f"cannot read {path}: {err.strerror}", EXIT_INVALID) from err
 
 
-def _record(prepared: Prepared, result: SyncResult, text: str, source: str) -> StoredState:
-    return StoredState(
-        allocations={k: str(v) for k, v in prepared.allocation.addresses.items()},
-        pools=dict(prepared.allocation.pool_of),
-        applied={
-            "generation": result.generation,
-            "source": source,
-            "sourceText": text,
-            "services": services_to_json(prepared.resolved),
-            "appliedAt": time.time(),
-        },
-    )
-
-
-def apply_text(
-    ctx: Context, text: str, source: str, dry_run: bool = False, want_nft_text: bool = False,
-    describe: bool = True,
-) -> dict[str, Any]:
-    """Validate, compile and apply (or only plan). Returns a report for printing.
+def apply_source(ctx: Context, source: Source, dry_run: bool = False, want_nft_text: bool = False,
+                 describe: bool = True) -> dict[str, Any]:
+    """Validate, allocate, compile and apply (or only plan) what `source` holds, as one round of
+    the reconciler. Returns a report for printing.
 
     want_nft_text: put in report["nftText"] the complete nft script equivalent to what was
     applied (a full load may have sent its bulk elements over netlink instead of as text)."""
-    stored = ctx.store.load()
     t0 = time.perf_counter()
-    prepared = _prepare_or_exit(text, source, stored)
-    previous, generation = _previous(stored)
-    sync = DataplaneSync(ctx.nft)
-    adopted = previous is not None and sync.adopt(previous, generation)
-    changes = describe_changes(previous if adopted else None, prepared.resolved) if describe else []
-    report: dict[str, Any] = {"changes": changes, "incremental": adopted, "timings": dict(prepared.timings)}
+    stored = ctx.store.load()
+    reconciler = Reconciler([source], DataplaneSync(ctx.nft, indexed=True),
+                            flush_udp=None if dry_run else flush_flows, recorded=_addresses(stored))
+    previous = stored.applied
+    adopted = previous is not None and reconciler.adopt(previous.services, previous.generation)
+    round_report = asyncio.run(one_round(reconciler, [source], dry_run=dry_run))
+    if round_report is None:
+        raise CommandError(f"nft rejected the transaction; the kernel is unchanged:\n{reconciler.last_error}",
+                           EXIT_FAILED)
+    if round_report.rejected:
+        errors = "\n".join(str(e) for errs in round_report.rejected.values() for e in errs)
+        raise CommandError(f"invalid configuration, nothing applied:\n{errors}", EXIT_INVALID)
+    resolved = ResolvedState(tuple(reconciler.services[n] for n in sorted(reconciler.services)))
+    before = previous.services if adopted and previous is not None else None
+    report: dict[str, Any] = {"changes": describe_changes(before, resolved) if describe else [],
+                              "incremental": adopted, "timings": {}}
     if not adopted and previous is not None:
         report["note"] = "kernel table differs from the last recorded apply: a full reload is needed"
     if dry_run:
-        report["script"] = sync.preview(prepared.resolved)
+        report["script"] = round_report.script
         return report
+    result = round_report.result
+    state = reconciler.last_state
+    assert state is not None
     try:
-        result = sync.sync(prepared.resolved)
-    except NftError as err:
-        raise CommandError(f"nft rejected the transaction; the kernel is unchanged:\n{err}", EXIT_FAILED) from err
-    ctx.store.save(_record(prepared, result, text, source))
-    if adopted and previous is not None:
-        flows = udp_flows_to_flush(previous.by_name(), prepared.resolved)
-        report["conntrackFlushed"] = flush_flows(flows) if flows else 0
-    report["timings"].update(compile_s=result.compile_s, apply_s=result.apply_s,
-                             total_s=time.perf_counter() - t0)
-    report["script"] = result.script
-    report["full"] = result.full
+        ctx.store.save(stored_state(state, (source.name,), previous.health if previous else {}, daemon=False))
+    except OSError as err:
+        raise CommandError(
+            f"applied to the kernel (generation {state.generation}), but the state file {ctx.store.path} "
+            f"could not be written: {err.strerror or err}. The kernel serves the new configuration; the next "
+            "apply will reload it in full.", EXIT_FAILED) from err
+    report["timings"] = {"compile_s": result.compile_s if result else 0.0,
+                         "apply_s": result.apply_s if result else 0.0, "total_s": time.perf_counter() - t0}
+    report["script"] = result.script if result else ""
+    report["full"] = bool(result and result.full)
     if want_nft_text:
-        report["nftText"] = compile_full(prepared.resolved, result.generation) if result.full else result.script
+        report["nftText"] = compile_full(resolved, state.generation) if report["full"] else report["script"]
     return report
+
+
+def apply_path(ctx: Context, path: str, dry_run: bool = False, want_nft_text: bool = False,
+               describe: bool = True) -> dict[str, Any]:
+    """`-f FILE`, `-f DIR` or `-f -` (stdin)."""
+    from gatelb.sources.file import FileSource
+
+    if path == "-":
+        source = FileSource.from_text(read_input(path), "<stdin>")
+    else:
+        if not Path(path).exists():
+            raise CommandError(f"cannot read {path}: No such file or directory", EXIT_INVALID)
+        source = FileSource(Path(path).absolute(), watch=False)
+    return apply_source(ctx, source, dry_run, want_nft_text, describe)
 
 
 def delete_names(ctx: Context, names: set[str], pool_names: set[str]) -> dict[str, Any]:
     """Remove the named L4LBs (and IPPools) from what is applied; everything else stays."""
-    stored = ctx.store.load()
-    applied = stored.applied or {}
-    remaining = [
-        doc
-        for doc in yaml.safe_load_all(applied.get("sourceText", "") or "")
-        if isinstance(doc, dict) and not _named(doc, names, pool_names)
-    ]
-    text = yaml.safe_dump_all(remaining, sort_keys=False) if remaining else ""
-    return apply_text(ctx, text, applied.get("source", "<deleted>"))
-
-
-def _named(doc: dict[str, Any], names: set[str], pools: set[str]) -> bool:
-    name = (doc.get("metadata") or {}).get("name")
-    return (doc.get("kind") == "L4LB" and name in names) or (doc.get("kind") == "IPPool" and name in pools)
+    applied = ctx.store.load().applied
+    if applied is None:
+        raise CommandError("nothing is applied (no record in the state directory)", EXIT_FAILED)
+    remaining = DesiredState(
+        pools=tuple(p for p in applied.pools if p.name not in pool_names),
+        load_balancers=tuple(lb for lb in applied.load_balancers if lb.name not in names),
+    )
+    source = StaticSource(applied.sources[0] if applied.sources else "<deleted>", remaining)
+    return apply_source(ctx, source)
 
 
 def names_in(text: str, source: str) -> tuple[set[str], set[str]]:
+    from gatelb.sources.standalone import load_text
+
     try:
         desired = load_text(text, source)
     except (ValidationErrors, ValidationError) as err:
@@ -158,18 +163,15 @@ def flush(ctx: Context) -> None:
 
 def status(ctx: Context) -> dict[str, Any]:
     stored = ctx.store.load()
-    applied = stored.applied or {}
-    text = applied.get("sourceText", "")
-    try:
-        desired = load_text(text, applied.get("source", "<state>"))
-    except (ValidationErrors, ValidationError) as err:
-        raise CommandError(f"the recorded configuration no longer loads: {err}", EXIT_FAILED) from err
-    resolved = services_from_json(applied.get("services", []))
+    applied = stored.applied
     counters = ctx.nft.read_counters()
-    return build_status(
-        desired, stored.allocations, resolved, counters, applied.get("generation"), applied.get("health", {})
-    )
-
-
-def dump_json(data: Any) -> str:
-    return json.dumps(data, indent=2, sort_keys=False)
+    if applied is None:
+        return build_status(DesiredState(), {}, ResolvedState(), counters, None, {})
+    desired = DesiredState(applied.pools, applied.load_balancers)
+    data = build_status(desired, stored.allocations, applied.services, counters, applied.generation,
+                        applied.health)
+    data["sources"] = list(applied.sources)
+    data["errors"] = list(applied.errors)
+    if applied.info:
+        data["info"] = applied.info
+    return data

@@ -1,0 +1,363 @@
+"""Kubernetes as a source of desired state (for the one reconciler) and as a consumer of what was
+synced (status write-back).
+
+    informers -> ChangeTracker (dirty keys) -> collect(): Service IPAM for the dirty Services
+    (leader only), per-object translation -> Contribution of what changed
+    set(SyncedState) -> [leader] Service status, pool annotation, Events, L4LB status
+
+Every gateway instance programs its own data path; only the Lease holder allocates Service
+addresses and writes back. A follower serves the addresses the leader wrote into Service status
+(those marked with our pool annotation), so two gateways agree without talking to each other.
+
+Incremental from end to end: an informer event marks the objects it touches; a round translates
+and re-allocates only those. Everything is translated again only at start, after a pool change
+and when leadership changes hands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from collections.abc import Awaitable
+from dataclasses import dataclass
+
+from gatelb.ipam.services import AllocationError, Assignment, ServiceAllocator, ServicePool
+from gatelb.model import IPAddress, IPPool, LoadBalancer, ObjectRef, SyncedState, ValidationError
+from gatelb.sources.base import AddressView, Contribution, Notify
+from gatelb.sources.kubernetes.api import WATCHED, KubeApi, Obj, describe
+from gatelb.sources.kubernetes.changes import IPPOOLS, L4LBS, SERVICES, ChangeTracker
+from gatelb.sources.kubernetes.informer import Informer
+from gatelb.sources.kubernetes.lease import LeaseElector
+from gatelb.sources.kubernetes.status import StatusWriter
+from gatelb.sources.kubernetes.translate import (
+    ANN_POOL_RECORD,
+    IPPOOL,
+    L4LB,
+    SERVICE,
+    Options,
+    _dig,
+    is_ours,
+    status_addresses,
+)
+
+log = logging.getLogger("gatelb")
+WRITE_CONCURRENCY = 32  # status writes in flight at once (10,000 Services after a first sync)
+
+
+@dataclass(frozen=True)
+class KubeSettings:
+    options: Options
+    lease_namespace: str = "gatelb-system"
+    lease_name: str = "gatelb-ipam"
+    identity: str = ""
+    health: bool = True
+
+
+class KubeSource:
+    def __init__(self, api: KubeApi, settings: KubeSettings) -> None:
+        self._api = api
+        self._options = settings.options
+        self._tracker = ChangeTracker(settings.options)
+        self._informers = {k.name: Informer(api, k, self._on_event) for k in WATCHED}
+        identity = settings.identity or f"{socket.gethostname()}-{os.getpid()}"
+        self._elector = LeaseElector(api, settings.lease_namespace, settings.lease_name, identity,
+                                     self._on_leadership)
+        self._writer = StatusWriter(api)
+        self._notify: Notify | None = None
+        self._first = True
+        self._leader_was: bool | None = None
+        self._pools: list[ServicePool] = []
+        self._pool_errors: tuple[ValidationError, ...] = ()
+        self._alloc: ServiceAllocator | None = None  # leader only
+        self._assigned: dict[str, Assignment] = {}  # Service key -> its addresses (leader or status)
+        self._failures: dict[str, AllocationError] = {}
+        self._lbs_of: dict[ObjectRef, tuple[str, ...]] = {}  # object -> the load balancers it gave
+        self._svc_names: set[str] = set()  # names of every Service load balancer we gave
+        self._errors_of: dict[ObjectRef, tuple[ValidationError, ...]] = {}
+        self._to_write: set[ObjectRef] = set()  # objects whose status may need writing
+        self._state: SyncedState | None = None
+        self._wake_writer = asyncio.Event()
+
+    # -- Source ------------------------------------------------------------------------------
+
+    @property
+    def name(self) -> str:
+        return "kubernetes"
+
+    @property
+    def strict(self) -> bool:
+        return False
+
+    @property
+    def synced(self) -> bool:
+        return all(inf.synced.is_set() for inf in self._informers.values())
+
+    @property
+    def is_leader(self) -> bool:
+        return self._elector.is_leader
+
+    @property
+    def tracker(self) -> ChangeTracker:
+        return self._tracker
+
+    def _on_event(self, kind: str, key: str, old: Obj | None, new: Obj | None) -> None:
+        self._tracker.on_change(kind, key, old, new)
+        if self._notify is not None:
+            self._notify(kind)
+
+    def _on_leadership(self, leader: bool) -> None:
+        if self._notify is not None:
+            self._notify("leader")
+
+    async def run(self, notify: Notify) -> None:
+        self._notify = notify
+        async with asyncio.TaskGroup() as group:
+            for name, inf in self._informers.items():
+                group.create_task(inf.run(), name=f"informer-{name}")
+            group.create_task(self._elector.run(), name="lease")
+            group.create_task(self._write_loop(), name="status-write-back")
+            group.create_task(self._announce_synced(), name="informer-sync")
+
+    async def _announce_synced(self) -> None:
+        await asyncio.gather(*(inf.synced.wait() for inf in self._informers.values()))
+        if self._notify is not None:
+            self._notify("synced")
+
+    def collect(self, view: AddressView) -> Contribution | None:
+        dirty = self._tracker.take()
+        leader = self._elector.is_leader
+        everything = self._first or dirty.pools_changed or leader != self._leader_was
+        if dirty.empty and not everything:
+            return None
+        pools: tuple[IPPool, ...] | None = None
+        if self._first or dirty.pools_changed:
+            self._pools, errs = self._tracker.pools()
+            self._pool_errors = tuple(errs)
+            pools = tuple(p.pool for p in self._pools)
+        if everything:
+            services = sorted(set(self._tracker.objects(SERVICES)) | {
+                ref.key for ref in self._lbs_of if ref.kind == SERVICE})
+            l4lbs = sorted(set(self._tracker.objects(L4LBS)) | {ref.key for ref in self._lbs_of if ref.kind == L4LB})
+        else:
+            services = self._tracker.service_keys(dirty)
+            l4lbs = sorted(dirty.l4lbs)
+        changes: dict[str, LoadBalancer | None] = {}
+        origins: dict[str, ObjectRef] = {}
+        errors: dict[ObjectRef, tuple[ValidationError, ...]] = {}
+        request_errors = self._allocate(services, view, leader, rebuild=everything)
+        for key in services:
+            addresses = self._assigned[key].addresses if key in self._assigned else ()
+            t = self._tracker.translate_service(key, addresses)
+            self._take_result(t.origin, t.load_balancers, (*request_errors.get(key, ()), *t.errors),
+                              changes, origins, errors)
+        for key in l4lbs:
+            t = self._tracker.translate_l4lb(key)
+            self._take_result(t.origin, t.load_balancers, t.errors, changes, origins, errors)
+        if pools is not None:
+            for ref in [r for r in self._errors_of if r.kind == IPPOOL]:
+                errors[ref] = ()
+            for err in self._pool_errors:
+                ref = ObjectRef(IPPOOL, err.name)
+                errors[ref] = (*errors.get(ref, ()), err)
+        self._first = False
+        self._leader_was = leader
+        self._to_write.update(ObjectRef(SERVICE, k) for k in services)
+        self._to_write.update(ObjectRef(L4LB, k) for k in l4lbs)
+        for ref, errs in errors.items():
+            if errs:
+                self._errors_of[ref] = errs
+            else:
+                self._errors_of.pop(ref, None)
+        return Contribution(changes, pools, errors, origins)
+
+    def commit(self, contribution: Contribution) -> None:
+        """Nothing to do: a non-strict source's contribution is always taken (errors stay with
+        their objects), so collect() already moved our bookkeeping forward."""
+
+    # -- Service IPAM (leader) ---------------------------------------------------------------
+
+    def _all_pools(self, view: AddressView) -> list[ServicePool]:
+        """Our IPPool objects, and the pools of other sources (a standalone file) after them."""
+        mine = {p.name for p in self._pools}
+        return self._pools + [ServicePool(p) for p in view.pools if p.name not in mine]
+
+    def _allocate(self, keys: list[str], view: AddressView, leader: bool, rebuild: bool) -> dict[
+            str, tuple[ValidationError, ...]]:
+        """Addresses of the Services `keys`; returns request errors by Service key."""
+        request_errors: dict[str, tuple[ValidationError, ...]] = {}
+        if not leader:
+            self._alloc = None
+            self._failures.clear()
+            for key in keys:
+                svc = self._tracker.service(key)
+                annotated = svc is not None and _dig(svc, "metadata", "annotations", ANN_POOL_RECORD) is not None
+                if svc is not None and annotated and is_ours(svc, self._options) and status_addresses(svc):
+                    self._assigned[key] = Assignment(status_addresses(svc), ())
+                else:
+                    self._assigned.pop(key, None)
+            return request_errors
+
+        def reserved(ip: IPAddress) -> bool:  # held by a load balancer that is not one of our Services'
+            return any(name not in self._svc_names for name in view.holders(ip))
+
+        if rebuild or self._alloc is None:
+            self._alloc = ServiceAllocator(self._all_pools(view), reserved=reserved)
+            self._failures.clear()
+        alloc = self._alloc
+        pending = []
+        for key in keys:
+            req, errs = self._tracker.service_request(key)
+            if errs:
+                request_errors[key] = tuple(errs)
+            held = self._assigned.get(key)
+            current = held.addresses if held is not None else ()
+            svc = self._tracker.service(key)
+            if not current and svc is not None:
+                current = status_addresses(svc)  # start-up or a new leader: what status says
+            if req is None:
+                alloc.release(key)
+                self._assigned.pop(key, None)
+                self._failures.pop(key, None)
+            elif current and alloc.keep(req, current):
+                self._done(key, alloc)
+            else:
+                pending.append(req)
+        # Explicit requests before automatic ones, so an automatic pick never takes a requested
+        # address (allocate_services' order).
+        for req in sorted(pending, key=lambda r: (not r.requested, r.key)):
+            try:
+                alloc.assign(req)
+                self._done(req.key, alloc)
+            except AllocationError as err:
+                alloc.release(req.key)
+                self._assigned.pop(req.key, None)
+                self._failures[req.key] = err
+        return request_errors
+
+    def _done(self, key: str, alloc: ServiceAllocator) -> None:
+        assignment = alloc.assignment(key)
+        if assignment is not None:
+            self._assigned[key] = assignment
+        self._failures.pop(key, None)
+
+    def _take_result(self, origin: ObjectRef, lbs: tuple[LoadBalancer, ...], errs: tuple[ValidationError, ...],
+                     changes: dict[str, LoadBalancer | None], origins: dict[str, ObjectRef],
+                     errors: dict[ObjectRef, tuple[ValidationError, ...]]) -> None:
+        before = self._lbs_of.get(origin, ())
+        names = tuple(lb.name for lb in lbs)
+        for name in before:
+            if name not in names:
+                changes[name] = None
+                self._svc_names.discard(name)
+        for lb in lbs:
+            changes[lb.name] = lb
+            origins[lb.name] = origin
+            if origin.kind == SERVICE:
+                self._svc_names.add(lb.name)
+        if names:
+            self._lbs_of[origin] = names
+        else:
+            self._lbs_of.pop(origin, None)
+        if errs or origin in self._errors_of:
+            errors[origin] = errs
+
+    # -- consumer: status write-back ----------------------------------------------------------
+
+    def set(self, state: SyncedState) -> None:
+        self._state = state
+        if not self._elector.is_leader:
+            self._to_write.clear()
+            return
+        if state.changed is None:
+            self._to_write.update(ObjectRef(SERVICE, k) for k in self._tracker.objects(SERVICES))
+            self._to_write.update(ObjectRef(L4LB, k) for k in self._tracker.objects(L4LBS))
+        else:
+            self._to_write.update(state.origins[n] for n in state.changed if n in state.origins)
+        self._to_write.update(r for r in self._errors_of if r.kind in (SERVICE, IPPOOL))
+        self._wake_writer.set()
+
+    async def _write_loop(self) -> None:
+        gate = asyncio.Semaphore(WRITE_CONCURRENCY)
+        while True:
+            await self._wake_writer.wait()
+            self._wake_writer.clear()
+            state, batch = self._state, self._to_write
+            self._to_write = set()
+            if state is None or not self._elector.is_leader:
+                continue
+
+            async def guarded(write: Awaitable[None]) -> None:
+                async with gate:
+                    await self._guard(write)
+
+            await asyncio.gather(*(guarded(w) for ref in sorted(batch, key=str) if (w := self._write(ref, state))))
+
+    def _write(self, ref: ObjectRef, state: SyncedState) -> Awaitable[None] | None:
+        if ref.kind == SERVICE:
+            svc = self._tracker.service(ref.key)
+            return None if svc is None else self._write_service(ref, svc, state)
+        if ref.kind == L4LB:
+            obj = self._tracker.objects(L4LBS).get(ref.key)
+            return None if obj is None else self._write_l4lb(ref, obj, state)
+        if ref.kind == IPPOOL:
+            obj = self._tracker.objects(IPPOOLS).get(ref.key)
+            errs = self._errors_of.get(ref, ())
+            if obj is None or not errs:
+                return None
+            return self._writer.event(obj, IPPOOL, "Warning", "InvalidConfiguration", "; ".join(map(str, errs)))
+        return None
+
+    async def _write_service(self, ref: ObjectRef, svc: Obj, state: SyncedState) -> None:
+        ours = is_ours(svc, self._options)
+        served = any(n in state.services for n in self._lbs_of.get(ref, ()))
+        if ours and served and ref.key in self._assigned:
+            a = self._assigned[ref.key]
+            await self._writer.service_served(svc, a.addresses, a.pools)
+        elif ours and ref.key in self._failures:
+            err = self._failures[ref.key]
+            await self._writer.event(svc, SERVICE, "Warning", "AllocationFailed",
+                                     f"{err.reason}: {err.message}")
+            await self._writer.service_released(svc)
+        elif not ours and _dig(svc, "metadata", "annotations", ANN_POOL_RECORD) is not None:
+            await self._writer.service_released(svc)
+        errs = state.errors.get(ref, ())
+        if errs:
+            await self._writer.event(svc, SERVICE, "Warning", "InvalidConfiguration",
+                                     "; ".join(str(e) for e in errs))
+
+    async def _write_l4lb(self, ref: ObjectRef, obj: Obj, state: SyncedState) -> None:
+        names = self._lbs_of.get(ref, ())
+        problems = [str(e) for e in state.errors.get(ref, ())]
+        name = names[0] if names else None
+        lb = state.load_balancers.get(name) if name else None
+        ip = state.addresses.get(name) if name else None
+        if problems:
+            await self._writer.l4lb_status(obj, "Error", "; ".join(problems), None)
+        elif lb is not None and not lb.active:
+            await self._writer.l4lb_status(obj, "Disabled", "spec.state is disable", ip)
+        elif lb is not None and ip is not None:
+            svc = state.services.get(lb.name)
+            up = len(svc.backends) if svc else 0
+            await self._writer.l4lb_status(obj, "Active",
+                                           f"{up}/{len(lb.backends)} backends serving", ip)
+
+    @staticmethod
+    async def _guard(write: Awaitable[None]) -> None:
+        """One failed write (e.g. the object was deleted meanwhile) must not stop the others."""
+        try:
+            await write
+        except Exception as err:
+            log.warning("write-back failed", extra={"fields": {"event": "write-back-failed",
+                                                                "error": describe(err)}})
+
+    # -- facts for `gatelb status` and readiness ----------------------------------------------
+
+    def info(self) -> Obj:
+        return {
+            "leader": self._elector.is_leader,
+            "informers": {name: inf.synced.is_set() for name, inf in self._informers.items()},
+            "problems": [p for p in (getattr(self._elector, "problem", None),) if p],
+        }
+
