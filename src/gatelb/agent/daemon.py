@@ -32,6 +32,7 @@ from gatelb.kernel.conntrack import flush_flows
 from gatelb.kernel.nft import Nft, NftCli
 from gatelb.model import Backend, IPAddress
 from gatelb.sources.base import Source
+from gatelb.sources.kubernetes.source import KubeSettings
 
 
 @dataclass
@@ -142,7 +143,24 @@ def run_daemon(make_parts: Callable[[], Coroutine[Any, Any, Parts]], state_dir: 
 
 
 def file_parts(paths: Sequence[Path]) -> Parts:
+    """`gatelb run -f FILE|DIR`: the file source; SIGHUP re-reads every file."""
     from gatelb.sources.file import FileSource
 
     sources = [FileSource(p) for p in paths]
     return Parts(sources=list(sources), on_hup=[s.rescan for s in sources])
+
+
+async def kube_parts(kubeconfig: str | None, settings: KubeSettings, files: Sequence[Path] = ()) -> Parts:
+    """`gatelb run --kubeconfig K [-f FILE]`: the cluster as a source and as the status
+    write-back consumer, plus the standalone files if given."""
+    from gatelb.sources.kubernetes.api import KubeApi, connect
+    from gatelb.sources.kubernetes.source import KubeSource
+
+    client = await connect(kubeconfig)
+    kube = KubeSource(KubeApi(client), settings)
+    parts = file_parts(files)
+    parts.sources.insert(0, kube)
+    parts.consumers.append(kube)
+    parts.info = kube.info
+    parts.closers.append(client.close)
+    return parts

@@ -21,17 +21,19 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True)
 
     a = sub.add_parser("apply", help="validate, compile and apply a file once")
-    a.add_argument("-f", "--file", required=True, help="YAML file of IPPool and L4LB documents ('-' for stdin)")
+    a.add_argument("-f", "--file", required=True,
+                   help="YAML/JSON file of IPPool and L4LB documents, a directory of them, or '-' for stdin")
     a.add_argument("--timings-json", help="write phase timings (seconds) to this file")
     a.add_argument("--dump-nft", help="write the nft transaction that was applied to this file")
     a.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
 
     pl = sub.add_parser("plan", help="print what apply would change, without changing anything")
-    pl.add_argument("-f", "--file", required=True)
+    pl.add_argument("-f", "--file", required=True, help="file, directory, or '-' for stdin")
     pl.add_argument("--nft", action="store_true", help="also print the nft transaction")
 
     r = sub.add_parser("run", help="the daemon: apply, then follow file changes, SIGHUP and health checks")
-    r.add_argument("-f", "--file", help="YAML file (required unless Kubernetes is the source)")
+    r.add_argument("-f", "--file", help="YAML/JSON file, or a directory of them (required unless Kubernetes is "
+                   "the source)")
     k = r.add_argument_group("Kubernetes (source: the cluster's Services, EndpointSlices and gatelb.io objects)")
     k.add_argument("--kubeconfig", help="kubeconfig file")
     k.add_argument("--in-cluster", action="store_true", help="use the pod's service account")
@@ -58,27 +60,37 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _run(args: argparse.Namespace) -> int:
+    """`gatelb run`: one daemon whatever the sources (file or directory, Kubernetes, or both)."""
+    from gatelb.agent.daemon import Parts, file_parts, kube_parts, run_daemon
+
+    files = [Path(args.file)] if args.file else []
+    if args.kubeconfig or args.in_cluster:
+        from gatelb.sources.kubernetes.source import KubeSettings
+        from gatelb.sources.kubernetes.translate import BackendMode, Options
+
+        opts = Options(BackendMode(args.backend_mode), default_class=not args.no_default_class)
+        settings = KubeSettings(opts, lease_namespace=args.lease_namespace, health=not args.no_health)
+
+        async def make() -> Parts:
+            return await kube_parts(args.kubeconfig, settings, files)
+    elif files:
+        async def make() -> Parts:
+            return file_parts(files)
+    else:
+        print("gatelb run: -f/--file is required (or --kubeconfig / --in-cluster)", file=sys.stderr)
+        return 2
+    return run_daemon(make, state_dir(args), args.log_format, health=not args.no_health)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "demo":
         from gatelb.cli.demo import run_demo
 
         return run_demo(args.connections)
-    if args.command == "run" and (args.kubeconfig or args.in_cluster):
-        from gatelb.agent.kube import KubeSettings, run_kube
-        from gatelb.sources.kubernetes.translate import BackendMode, Options
-
-        opts = Options(BackendMode(args.backend_mode), default_class=not args.no_default_class)
-        settings = KubeSettings(opts, lease_namespace=args.lease_namespace, health=not args.no_health,
-                                file=Path(args.file) if args.file else None)
-        return run_kube(args.kubeconfig, settings, args.log_format)
-    if args.command == "run" and not args.file:
-        print("gatelb run: -f/--file is required (or --kubeconfig / --in-cluster)", file=sys.stderr)
-        return 2
     if args.command == "run":
-        from gatelb.agent.daemon import run_daemon
-
-        return run_daemon(Path(args.file), state_dir(args), args.log_format, health=not args.no_health)
+        return _run(args)
 
     from gatelb.agent.lock import StateLocked, state_lock
     from gatelb.cli import oneshot
