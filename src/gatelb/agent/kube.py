@@ -99,7 +99,8 @@ class KubeAgent:
         self._api = api
         self._settings = settings
         self._sync = DataplaneSync(nft, indexed=True)
-        self._informers = {k.name: Informer(api, k, self.trigger) for k in WATCHED}
+        self._informers = {k.name: Informer(api, k, lambda kind, _key, _old, _new: self.trigger(kind))
+                           for k in WATCHED}
         identity = settings.identity or f"{socket.gethostname()}-{os.getpid()}"
         self._elector = LeaseElector(api, settings.lease_namespace, settings.lease_name, identity,
                                      lambda leader: self.trigger("leader"))
