@@ -11,7 +11,8 @@ from typing import Any
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 
 from gatelb.sources.kubernetes.api import SERVICES, KubeApi, Obj
-from gatelb.sources.kubernetes.informer import Informer, same_version
+from gatelb.sources.kubernetes.changes import same_version
+from gatelb.sources.kubernetes.informer import Informer
 from tests.k8s_standin.client import run
 from tests.k8s_standin.server import StandinServer
 

@@ -25,6 +25,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Protocol, TypeAlias
 
 from gatelb.sources.kubernetes.api import Gone, Kind, Obj
+from gatelb.sources.kubernetes.changes import same_version
 
 log = logging.getLogger("gatelb.kube")
 
@@ -45,17 +46,6 @@ def object_key(obj: Obj) -> str:
     meta = obj.get("metadata") or {}
     ns = meta.get("namespace")
     return f"{ns}/{meta.get('name')}" if ns else str(meta.get("name"))
-
-
-def same_version(old: Obj | None, new: Obj | None) -> bool:
-    """Whether two versions of one object are the same (resourceVersion, else the whole object)."""
-    if old is None or new is None:
-        return old is new
-    rv_old = (old.get("metadata") or {}).get("resourceVersion")
-    rv_new = (new.get("metadata") or {}).get("resourceVersion")
-    if rv_old and rv_new:
-        return bool(rv_old == rv_new)
-    return old == new
 
 
 class Informer:
