@@ -1,4 +1,5 @@
-"""Informers against the API stand-in over real HTTP: list, watch, resume, relist on 410, bookmarks."""
+"""Informers against the API stand-in over real HTTP: list, watch, resume, relist on 410, bookmarks,
+and the per-object change reports (a relist reports only the difference)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient, CoreV1Api
 
-from gatelb.sources.kubernetes.api import SERVICES, KubeApi
+from gatelb.sources.kubernetes.api import SERVICES, KubeApi, Obj
+from gatelb.sources.kubernetes.changes import same_version
 from gatelb.sources.kubernetes.informer import Informer
 from tests.k8s_standin.client import run
 from tests.k8s_standin.server import StandinServer
@@ -23,10 +25,21 @@ async def wait_until(cond: Callable[[], bool], timeout: float = 5.0) -> None:
         await asyncio.sleep(0.02)
 
 
+Change = tuple[str, str]  # (what, key): "added", "modified" or "deleted"
+
+
 @contextlib.asynccontextmanager
-async def informing(client: ApiClient, **kw: Any) -> AsyncIterator[tuple[Informer, list[str]]]:
-    changes: list[str] = []
-    inf = Informer(KubeApi(client), SERVICES, changes.append, **kw)
+async def informing(client: ApiClient, **kw: Any) -> AsyncIterator[tuple[Informer, list[Change]]]:
+    changes: list[Change] = []
+
+    def record(kind: str, key: str, old: Obj | None, new: Obj | None) -> None:
+        assert kind == "services"
+        assert old is None or key == f"{old['metadata']['namespace']}/{old['metadata']['name']}"
+        assert new is None or new is inf.objects[key]  # the cache is updated first
+        assert new is not None or key not in inf.objects
+        changes.append(("added" if old is None else "deleted" if new is None else "modified", key))
+
+    inf = Informer(KubeApi(client), SERVICES, record, **kw)
     task = asyncio.create_task(inf.run())
     try:
         await asyncio.wait_for(inf.synced.wait(), 5)
@@ -50,11 +63,12 @@ def test_list_then_watch_follows_changes() -> None:
         core = CoreV1Api(client)
         await core.create_namespaced_service("default", svc("a"))
         async with informing(client) as (inf, changes):
-            assert names(inf) == ["default/a"] and changes == ["services"]
+            assert names(inf) == ["default/a"] and changes == [("added", "default/a")]
             await core.create_namespaced_service("default", svc("b"))
             await core.patch_namespaced_service("a", "default", {"metadata": {"labels": {"x": "y"}}})
             await core.delete_namespaced_service("b", "default")
             await wait_until(lambda: len(changes) == 4)
+            assert changes[1:] == [("added", "default/b"), ("modified", "default/a"), ("deleted", "default/b")]
             assert names(inf) == ["default/a"]
             assert inf.objects["default/a"]["metadata"]["labels"] == {"x": "y"}
             assert inf.counts["lists"] == 1
@@ -95,17 +109,23 @@ def test_410_gone_relists() -> None:
     async def body(server: StandinServer, client: ApiClient) -> None:
         core = CoreV1Api(client)
         await core.create_namespaced_service("default", svc("a"))
-        async with informing(client) as (inf, _):
+        await core.create_namespaced_service("default", svc("keep"))
+        await core.create_namespaced_service("default", svc("edit"))
+        async with informing(client) as (inf, changes):
             # A gap the server no longer remembers: the watch is down, changes, a compaction.
             server.pause_watches()
             await core.delete_namespaced_service("a", "default")
             await core.create_namespaced_service("default", svc("b"))
+            await core.patch_namespaced_service("edit", "default", {"metadata": {"labels": {"x": "y"}}})
             server.store.compact()
+            changes.clear()
             server.resume_watches()
             await wait_until(lambda: inf.counts["gone"] == 1 and inf.counts["lists"] == 2)
-            assert names(inf) == ["default/b"]
+            assert names(inf) == ["default/b", "default/edit", "default/keep"]
+            # The relist reports the difference only: nothing for the unchanged "keep".
+            assert sorted(changes) == [("added", "default/b"), ("deleted", "default/a"), ("modified", "default/edit")]
             await core.create_namespaced_service("default", svc("c"))
-            await wait_until(lambda: names(inf) == ["default/b", "default/c"])
+            await wait_until(lambda: names(inf) == ["default/b", "default/c", "default/edit", "default/keep"])
 
     run(body)
 
@@ -117,6 +137,15 @@ def test_bookmarks_advance_the_version() -> None:
             other = await core.create_namespaced_service("default", svc("x"))
             await wait_until(lambda: inf.counts["bookmarks"] >= 2)
             assert inf.resource_version == other.metadata.resource_version
-            assert changes == ["services", "services"]  # a bookmark is no change
+            assert changes == [("added", "default/x")]  # a bookmark is no change
 
     run(body, bookmark_interval=0.1)
+
+
+def test_same_version() -> None:
+    a: Obj = {"metadata": {"name": "a", "resourceVersion": "5"}, "spec": {"x": 1}}
+    assert same_version(a, {"metadata": {"name": "a", "resourceVersion": "5"}, "spec": {"x": 2}})
+    assert not same_version(a, {"metadata": {"name": "a", "resourceVersion": "6"}, "spec": {"x": 1}})
+    assert same_version({"spec": {"x": 1}}, {"spec": {"x": 1}})  # no version: compared whole
+    assert not same_version({"spec": {"x": 1}}, {"spec": {"x": 2}})
+    assert not same_version(None, a) and not same_version(a, None) and same_version(None, None)

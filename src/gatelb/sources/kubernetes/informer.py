@@ -7,6 +7,14 @@ BOOKMARK events only move the version forward (so a resumed watch starts close t
 quiet resource does not fall out of the server's history). Errors back off and resume from the
 last version; a failed list is retried. `synced` is set once the first list is in: the agent
 programs nothing before every informer's is.
+
+Changes are reported per object, after `objects` is updated: `on_change(kind_name, key, old, new)`
+with old None for an added object and new None for a deleted one. A relist reports only the
+difference against the cache: one call per object that appeared, disappeared or differs, none for
+the unchanged ones (so a relist after a 410 over 10,000 unchanged Services reports nothing). Two
+versions of an object are the same when their resourceVersions are equal (the API server bumps it
+on every write); objects without one are compared whole. The same test drops a watch event that
+repeats what the cache holds (ADDED after a resumed watch, for instance).
 """
 
 from __future__ import annotations
@@ -14,14 +22,18 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
-from typing import Protocol
+from typing import Protocol, TypeAlias
 
 from gatelb.sources.kubernetes.api import Gone, Kind, Obj
+from gatelb.sources.kubernetes.changes import same_version
 
 log = logging.getLogger("gatelb.kube")
 
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 WATCH_TIMEOUT_S = 300  # the server ends each watch after this; we resume at once
+
+# (kind name, object key, old or None, new or None)
+OnChange: TypeAlias = Callable[[str, str, Obj | None, Obj | None], None]
 
 
 class Lister(Protocol):
@@ -37,7 +49,7 @@ def object_key(obj: Obj) -> str:
 
 
 class Informer:
-    def __init__(self, api: Lister, kind: Kind, on_change: Callable[[str], None],
+    def __init__(self, api: Lister, kind: Kind, on_change: OnChange,
                  watch_timeout_s: int = WATCH_TIMEOUT_S) -> None:
         self.kind = kind
         self.objects: dict[str, Obj] = {}
@@ -72,11 +84,18 @@ class Informer:
 
     async def _relist(self) -> None:
         items, rv = await self._api.list(self.kind)
-        self.objects = {object_key(o): o for o in items}
+        previous, self.objects = self.objects, {object_key(o): o for o in items}
         self.resource_version = rv
         self.counts["lists"] += 1
-        self.synced.set()
-        self._on_change(self.kind.name)
+        name = self.kind.name
+        for key, gone in previous.items():
+            if key not in self.objects:
+                self._on_change(name, key, gone, None)
+        for key, new in self.objects.items():
+            old = previous.get(key)
+            if not same_version(old, new):
+                self._on_change(name, key, old, new)
+        self.synced.set()  # after the reports: whoever sees it set has heard of every object
 
     async def _watch_once(self) -> None:
         assert self.resource_version is not None
@@ -86,10 +105,15 @@ class Informer:
             if kind == "BOOKMARK":
                 self.counts["bookmarks"] += 1
             elif kind in ("ADDED", "MODIFIED"):
-                self.objects[object_key(obj)] = obj
-                self._on_change(self.kind.name)
+                key = object_key(obj)
+                old = self.objects.get(key)
+                self.objects[key] = obj
+                if not same_version(old, obj):
+                    self._on_change(self.kind.name, key, old, obj)
             elif kind == "DELETED":
-                self.objects.pop(object_key(obj), None)
-                self._on_change(self.kind.name)
+                key = object_key(obj)
+                old = self.objects.pop(key, None)
+                if old is not None:  # the last version we had, which is what consumers indexed
+                    self._on_change(self.kind.name, key, old, None)
             if rv:
                 self.resource_version = str(rv)

@@ -4,6 +4,17 @@
 Service port and frontend address (TCP and UDP), plus the user's own L4LB objects, plus the pools.
 `service_requests` is what the Service IPAM (gatelb.ipam_k8s) allocates for. Every problem names
 the object and field and stays with that object: the others keep working.
+
+Both are built on per-object functions, which an incremental caller (gatelb.sources.kubernetes.
+changes) calls for the objects that changed only:
+
+    translate_service(key, index, options, addresses) -> Translated   # its LBs, errors, origin
+    service_request_for(key, index, options) -> (ServiceRequest | None, errors)
+    translate_l4lb(key, raw) -> Translated
+
+`index` is anything with the `Index` lookups (the Service, its EndpointSlices, namespace labels,
+usable node addresses): `ClusterIndex` over a `Cluster`, or the change tracker's own indexes, so
+translating one Service costs the same with 10 Services in the cluster as with 10,000.
 """
 
 from __future__ import annotations
@@ -11,7 +22,8 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
-from collections.abc import Iterable, Mapping
+import typing
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -34,6 +46,7 @@ from gatelb.model import (
     IPNetwork,
     IPPool,
     LoadBalancer,
+    ObjectRef,
     Protocol,
     ValidationError,
 )
@@ -82,6 +95,37 @@ class Cluster:
 class Translation:
     desired: DesiredState
     errors: tuple[ValidationError, ...] = ()
+    origins: Mapping[str, ObjectRef] = field(default_factory=dict)  # LB name -> the object it came from
+
+
+@dataclass(frozen=True)
+class Translated:
+    """What one object (a Service or an L4LB) translates to. Empty when the object is absent, not
+    ours, or (a Service) has no address yet."""
+
+    origin: ObjectRef
+    load_balancers: tuple[LoadBalancer, ...] = ()
+    errors: tuple[ValidationError, ...] = ()
+
+    @property
+    def origins(self) -> dict[str, ObjectRef]:
+        return {lb.name: self.origin for lb in self.load_balancers}
+
+
+class Index(typing.Protocol):
+    """The lookups translating one Service needs besides the Service itself."""
+
+    def service(self, key: str) -> Obj | None: ...
+
+    def slices_of(self, service_key: str) -> Sequence[Obj]:
+        """The EndpointSlices labelled for the Service, by slice key."""
+        ...
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str]: ...
+
+    def node_ips(self, family: int) -> Sequence[tuple[str, IPAddress]]:
+        """(node name, InternalIP) of the usable nodes (`node_addresses`) having one, by name."""
+        ...
 
 
 # --- small accessors --------------------------------------------------------------------------
@@ -104,6 +148,16 @@ def _dig(obj: Any, *path: str) -> Any:
 def _annotation(obj: Obj, names: Iterable[str]) -> tuple[str, str] | None:
     annotations = _dig(obj, "metadata", "annotations") or {}
     return next(((n, annotations[n]) for n in names if n in annotations), None)
+
+
+def labels_of(obj: Obj | None) -> dict[str, str]:
+    return dict(_dig(obj, "metadata", "labels") or {})
+
+
+def slice_service(sl: Obj | None) -> str | None:
+    """The key of the Service an EndpointSlice belongs to (its service-name label), if any."""
+    name = _dig(sl, "metadata", "labels", SERVICE_NAME_LABEL)
+    return f"{_dig(sl, 'metadata', 'namespace')}/{name}" if name else None
 
 
 def is_ours(svc: Obj, options: Options) -> bool:
@@ -218,6 +272,20 @@ def _ports(svc: Obj, key: str) -> tuple[list[tuple[int, Obj, Protocol]], list[Va
 
 def service_request(svc: Obj, cluster: Cluster) -> tuple[ServiceRequest | None, list[ValidationError]]:
     key = key_of(svc)
+    return _service_request(svc, key, labels_of(cluster.namespaces.get(key.partition("/")[0])))
+
+
+def service_request_for(key: str, index: Index, options: Options) -> tuple[
+        ServiceRequest | None, list[ValidationError]]:
+    """What to allocate for the Service `key`: None (and no errors) when it is gone or not ours."""
+    svc = index.service(key)
+    if svc is None or not is_ours(svc, options):
+        return None, []
+    return _service_request(svc, key, index.namespace_labels(key.partition("/")[0]))
+
+
+def _service_request(svc: Obj, key: str, namespace_labels: Mapping[str, str]) -> tuple[
+        ServiceRequest | None, list[ValidationError]]:
     requested, errors = _requested(svc, key)
     ports, port_errors = _ports(svc, key)
     if errors:
@@ -229,7 +297,6 @@ def service_request(svc: Obj, cluster: Cluster) -> tuple[ServiceRequest | None, 
         policy = FamilyPolicy.SINGLE
     pool = _annotation(svc, ANN_POOL)
     share = _annotation(svc, ANN_SHARE)
-    ns = key.partition("/")[0]
     req = ServiceRequest(
         key=key,
         ports=tuple((proto, int(p["port"])) for _, p, proto in ports),
@@ -238,20 +305,20 @@ def service_request(svc: Obj, cluster: Cluster) -> tuple[ServiceRequest | None, 
         requested=requested,
         pool=pool[1] if pool else None,
         sharing_key=share[1] if share else None,
-        labels=dict(_dig(svc, "metadata", "labels") or {}),
-        namespace_labels=dict(_dig(cluster.namespaces.get(ns, {}), "metadata", "labels") or {}),
+        labels=labels_of(svc),
+        namespace_labels=dict(namespace_labels),
     )
     return req, port_errors
 
 
 def service_requests(cluster: Cluster, options: Options) -> tuple[list[ServiceRequest], list[ValidationError]]:
     requests, errors = [], []
-    for _, svc in sorted(cluster.services.items()):
-        if is_ours(svc, options):
-            req, errs = service_request(svc, cluster)
-            errors += errs
-            if req is not None:
-                requests.append(req)
+    index = ClusterIndex(cluster)
+    for key in sorted(cluster.services):
+        req, errs = service_request_for(key, index, options)
+        errors += errs
+        if req is not None:
+            requests.append(req)
     return requests, errors
 
 
@@ -267,14 +334,14 @@ class _Endpoint:
 
 def _slices_by_service(cluster: Cluster) -> dict[str, list[Obj]]:
     out: dict[str, list[Obj]] = {}
-    for sl in cluster.endpointslices.values():
-        svc = _dig(sl, "metadata", "labels", SERVICE_NAME_LABEL)
+    for _, sl in sorted(cluster.endpointslices.items()):
+        svc = slice_service(sl)
         if svc:
-            out.setdefault(f"{_dig(sl, 'metadata', 'namespace')}/{svc}", []).append(sl)
+            out.setdefault(svc, []).append(sl)
     return out
 
 
-def _endpoints(slices: list[Obj], port_name: str, protocol: Protocol, family: int) -> list[_Endpoint]:
+def _endpoints(slices: Sequence[Obj], port_name: str, protocol: Protocol, family: int) -> list[_Endpoint]:
     """Ready endpoints; when there is none, serving-and-terminating ones (KEP-1669), as kube-proxy."""
     ready: dict[tuple[IPAddress, int], _Endpoint] = {}
     fallback: dict[tuple[IPAddress, int], _Endpoint] = {}
@@ -305,6 +372,19 @@ def _endpoints(slices: list[Obj], port_name: str, protocol: Protocol, family: in
     return [chosen[k] for k in sorted(chosen, key=lambda k: (int(k[0]), k[1]))]
 
 
+def node_addresses(node: Obj | None) -> tuple[IPAddress | None, IPAddress | None]:
+    """All a Node contributes to any translation: its IPv4 and IPv6 InternalIP, each None unless
+    the node is Ready, not excluded from load balancers and has one. Nothing else of a Node matters."""
+    if node is None:
+        return None, None
+    return _node_ip(node, 4), _node_ip(node, 6)
+
+
+def usable_nodes(nodes: Mapping[str, Obj], family: int) -> tuple[tuple[str, IPAddress], ...]:
+    found = ((name, node_addresses(node)[family == 6]) for name, node in sorted(nodes.items()))
+    return tuple((name, ip) for name, ip in found if ip is not None)
+
+
 def _node_ip(node: Obj, family: int) -> IPAddress | None:
     if EXCLUDE_LABEL in (_dig(node, "metadata", "labels") or {}):
         return None
@@ -322,6 +402,31 @@ def _node_ip(node: Obj, family: int) -> IPAddress | None:
     return None
 
 
+class ClusterIndex:
+    """`Index` over a whole `Cluster`, built lazily (for one full translation)."""
+
+    def __init__(self, cluster: Cluster) -> None:
+        self._cluster = cluster
+        self._slices: dict[str, list[Obj]] | None = None
+        self._nodes: dict[int, tuple[tuple[str, IPAddress], ...]] = {}
+
+    def service(self, key: str) -> Obj | None:
+        return self._cluster.services.get(key)
+
+    def slices_of(self, service_key: str) -> Sequence[Obj]:
+        if self._slices is None:
+            self._slices = _slices_by_service(self._cluster)
+        return self._slices.get(service_key, [])
+
+    def namespace_labels(self, namespace: str) -> Mapping[str, str]:
+        return labels_of(self._cluster.namespaces.get(namespace))
+
+    def node_ips(self, family: int) -> Sequence[tuple[str, IPAddress]]:
+        if family not in self._nodes:
+            self._nodes[family] = usable_nodes(self._cluster.nodes, family)
+        return self._nodes[family]
+
+
 # --- Services: load balancers -------------------------------------------------------------------
 
 
@@ -329,9 +434,9 @@ def _node_ip(node: Obj, family: int) -> IPAddress | None:
 class _SvcContext:
     key: str
     svc: Obj
-    slices: list[Obj]
+    slices: Sequence[Obj]
     options: Options
-    cluster: Cluster
+    index: Index
 
 
 def _affinity(svc: Obj) -> Affinity | None:
@@ -362,12 +467,8 @@ def _backends_for(ctx: _SvcContext, port: Obj, protocol: Protocol, family: int) 
         return "has no nodePort (allocateLoadBalancerNodePorts: false needs --backend-mode pod)"
     local_only = _dig(ctx.svc, "spec", "externalTrafficPolicy") == "Local"
     local_nodes = {e.node for e in endpoints if e.node}
-    out = []
-    for name, node in sorted(ctx.cluster.nodes.items()):
-        ip = _node_ip(node, family)
-        if ip is not None and (not local_only or name in local_nodes):
-            out.append(Backend(ip, int(node_port)))
-    return tuple(out)
+    return tuple(Backend(ip, int(node_port)) for name, ip in ctx.index.node_ips(family)
+                 if not local_only or name in local_nodes)
 
 
 def _check(ctx: _SvcContext) -> HealthCheck:
@@ -409,22 +510,43 @@ def service_load_balancers(ctx: _SvcContext, addresses: tuple[IPAddress, ...]) -
     return lbs, errors
 
 
+def translate_service(key: str, index: Index, options: Options, addresses: tuple[IPAddress, ...]) -> Translated:
+    """The load balancers of the Service `key` on `addresses` (those assigned to it), its errors."""
+    origin = ObjectRef(SERVICE, key)
+    svc = index.service(key)
+    if svc is None or not is_ours(svc, options) or not addresses:
+        return Translated(origin)
+    ctx = _SvcContext(key, svc, index.slices_of(key), options, index)
+    lbs, errors = service_load_balancers(ctx, addresses)
+    return Translated(origin, tuple(lbs), tuple(errors))
+
+
 # --- L4LB objects -------------------------------------------------------------------------------
 
 
+def translate_l4lb(key: str, raw: Obj | None) -> Translated:
+    """The load balancer of the L4LB object `key` (none if it is gone or invalid), its errors."""
+    origin = ObjectRef(L4LB, key)
+    if raw is None:
+        return Translated(origin)
+    try:
+        doc = L4LBDocument.model_validate(_document(raw, L4LB))
+    except pydantic.ValidationError as exc:
+        return Translated(origin, (), tuple(ValidationError(L4LB, key, path, text)
+                                            for path, text in pyd_errors.translate(exc)))
+    lb, problems = _load_balancer(doc)
+    if problems:
+        return Translated(origin, (), tuple(ValidationError(L4LB, key, path, text) for path, text in problems))
+    return Translated(origin, (dataclasses.replace(lb, name=l4lb_lb_name(key)),))
+
+
 def l4lbs(cluster: Cluster) -> tuple[list[LoadBalancer], list[ValidationError]]:
-    out, errors = [], []
+    out: list[LoadBalancer] = []
+    errors: list[ValidationError] = []
     for key, raw in sorted(cluster.l4lbs.items()):
-        try:
-            doc = L4LBDocument.model_validate(_document(raw, L4LB))
-        except pydantic.ValidationError as exc:
-            errors += [ValidationError(L4LB, key, path, text) for path, text in pyd_errors.translate(exc)]
-            continue
-        lb, problems = _load_balancer(doc)
-        if problems:
-            errors += [ValidationError(L4LB, key, path, text) for path, text in problems]
-            continue
-        out.append(dataclasses.replace(lb, name=l4lb_lb_name(key)))
+        t = translate_l4lb(key, raw)
+        out += t.load_balancers
+        errors += t.errors
     return out, errors
 
 
@@ -435,19 +557,14 @@ def to_model(cluster: Cluster, options: Options, assigned: Mapping[str, tuple[IP
     """The pools, every Service port on every address `assigned` to its Service, and the L4LB
     objects (still to be allocated by gatelb.ipam), with every problem found."""
     pool_list, errors = pools(cluster)
-    slices = _slices_by_service(cluster)
-    lbs: list[LoadBalancer] = []
-    for key, svc in sorted(cluster.services.items()):
-        if not is_ours(svc, options) or not assigned.get(key):
-            continue
-        ctx = _SvcContext(key, svc, slices.get(key, []), options, cluster)
-        svc_lbs, svc_errors = service_load_balancers(ctx, assigned[key])
-        lbs += svc_lbs
-        errors += svc_errors
-    own, own_errors = l4lbs(cluster)
+    index = ClusterIndex(cluster)
+    parts = [translate_service(key, index, options, assigned.get(key, ())) for key in sorted(cluster.services)]
+    parts += [translate_l4lb(key, raw) for key, raw in sorted(cluster.l4lbs.items())]
+    lbs = [lb for t in parts for lb in t.load_balancers]
+    errors += [e for t in parts for e in t.errors]
     desired = DesiredState(pools=tuple(p.pool for p in pool_list),
-                           load_balancers=tuple(sorted(lbs + own, key=lambda lb: lb.name)))
-    return Translation(desired, tuple(errors + own_errors))
+                           load_balancers=tuple(sorted(lbs, key=lambda lb: lb.name)))
+    return Translation(desired, tuple(errors), {name: ref for t in parts for name, ref in t.origins.items()})
 
 
 def plain_pools(pool_list: Iterable[ServicePool]) -> tuple[IPPool, ...]:
