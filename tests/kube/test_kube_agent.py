@@ -8,14 +8,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import tempfile
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, DiscoveryV1Api
 
-from gatelb.agent.kube import KubeAgent, KubeSettings
+from gatelb.agent.daemon import Daemon, Parts
+from gatelb.agent.statefile import StateStore
 from gatelb.kernel.fake import FakeNft
+from gatelb.model import ResolvedState
 from gatelb.sources.kubernetes.api import KubeApi
+from gatelb.sources.kubernetes.source import KubeSettings, KubeSource
 from gatelb.sources.kubernetes.translate import BackendMode, Options
 from tests.k8s_standin.client import run
 from tests.k8s_standin.server import StandinServer
@@ -37,18 +41,42 @@ async def wait_for(get: Callable[[], Any], timeout: float = 5.0) -> Any:
         await asyncio.sleep(0.05)
 
 
+class Agent:
+    """`gatelb run --kubeconfig` as the CLI composes it (the one daemon with the Kubernetes
+    source), with the fake nft and a temporary state directory."""
+
+    def __init__(self, client: ApiClient, nft: FakeNft, identity: str, options: Options, state_dir: str) -> None:
+        self.kube = KubeSource(KubeApi(client), KubeSettings(options, identity=identity, health=False))
+        parts = Parts(sources=[self.kube], consumers=[self.kube], info=self.kube.info)
+        self.daemon = Daemon(parts, StateStore(state_dir), nft, health=False)
+
+    @property
+    def resolved(self) -> ResolvedState:
+        services = self.daemon.reconciler.services
+        return ResolvedState(tuple(services[n] for n in sorted(services)))
+
+    @property
+    def rounds(self) -> int:
+        return self.daemon.reconciler.rounds
+
+    @property
+    def is_leader(self) -> bool:
+        return self.kube.is_leader
+
+
 @contextlib.asynccontextmanager
 async def agent(client: ApiClient, nft: FakeNft | None = None, identity: str = "gw1",
-                options: Options = POD) -> AsyncIterator[tuple[KubeAgent, FakeNft]]:
+                options: Options = POD) -> AsyncIterator[tuple[Agent, FakeNft]]:
     nft = nft or FakeNft()
-    a = KubeAgent(KubeApi(client), nft, KubeSettings(options, identity=identity, health=False))
-    stop = asyncio.Event()
-    task = asyncio.create_task(a.run(stop))
-    try:
-        yield a, nft
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 5)
+    with tempfile.TemporaryDirectory() as state_dir:
+        a = Agent(client, nft, identity, options, state_dir)
+        stop = asyncio.Event()
+        task = asyncio.create_task(a.daemon.run(stop))
+        try:
+            yield a, nft
+        finally:
+            stop.set()
+            assert await asyncio.wait_for(task, 5), "a task of the daemon died"
 
 
 async def make_pool(client: ApiClient, name: str, addresses: list[str], **spec: Any) -> None:
