@@ -122,6 +122,7 @@ class FileSource:
             notify("loaded")
             return
         first = True
+        self._is_dir = _is_dir(self._path)  # what to watch depends on it
         while True:
             dirs = self._watch_dirs()
             if not dirs:  # not even the parent exists: look again now and then
@@ -246,10 +247,7 @@ class FileSource:
         if self._text is not None:
             return [self._path.name] if self._apply(str(self._path), self._text.encode()) else []
         key = str(self._path)
-        try:
-            self._is_dir = self._path.is_dir()
-        except OSError:
-            self._is_dir = False
+        self._is_dir = _is_dir(self._path)
         if not self._is_dir:
             gone = [f for f in self._index.files if f != key]
             for f in gone:
@@ -375,6 +373,13 @@ class FileSource:
             return
         what = f"file {changed[0]}" if len(changed) == 1 else f"{len(changed)} files"
         notify(f"{why}: {what}")
+
+
+def _is_dir(path: Path) -> bool:
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
 
 
 def _is_file(entry: os.DirEntry[str]) -> bool:
