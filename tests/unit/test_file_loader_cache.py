@@ -7,8 +7,7 @@ from pathlib import Path
 import pytest
 
 from gatelb.model import ValidationErrors
-from gatelb.sources.cached import CachedLoader, split_documents
-from gatelb.sources.standalone import load_text
+from gatelb.sources.file.loader import CachedLoader, load_text, split_documents
 
 EXAMPLE = (Path(__file__).resolve().parents[2] / "examples" / "gateway.yaml").read_text()
 
@@ -57,3 +56,27 @@ def test_split() -> None:
     assert split_documents("a: 1\n") == ["a: 1\n"]
     assert split_documents("--- !tag\na: 1\n") is None
     assert split_documents("%YAML 1.2\n---\na: 1\n") is None
+
+
+def test_old_module_paths_still_work() -> None:
+    from gatelb.sources import cached, standalone
+    from gatelb.sources.file import loader
+
+    assert cached.CachedLoader is CachedLoader and standalone.load_text is load_text
+    assert standalone._load_balancer is loader._load_balancer  # used by the Kubernetes source
+
+
+def test_collect_matches_collect_text_and_reuses() -> None:
+    from gatelb.sources.file.loader import collect_text
+
+    loader = CachedLoader()
+    first = loader.collect(EXAMPLE, "x")
+    plain = collect_text(EXAMPLE, "x")
+    assert first.lbs == plain.lbs and first.pools == plain.pools and not first.errors
+    changed = EXAMPLE.replace("198.51.100.12:8080", "198.51.100.14:8080", 1)
+    second = loader.collect(changed, "x")
+    assert loader.misses == 1 and second.lbs == collect_text(changed, "x").lbs
+    broken = EXAMPLE + "---\nkind: [unclosed\n"
+    bad = loader.collect(broken, "x")
+    assert [str(e) for e in bad.errors] == [str(e) for e in collect_text(broken, "x").errors]
+    assert bad.errors and "malformed YAML" in str(bad.errors[0])

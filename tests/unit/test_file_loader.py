@@ -1,4 +1,4 @@
-"""Standalone YAML source: mapping onto the model, and the exact wording of every error."""
+"""File source loader: mapping onto the model, and the exact wording of every error."""
 
 from __future__ import annotations
 
@@ -23,8 +23,8 @@ from gatelb.model import (
     Protocol,
     ValidationErrors,
 )
+from gatelb.sources.file.loader import load_file, load_text
 from gatelb.sources.schema import IPPoolDocument, L4LBDocument
-from gatelb.sources.standalone import load_file, load_text
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "examples" / "gateway.yaml"
 API = "gatelb.io/v1alpha1"
