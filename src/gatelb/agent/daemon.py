@@ -147,7 +147,14 @@ def file_parts(paths: Sequence[Path]) -> Parts:
     from gatelb.sources.file import FileSource
 
     sources = [FileSource(p) for p in paths]
-    return Parts(sources=list(sources), on_hup=[s.rescan for s in sources])
+    def rescan(source: FileSource) -> Callable[[], None]:
+        def hup() -> None:
+            changed = source.rescan()
+            event(logging.INFO, "reloaded", source=source.name,
+                  changed_files=changed[:20] if changed else "no changes")
+        return hup
+
+    return Parts(sources=list(sources), on_hup=[rescan(s) for s in sources])
 
 
 async def kube_parts(kubeconfig: str | None, settings: KubeSettings, files: Sequence[Path] = ()) -> Parts:
