@@ -31,7 +31,7 @@ from gatelb.agent.statefile import StateStore, StoredState
 from gatelb.agent.status import health_key
 from gatelb.dataplane.changes import udp_flows_to_flush
 from gatelb.health.monitor import HealthChange, HealthMonitor, TargetKey
-from gatelb.ipam import Allocation, IncrementalAllocator, Resolver
+from gatelb.ipam.lb import Allocation, IncrementalAllocator
 from gatelb.kernel.conntrack import flush_flows
 from gatelb.kernel.nft import Nft, NftCli, NftError
 from gatelb.model import (
@@ -43,6 +43,7 @@ from gatelb.model import (
     ValidationError,
     ValidationErrors,
 )
+from gatelb.resolve import Resolver
 from gatelb.sources.cached import CachedLoader
 
 SAVE_INTERVAL_S = 1.0

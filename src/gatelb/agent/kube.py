@@ -28,8 +28,8 @@ from gatelb.agent.engine import DataplaneSync
 from gatelb.agent.runtime import event, setup_logging, supervise
 from gatelb.dataplane.changes import udp_flows_to_flush
 from gatelb.health.monitor import HealthChange, HealthMonitor, TargetKey
-from gatelb.ipam import Allocation, allocate_partial, resolve
-from gatelb.ipam_k8s import AllocationError, ServicePool, allocate_services
+from gatelb.ipam.lb import Allocation, allocate_partial
+from gatelb.ipam.services import AllocationError, ServicePool, allocate_services
 from gatelb.kernel.conntrack import flush_flows
 from gatelb.kernel.nft import Nft, NftCli
 from gatelb.model import (
@@ -42,6 +42,7 @@ from gatelb.model import (
     ValidationError,
     ValidationErrors,
 )
+from gatelb.resolve import resolve
 from gatelb.sources.kubernetes.api import WATCHED, KubeApi, Obj, connect
 from gatelb.sources.kubernetes.informer import Informer
 from gatelb.sources.kubernetes.lease import LeaseElector

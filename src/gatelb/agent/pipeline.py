@@ -11,8 +11,9 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
-from gatelb.ipam import Allocation, allocate, resolve
+from gatelb.ipam.lb import Allocation, allocate
 from gatelb.model import Backend, DesiredState, IPAddress, ResolvedState
+from gatelb.resolve import resolve
 from gatelb.sources.standalone import load_text
 
 Usable = Callable[[str, Backend], bool]

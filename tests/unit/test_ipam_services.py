@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gatelb.ipam_k8s import (
+from gatelb.ipam.services import (
     AllocationError,
     FamilyPolicy,
     Reason,
