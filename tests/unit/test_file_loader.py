@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
-from gatelb.ipam import allocate, resolve
+from gatelb.ipam.lb import allocate
 from gatelb.model import (
     AddressRange,
     Affinity,
@@ -23,6 +23,7 @@ from gatelb.model import (
     Protocol,
     ValidationErrors,
 )
+from gatelb.resolve import resolve
 from gatelb.sources.file.loader import load_file, load_text
 from gatelb.sources.schema import IPPoolDocument, L4LBDocument
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from gatelb.ipam_k8s import FamilyPolicy
+from gatelb.ipam.services import FamilyPolicy
 from gatelb.model import Affinity, Backend, CheckType, IPAddress, LoadBalancer, Protocol
 from gatelb.sources.kubernetes.translate import (
     BackendMode,

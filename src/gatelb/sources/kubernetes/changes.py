@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
-from gatelb.ipam_k8s import ServicePool, ServiceRequest
+from gatelb.ipam.services import ServicePool, ServiceRequest
 from gatelb.model import IPAddress, ValidationError
 from gatelb.sources.kubernetes import translate as tr
 from gatelb.sources.kubernetes.translate import BackendMode, Cluster, Options, Translated

@@ -2,7 +2,7 @@
 
 `to_model` is the one function that turns the cluster into load balancers: one internal L4LB per
 Service port and frontend address (TCP and UDP), plus the user's own L4LB objects, plus the pools.
-`service_requests` is what the Service IPAM (gatelb.ipam_k8s) allocates for. Every problem names
+`service_requests` is what the Service IPAM (gatelb.ipam.services) allocates for. Every problem names
 the object and field and stays with that object: the others keep working.
 
 Both are built on per-object functions, which an incremental caller (gatelb.sources.kubernetes.
@@ -29,7 +29,7 @@ from typing import Any
 
 import pydantic
 
-from gatelb.ipam_k8s import (
+from gatelb.ipam.services import (
     FamilyPolicy,
     Selector,
     ServiceAllocation,
@@ -555,7 +555,7 @@ def l4lbs(cluster: Cluster) -> tuple[list[LoadBalancer], list[ValidationError]]:
 
 def to_model(cluster: Cluster, options: Options, assigned: Mapping[str, tuple[IPAddress, ...]]) -> Translation:
     """The pools, every Service port on every address `assigned` to its Service, and the L4LB
-    objects (still to be allocated by gatelb.ipam), with every problem found."""
+    objects (still to be allocated by gatelb.ipam.lb), with every problem found."""
     pool_list, errors = pools(cluster)
     index = ClusterIndex(cluster)
     parts = [translate_service(key, index, options, assigned.get(key, ())) for key in sorted(cluster.services)]

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 import pytest
 
-from gatelb.ipam_k8s import (
+from gatelb.ipam.services import (
     AllocationError,
     FamilyPolicy,
     Reason,
@@ -261,3 +261,94 @@ def test_random_scripts_keep_invariants(seed: int) -> None:
 def _try(s: Script, r: ServiceRequest) -> None:
     with contextlib.suppress(AllocationError):  # Script.assign checked that a failure changed nothing
         s.assign(r)
+
+
+# --- a long-lived allocator: release, reserved, cost per Service ---------------------------------
+
+
+def test_release_frees_the_addresses_and_the_sharing_key() -> None:
+    s = Script(spool("p", "203.0.113.10-203.0.113.13"))
+    s.assign(req("n/x"))
+    shared = s.assign(req("n/a", share="k", ports=((TCP, 80),)))
+    assert s.assign(req("n/b", share="k", ports=((TCP, 443),))) == shared == ("203.0.113.11",)
+    s.release("n/a")
+    assert s.alloc.holders(ip("203.0.113.11")) == {"n/b"}
+    assert s.assign(req("n/c", share="k", ports=((TCP, 80),))) == shared  # the key still holds it
+    s.release("n/b")
+    s.release("n/c")
+    s.release("n/never-assigned")
+    assert s.alloc.holders(ip("203.0.113.11")) == frozenset()
+    # The key holds nothing now: a new holder of it takes the lowest free address again.
+    assert s.assign(req("n/d", share="k", ports=((TCP, 8080),))) == ("203.0.113.11",)
+    assert s.alloc.assignment("n/a") is None
+
+
+def test_reserved_as_a_function_and_changed_later() -> None:
+    l4lbs = {ip("203.0.113.1"): "L4LB default/web"}
+    s = Script(spool("p", "203.0.113.1-203.0.113.3"))
+    s.alloc.set_reserved(l4lbs.get)
+    assert s.assign(req("n/a")) == ("203.0.113.2",)
+    assert s.fail(req("n/b", "203.0.113.1"), Reason.IN_USE) == "203.0.113.1 is used by L4LB default/web"
+    assert s.alloc.reserved_by(ip("203.0.113.1")) == "L4LB default/web"
+    del l4lbs[ip("203.0.113.1")]
+    s.alloc.set_reserved(l4lbs.get, freed=[ip("203.0.113.1")])
+    assert s.assign(req("n/b")) == ("203.0.113.1",)
+    l4lbs[ip("203.0.113.3")] = "L4LB default/other"  # a newly reserved address needs no call
+    s.fail(req("n/c"), Reason.EXHAUSTED)
+    _, errors = allocate_services([spool("p", "203.0.113.1-203.0.113.3")], [req("n/a"), req("n/b")], {},
+                                  lambda a: "L4LB x" if a.packed[-1] < 3 else None)
+    assert set(errors) == {"n/b"}
+
+
+def test_one_service_costs_its_own_work_not_the_number_of_services(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gatelb.ipam.core import Core
+
+    alloc = ServiceAllocator([spool("big", "198.18.0.0/16"), spool("v6", "2001:db8:100::/112")])
+    for i in range(5000):
+        alloc.assign(req(f"n/s{i:04d}", families=(4, 6), policy=FamilyPolicy.REQUIRE_DUAL))
+    for i in range(100):  # one address shared by 100 Services of one key
+        alloc.assign(req(f"n/k{i:03d}", share="k3", ports=((TCP, 1000 + i),)))
+    calls = {"free": 0, "conflict": 0}
+    for name in calls:
+        original = getattr(Core, name)
+
+        def counting(self: Core[object], *args: object, _n: str = name, _f: object = original) -> object:
+            calls[_n] += 1
+            return _f(self, *args)  # type: ignore[operator]
+
+        monkeypatch.setattr(Core, name, counting)
+    alloc.release("n/s0007")
+    got = alloc.assign(req("n/new", families=(4, 6), policy=FamilyPolicy.REQUIRE_DUAL))
+    assert got.addresses == (ip("198.18.0.7"), ip("2001:db8:100::8"))  # ::0 is never handed out
+    assert calls["free"] <= 4 and calls["conflict"] == 0, calls
+    # A sharing key joins its own addresses: the work is that key's addresses, not every holding.
+    calls = {"free": 0, "conflict": 0}
+    alloc.assign(req("n/shared", share="k3", ports=((UDP, 53),)))
+    assert alloc.assignment("n/shared") == alloc.assignment("n/k000")
+    assert calls["conflict"] <= 1 and calls["free"] == 0, calls
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_random_updates_never_hand_out_reserved_addresses(seed: int) -> None:
+    rnd = random.Random(seed)
+    held: dict[IPAddress, str] = {}
+    s = Script(spool("p", "203.0.113.0/29", "2001:db8:100::/125"))
+    s.alloc.set_reserved(held.get)
+    for _ in range(200):
+        step = rnd.random()
+        if step < 0.2:
+            addr = ip(f"203.0.113.{rnd.randrange(8)}")
+            if addr in held:
+                del held[addr]
+                s.alloc.set_reserved(held.get, freed=[addr])
+            elif not s.alloc.holders(addr):
+                held[addr] = "L4LB l"
+        elif step < 0.4:
+            s.release(f"n/s{rnd.randrange(10)}")
+        else:
+            r = req(f"n/s{rnd.randrange(10)}", share=rnd.choice([None, "k"]),
+                    ports=((TCP, rnd.choice([80, 443])),), families=rnd.choice([(4,), (4, 6)]),
+                    policy=rnd.choice(list(FamilyPolicy)))
+            _try(s, r)
+        for a in s.alloc.snapshot().values():
+            assert not set(a.addresses) & set(held), "a Service got a reserved address"

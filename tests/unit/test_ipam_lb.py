@@ -1,4 +1,4 @@
-"""IPAM: scripted scenarios that check the allocator's invariants after every step."""
+"""L4LB IPAM: scripted scenarios that check the allocator's invariants after every step."""
 
 from __future__ import annotations
 
@@ -8,15 +8,8 @@ from collections.abc import Iterable
 
 import pytest
 
-from gatelb.ipam import (
-    Allocation,
-    Allocator,
-    allocate,
-    allocate_partial,
-    is_buggy,
-    is_subnet_router_anycast,
-    resolve,
-)
+from gatelb.ipam.core import is_buggy, is_subnet_router_anycast
+from gatelb.ipam.lb import Allocator, allocate, allocate_partial
 from gatelb.model import (
     AddressRange,
     Backend,
@@ -410,46 +403,3 @@ def test_many_allocations_stay_fast_and_unique() -> None:
     got = allocate(state([pool("big", "198.18.0.0/16")], lbs), {})
     assert len(set(got.addresses.values())) == 5000
     assert got.addresses["lb04999"] == ip("198.18.19.135")
-
-
-# --- resolve ----------------------------------------------------------------------------------
-
-
-def be(addr: str, port: int = 8080, weight: int = 1, drain: bool = False) -> Backend:
-    return Backend(ip(addr), port, weight, drain)
-
-
-def test_resolve_builds_sorted_active_services_and_idles_drained_backends() -> None:
-    backends = (
-        be("198.51.100.11"),
-        be("198.51.100.12", weight=0),
-        be("198.51.100.13", drain=True),
-        be("198.51.100.14"),
-    )
-    desired = state(
-        [pool("public", "203.0.113.0/28")],
-        [
-            lb("z", backends=backends),
-            lb("a", "203.0.113.9", backends=backends),
-            lb("off", state=LBState.DISABLE),
-        ],
-    )
-    allocation = allocate(desired, {})
-    services = resolve(desired, allocation).services
-    assert [x.name for x in services] == ["a", "z"]
-    z = services[1]
-    assert z.vip == allocation.addresses["z"] and z.port == 80 and z.protocol is Protocol.TCP
-    assert z.backends == (backends[0], backends[3])
-    assert z.idle_backends == (backends[1], backends[2])
-
-
-def test_resolve_with_usable_filter_and_missing_allocation() -> None:
-    backends = (be("198.51.100.11"), be("198.51.100.12"))
-    desired = state([pool("public", "203.0.113.0/28")], [lb("a", backends=backends), lb("b")])
-    allocation = Allocation({"a": ip("203.0.113.1")}, {"a": "public"})
-
-    def healthy(name: str, b: Backend) -> bool:
-        return name == "a" and b.address != ip("198.51.100.12")
-
-    (only,) = resolve(desired, allocation, healthy).services
-    assert only.name == "a" and only.backends == backends[:1] and only.idle_backends == backends[1:]

@@ -1,4 +1,4 @@
-"""IncrementalAllocator and Resolver give exactly what allocate() and resolve() give."""
+"""IncrementalAllocator gives exactly what allocate() gives."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from gatelb.ipam import IncrementalAllocator, Resolver, allocate, resolve
+from gatelb.ipam.lb import IncrementalAllocator, allocate
 from gatelb.model import (
     AddressRange,
     Backend,
@@ -60,24 +60,3 @@ def test_incremental_allocation_equals_full(seed: int) -> None:
         assert got_alloc.addresses == expected.addresses
         assert got_alloc.pool_of == expected.pool_of
         recorded = dict(expected.addresses)
-
-
-def test_resolver_reuses_unchanged_services_and_matches_resolve() -> None:
-    rng = random.Random(1)
-    lbs = {f"lb{i}": random_lb(rng, f"lb{i}") for i in range(6)}
-    lbs = {n: LoadBalancer(n, 80 + i, backends=lb.backends) for i, (n, lb) in enumerate(lbs.items())}
-    desired = DesiredState(POOLS, tuple(lbs.values()))
-    allocation = allocate(desired, {})
-    resolver = Resolver()
-    first = resolver.resolve(desired, allocation, None)
-    assert first == resolve(desired, allocation)
-    lbs["lb2"] = LoadBalancer("lb2", 99, backends=lbs["lb2"].backends)
-    desired2 = DesiredState(POOLS, tuple(lbs.values()))
-    allocation2 = allocate(desired2, allocation.addresses)
-    down = lambda lb, b: lb != "lb4"  # noqa: E731 - lb4's backend went down
-    second = resolver.resolve(desired2, allocation2, down, dirty={"lb4"})
-    assert second == resolve(desired2, allocation2, down)
-    before, after = first.by_name(), second.by_name()
-    assert after["lb0"] is before["lb0"]
-    assert after["lb2"] is not before["lb2"] and after["lb4"] is not before["lb4"]
-    assert after["lb4"].backends == ()

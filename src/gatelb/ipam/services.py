@@ -1,4 +1,5 @@
-"""Address allocation for Kubernetes Services of type LoadBalancer, after MetalLB's allocator. Pure.
+"""Addresses for Kubernetes Services of type LoadBalancer: the Service policy on the allocator core,
+after MetalLB's allocator. Pure.
 
 `ServiceAllocator` is a plain synchronous class. `assign` either gives a Service every address it
 needs (one per IP family) or raises `AllocationError` and changes nothing. Rules:
@@ -15,7 +16,12 @@ needs (one per IP family) or raises `AllocationError` and changes nothing. Rules
   a sharing key first looks for an address its key already holds, as MetalLB does;
 - dual-stack: SingleStack takes the first family, RequireDualStack every family or nothing,
   PreferDualStack whatever families it can get (at least one);
-- avoidBuggyIPs skips .0 and .255; the IPv6 subnet-router anycast address is never handed out.
+- avoidBuggyIPs skips .0 and .255; the IPv6 subnet-router anycast address is never handed out;
+- `reserved`: addresses held outside this allocator (L4LB objects), never given to a Service.
+
+A long-lived allocator is kept up to date one Service at a time: `assign` for a new or changed
+Service, `release` for a deleted one; each costs the Service's pools and the addresses its
+sharing key holds, not the number of Services.
 
 `allocate_services` runs it over every Service: first the addresses Services already hold (from
 their status, so a restart never moves an address), then explicit requests, then the rest.
@@ -24,13 +30,15 @@ their status, so a restart never moves an address), then explicit requests, then
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
-from gatelb.ipam import is_buggy, is_subnet_router_anycast
+from gatelb.ipam.core import Core, avoided
 from gatelb.model import IPAddress, IPPool, Protocol
 
 Port = tuple[Protocol, int]
+# Who holds an address outside this allocator ("L4LB default/web"), or None: a mapping or a function.
+Reserved = Mapping[IPAddress, str] | Callable[[IPAddress], str | None]
 
 
 class Reason(enum.StrEnum):
@@ -129,6 +137,10 @@ class _Hold:
     ports: frozenset[Port]
 
 
+def _shareable(a: _Hold, b: _Hold) -> bool:
+    return a.sharing_key is not None and a.sharing_key == b.sharing_key and not a.ports & b.ports
+
+
 def _ports_text(ports: Iterable[Port]) -> str:
     return ", ".join(f"{p.value}/{n}" for p, n in sorted(ports))
 
@@ -138,12 +150,17 @@ def family_name(version: int) -> str:
 
 
 class ServiceAllocator:
-    def __init__(self, pools: Iterable[ServicePool], reserved: Mapping[IPAddress, str] | None = None) -> None:
-        """`reserved`: addresses held outside this allocator (L4LB objects) -> who holds them."""
+    def __init__(self, pools: Iterable[ServicePool], reserved: Reserved | None = None) -> None:
+        """`reserved`: who holds an address outside this allocator (L4LB objects), as a mapping
+        or a function returning None for a free address."""
         self._pools = {p.name: p for p in sorted(pools, key=lambda p: p.name)}
-        self._reserved = dict(reserved or {})
-        self._holds: dict[IPAddress, dict[str, _Hold]] = {}
+        self._reserved = _reserved_function(reserved)
+        self._core: Core[_Hold] = Core((p.pool for p in self._pools.values()), _shareable,
+                                       lambda ip: self._reserved(ip) is not None)
         self._of: dict[str, Assignment] = {}
+        self._hold_of: dict[str, _Hold] = {}
+        # sharing key -> address -> how many Services with that key hold it.
+        self._by_key: dict[str, dict[IPAddress, int]] = {}
 
     # -- queries -------------------------------------------------------------------------------
 
@@ -151,13 +168,17 @@ class ServiceAllocator:
         return self._of.get(key)
 
     def holders(self, ip: IPAddress) -> frozenset[str]:
-        return frozenset(self._holds.get(ip, {}))
+        return self._core.holders(ip)
 
     def snapshot(self) -> dict[str, Assignment]:
         return {k: self._of[k] for k in sorted(self._of)}
 
     def pool_containing(self, ip: IPAddress) -> ServicePool | None:
-        return next((p for p in self._pools.values() if p.pool.contains(ip)), None)
+        found = self._core.pool_containing(ip)
+        return self._pools[found.name] if found is not None else None
+
+    def reserved_by(self, ip: IPAddress) -> str | None:
+        return self._reserved(ip)
 
     def candidate_pools(self, req: ServiceRequest) -> list[ServicePool]:
         """The pools `req` may take addresses from, most preferred first; raises if there are none."""
@@ -177,12 +198,24 @@ class ServiceAllocator:
     # -- changes -------------------------------------------------------------------------------
 
     def release(self, key: str) -> None:
-        old = self._of.pop(key, None)
-        for ip in old.addresses if old else ():
-            holders = self._holds.get(ip, {})
-            holders.pop(key, None)
-            if not holders:
-                self._holds.pop(ip, None)
+        """Drop the addresses of a deleted (or re-placed) Service."""
+        self._of.pop(key, None)
+        hold = self._hold_of.pop(key, None)
+        for holding in self._core.release(key):
+            if hold is not None and hold.sharing_key is not None:
+                held = self._by_key[hold.sharing_key]
+                held[holding.ip] -= 1
+                if not held[holding.ip]:
+                    del held[holding.ip]
+                    if not held:
+                        del self._by_key[hold.sharing_key]
+
+    def set_reserved(self, reserved: Reserved | None, freed: Iterable[IPAddress] = ()) -> None:
+        """Another view of the addresses held elsewhere; `freed`: those it no longer reserves
+        (so automatic allocation sees them again). Services already holding a newly reserved
+        address keep it until they are assigned again."""
+        self._reserved = _reserved_function(reserved)
+        self._core.unreserved(freed)
 
     def assign(self, req: ServiceRequest) -> Assignment:
         """Every address `req` needs, or AllocationError with nothing changed. A Service that
@@ -230,18 +263,16 @@ class ServiceAllocator:
 
     def _conflict(self, req: ServiceRequest, ip: IPAddress) -> str | None:
         """Why `req` may not hold `ip` next to its current holders, or None."""
-        if ip in self._reserved:
-            return f"{ip} is used by {self._reserved[ip]}"
-        ports = frozenset(req.ports)
-        for other, hold in sorted(self._holds.get(ip, {}).items()):
-            if other == req.key:
-                continue
-            if req.sharing_key is None or hold.sharing_key != req.sharing_key:
-                return f"{ip} is already used by Service {other} (no matching gatelb.io/allow-shared-ip)"
-            clash = ports & hold.ports
-            if clash:
-                return f"{ip} is shared with Service {other}, which also uses {_ports_text(clash)}"
-        return None
+        reserver = self._reserved(ip)
+        if reserver is not None:
+            return f"{ip} is used by {reserver}"
+        found = self._core.conflict(ip, req.key, _Hold(req.sharing_key, frozenset(req.ports)))
+        if found is None:
+            return None
+        other, hold = found
+        if req.sharing_key is None or hold.sharing_key != req.sharing_key:
+            return f"{ip} is already used by Service {other} (no matching gatelb.io/allow-shared-ip)"
+        return f"{ip} is shared with Service {other}, which also uses {_ports_text(set(req.ports) & hold.ports)}"
 
     def _check_requested(self, req: ServiceRequest, ip: IPAddress, pools: list[ServicePool]) -> tuple[IPAddress, str]:
         if ip.version not in req.families:
@@ -251,7 +282,7 @@ class ServiceAllocator:
         if pool is None:
             where = f"IPPool {pools[0].name}" if req.pool else "any IPPool that accepts this Service"
             raise AllocationError(Reason.NOT_IN_POOL, f"{ip} is not in {where}")
-        if pool.pool.avoid_buggy_ips and is_buggy(ip):
+        if avoided(pool.pool, ip):
             raise AllocationError(Reason.BUGGY, f"{ip} ends in .0 or .255, which IPPool {pool.name} avoids")
         conflict = self._conflict(req, ip)
         if conflict:
@@ -275,7 +306,7 @@ class ServiceAllocator:
         return chosen
 
     def _allocate_one(self, req: ServiceRequest, pools: list[ServicePool], family: int) -> tuple[IPAddress, str]:
-        fitting = [p for p in pools if any(r.version == family for r in p.pool.ranges)]
+        fitting = [p for p in pools if self._core.has_family(p.pool, family)]
         if not fitting:
             names = ", ".join(p.name for p in pools)
             raise AllocationError(Reason.FAMILY, f"IPPool {names}: no {family_name(family)} addresses")
@@ -284,7 +315,7 @@ class ServiceAllocator:
             if shared is not None:
                 return shared
         for pool in fitting:
-            ip = self._lowest_free(pool, family)
+            ip = self._core.lowest_free(pool.pool, family)
             if ip is not None:
                 return ip, pool.name
         names = ", ".join(p.name for p in fitting)
@@ -292,25 +323,13 @@ class ServiceAllocator:
 
     def _shared_candidate(self, req: ServiceRequest, pools: list[ServicePool],
                           family: int) -> tuple[IPAddress, str] | None:
-        for ip, holds in sorted(self._holds.items(), key=lambda item: int(item[0])):
-            if ip.version != family or not any(h.sharing_key == req.sharing_key for h in holds.values()):
-                continue
+        """The lowest address of `family` that `req`'s sharing key holds and `req` may join."""
+        assert req.sharing_key is not None
+        held = self._by_key.get(req.sharing_key, {})
+        for ip in sorted((ip for ip in held if ip.version == family), key=int):
             pool = next((p for p in pools if p.pool.contains(ip)), None)
             if pool is not None and self._conflict(req, ip) is None:
                 return ip, pool.name
-        return None
-
-    def _lowest_free(self, pool: ServicePool, family: int) -> IPAddress | None:
-        for r in sorted((r for r in pool.pool.ranges if r.version == family), key=lambda r: int(r.first)):
-            cls = type(r.first)
-            # Only held addresses can be in the way, so this visits at most len(holds) + 1 of them.
-            value = int(r.first)
-            while value <= int(r.last):
-                ip = cls(value)
-                usable = not (pool.pool.avoid_buggy_ips and is_buggy(ip)) and not is_subnet_router_anycast(ip)
-                if usable and ip not in self._holds and ip not in self._reserved:
-                    return ip
-                value += 1
         return None
 
     def _take(self, req: ServiceRequest, chosen: list[tuple[IPAddress, str]]) -> Assignment:
@@ -318,10 +337,22 @@ class ServiceAllocator:
         ordered = sorted(chosen, key=lambda c: req.families.index(c[0].version))
         assignment = Assignment(tuple(ip for ip, _ in ordered), tuple(p for _, p in ordered))
         hold = _Hold(req.sharing_key, frozenset(req.ports))
-        for ip in assignment.addresses:
-            self._holds.setdefault(ip, {})[req.key] = hold
+        for ip, pool in ordered:
+            self._core.take(req.key, ip, pool, hold)
+            if hold.sharing_key is not None:
+                held = self._by_key.setdefault(hold.sharing_key, {})
+                held[ip] = held.get(ip, 0) + 1
         self._of[req.key] = assignment
+        self._hold_of[req.key] = hold
         return assignment
+
+
+def _reserved_function(reserved: Reserved | None) -> Callable[[IPAddress], str | None]:
+    if reserved is None:
+        return lambda ip: None
+    if isinstance(reserved, Mapping):
+        return dict(reserved).get
+    return reserved
 
 
 def _accepts(pool: ServicePool, req: ServiceRequest) -> bool:
@@ -346,7 +377,7 @@ def allocate_services(
     pools: Iterable[ServicePool],
     requests: Iterable[ServiceRequest],
     current: Mapping[str, tuple[IPAddress, ...]],
-    reserved: Mapping[IPAddress, str] | None = None,
+    reserved: Reserved | None = None,
 ) -> tuple[ServiceAllocator, dict[str, AllocationError]]:
     """Allocate for every Service; one Service's failure never affects another's addresses.
     `current`: the addresses each Service holds now (its status, or the last round)."""
