@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from gatelb.ipam_k8s import ServiceRequest
+from gatelb.ipam.services import ServiceRequest
 from gatelb.model import IPAddress, ObjectRef, ValidationError
 from gatelb.sources.kubernetes.api import WATCHED, Gone, Kind
 from gatelb.sources.kubernetes.changes import (

@@ -27,7 +27,7 @@ from gatelb.sources.base import AddressView, Contribution, Notify
 from gatelb.sources.static import StaticSource
 
 ip = ipaddress.ip_address
-POOL = IPPool("public", (AddressRange(ip("203.0.113.1"), ip("203.0.113.20")),))
+POOL = IPPool("public", (AddressRange(ip("203.0.113.1"), ip("203.0.113.100")),))
 
 
 def lb(name: str, *backends: int, frontend: str | None = None, port: int = 80) -> LoadBalancer:
@@ -134,7 +134,7 @@ def test_a_burst_of_triggers_is_one_round() -> None:
         task.cancel()
         assert r.rounds == rounds + 1
         assert src.collects == 2
-        assert rec.states[-1].services["web"].backends[-1].address == ip("198.51.100.14")
+        assert rec.states[-1].services["web"].backends[-1].address == ip("198.51.100.13")  # the last of the burst
     asyncio.run(go())
 
 
@@ -150,8 +150,8 @@ def test_strict_source_with_an_error_changes_nothing_and_the_last_good_keeps_ser
         report = await r.run_round()
         assert report is not None and report.rejected == {"file": (err,)}
         assert nft.table == before and set(r.services) == {"web"}
-        # IPAM failure is rejected as a whole too: the pool has 20 addresses
-        src.set(desired(*(lb(f"x{i}", 11) for i in range(30))))
+        # IPAM failure is rejected as a whole too: the pool has 100 addresses
+        src.set(desired(*(lb(f"x{i}", 11) for i in range(130))))
         report = await r.run_round()
         assert report is not None and report.rejected and nft.table == before
         # and once the source is good again, the delta is computed against what was committed
@@ -173,11 +173,11 @@ def test_non_strict_source_keeps_errors_with_the_object_and_serves_the_rest() ->
         assert set(r.services) == {"good"}
         assert rec.states[-1].errors == {ObjectRef("Service", "ns/bad"): (err,)}
         # an allocation failure stays with that load balancer
-        src.set(desired(lb("good", 11), *(lb(f"x{i:02}", 11) for i in range(25))))
+        src.set(desired(lb("good", 11), *(lb(f"x{i:02}", 11) for i in range(105))))
         await r.round()
         state = rec.states[-1]
-        assert len(state.services) == 20
-        assert any(ref.key.startswith("x2") for ref in state.errors)
+        assert len(state.services) == 100
+        assert sum(1 for ref in state.errors if ref.key.startswith("x")) == 6
     asyncio.run(go())
 
 

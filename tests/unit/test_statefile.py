@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import stat
@@ -9,12 +10,38 @@ from pathlib import Path
 
 import pytest
 
+from gatelb.agent.applied import AppliedRecord
 from gatelb.agent.statefile import StateFileError, StateStore, StoredState, state_dir
+from gatelb.model import (
+    AddressRange,
+    Affinity,
+    Backend,
+    CheckType,
+    HealthCheck,
+    IPPool,
+    LoadBalancer,
+    ObjectRef,
+    Protocol,
+    ResolvedState,
+    Service,
+)
 
+ip = ipaddress.ip_address
+WEB = LoadBalancer(name="web", port=53, protocol=Protocol.UDP, backends=(Backend(ip("198.51.100.11"), 5353, 3),),
+                   affinity=Affinity(60), source_ranges=(ipaddress.ip_network("192.0.2.0/24"),),
+                   check=HealthCheck(CheckType.UDP, payload="ping", expect="pong", expected_statuses=((200, 204),)))
 SAMPLE = StoredState(
     allocations={"web": "203.0.113.10", "api-v6": "2001:db8:100::1"},
     pools={"web": "public", "api-v6": None},
-    applied={"generation": 3, "services": [{"name": "web", "vip": "203.0.113.10"}], "note": None},
+    applied=AppliedRecord(
+        generation=3,
+        services=ResolvedState((Service("web", ip("203.0.113.10"), Protocol.UDP, 53, WEB.backends,
+                                        affinity=Affinity(60)),)),
+        load_balancers=(WEB,),
+        pools=(IPPool("public", (AddressRange(ip("203.0.113.0"), ip("203.0.113.15")),), avoid_buggy_ips=True),),
+        origins={"web": ObjectRef("file", "/etc/gatelb/web.yaml")},
+        sources=("file /etc/gatelb",), health={"web|198.51.100.11|5353": {"state": "up", "since": 1.5, "reason": ""}},
+        errors=("L4LB x: spec.pool: unknown IPPool 'y'",), applied_at=12.5, daemon=True, info={"leader": True}),
 )
 
 
@@ -28,7 +55,7 @@ def test_round_trip_and_file_format(tmp_path: Path) -> None:
     store.save(SAMPLE)
     assert store.load() == SAMPLE
     data = json.loads(store.path.read_text())
-    assert data["version"] == 1
+    assert data["version"] == 2
     assert data["allocations"] == SAMPLE.allocations and data["pools"] == SAMPLE.pools
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o644
     assert os.listdir(store.directory) == ["state.json"]  # no temp file left behind
@@ -44,10 +71,12 @@ def test_save_replaces_the_previous_state(tmp_path: Path) -> None:
 def test_not_serialisable_applied_writes_nothing(tmp_path: Path) -> None:
     store = StateStore(tmp_path)
     store.save(SAMPLE)
+    assert SAMPLE.applied is not None
+    bad = AppliedRecord(generation=1, services=ResolvedState(), info={"when": object()})
     with pytest.raises(TypeError, match="not JSON-serialisable"):
-        store.save(StoredState(applied={"when": object()}))
+        store.save(StoredState(applied=bad))
     with pytest.raises(TypeError, match="not JSON-serialisable"):
-        store.save(StoredState(applied={"x": float("nan")}))
+        store.save(StoredState(applied=AppliedRecord(generation=1, services=ResolvedState(), applied_at=float("nan"))))
     assert store.load() == SAMPLE
 
 
@@ -77,7 +106,8 @@ def test_failed_rename_keeps_the_old_file_and_removes_the_temp(
         ),
         ("", r"corrupt \(not JSON: Expecting value at line 1, column 1\)"),
         ("[1, 2]", r"expected a JSON object"),
-        ('{"version": 2}', r"unsupported version 2 \(this gatelb reads version 1\)"),
+        ('{"version": 3}', r"unsupported version 3 \(this gatelb reads version 2\)"),
+        ('{"version": 2, "applied": {"generation": 1}}', r"'applied' is damaged \(KeyError: 'services'\)"),
         ('{"allocations": {}}', r"unsupported version None"),
         ('{"version": 1, "allocations": {"web": 5}}', r"'allocations' must map names to addresses"),
         ('{"version": 1, "allocations": []}', r"'allocations' must map names to addresses"),
@@ -90,6 +120,13 @@ def test_damaged_file_gives_an_error_naming_the_file(tmp_path: Path, content: st
     store.path.write_text(content)
     with pytest.raises(StateFileError, match=rf"^{tmp_path}/state.json: {problem}"):
         store.load()
+
+
+def test_a_version_1_file_keeps_its_allocations_and_drops_the_free_form_record(tmp_path: Path) -> None:
+    store = StateStore(tmp_path)
+    store.path.write_text('{"version": 1, "allocations": {"web": "203.0.113.10"}, "pools": {"web": "public"}, '
+                          '"applied": {"generation": 4, "sourceText": "..."}}')
+    assert store.load() == StoredState({"web": "203.0.113.10"}, {"web": "public"}, None)
 
 
 def test_minimal_file_defaults(tmp_path: Path) -> None:

@@ -306,9 +306,9 @@ class Reconciler:
                 return outcome
         else:
             update = self._alloc.update(lb_changes, self._recorded, atomic=slot.source.strict)
-            if update.errors and slot.source.strict:
-                return tuple(e for errs in update.errors.values() for e in errs)
-            self._note_allocation(lb_changes, update.changed, update.errors, changes)
+            if not update.applied:
+                return tuple(update.errors[n] for n in sorted(update.errors))
+            self._note_allocation(lb_changes, update.changed, changes)
         if c.pools is not None:
             slot.pools = c.pools
         for name, lb in lb_changes.items():
@@ -349,21 +349,19 @@ class Reconciler:
         recorded = {**self._recorded, **current}
         update = trial.update({n: lb for n, lb in everyone.items() if lb is not None}, recorded, atomic=False)
         if update.errors and atomic:
-            mine = [e for n, errs in update.errors.items() if n in lb_changes for e in errs]
+            mine = [e for n, e in sorted(update.errors.items()) if n in lb_changes]
             if mine:
                 return tuple(mine)
         self._alloc, self._pools, self._pools_changed = trial, pools, True
-        self._alloc_errors = {}
-        self._note_allocation(everyone, set(everyone), update.errors, {})
+        # Every load balancer is resolved again (`everything`): no per-name changes needed.
+        self._note_allocation(everyone, (), {})
         return ()
 
     def _note_allocation(self, lb_changes: Mapping[str, LoadBalancer | None], moved: Iterable[str],
-                         errors: Mapping[str, Sequence[ValidationError]],
                          changes: dict[str, LoadBalancer | None]) -> None:
-        for name in lb_changes:
-            self._alloc_errors.pop(name, None)
-        for name, errs in errors.items():
-            self._alloc_errors[name] = tuple(errs)
+        # The allocator keeps the load balancers that got no address and retries them on every
+        # update (one may get the address another just freed): its list is the truth.
+        self._alloc_errors = {n: (e,) for n, e in self._alloc.errors().items()}
         for name in moved:
             ip = self._alloc.address_of(name)
             if ip is not None:

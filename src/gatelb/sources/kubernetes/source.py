@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from gatelb.ipam.services import AllocationError, Assignment, ServiceAllocator, ServicePool
 from gatelb.model import IPAddress, IPPool, LoadBalancer, ObjectRef, SyncedState, ValidationError
 from gatelb.sources.base import AddressView, Contribution, Notify
-from gatelb.sources.kubernetes.api import WATCHED, KubeApi, Obj, describe
+from gatelb.sources.kubernetes.api import WATCHED, KubeApi, Obj
 from gatelb.sources.kubernetes.changes import IPPOOLS, L4LBS, SERVICES, ChangeTracker
 from gatelb.sources.kubernetes.informer import Informer
 from gatelb.sources.kubernetes.lease import LeaseElector
@@ -133,15 +133,17 @@ class KubeSource:
             return None
         pools: tuple[IPPool, ...] | None = None
         if self._first or dirty.pools_changed:
-            self._pools, errs = self._tracker.pools()
-            self._pool_errors = tuple(errs)
+            self._pools, pool_errors = self._tracker.pools()
+            self._pool_errors = tuple(pool_errors)
             pools = tuple(p.pool for p in self._pools)
         if everything:
             services = sorted(set(self._tracker.objects(SERVICES)) | {
                 ref.key for ref in self._lbs_of if ref.kind == SERVICE})
             l4lbs = sorted(set(self._tracker.objects(L4LBS)) | {ref.key for ref in self._lbs_of if ref.kind == L4LB})
         else:
-            services = self._tracker.service_keys(dirty)
+            # Services that got no address are tried again in every round (they are few): one
+            # of this round's changes may have freed what they wait for.
+            services = sorted(set(self._tracker.service_keys(dirty)) | set(self._failures))
             l4lbs = sorted(dirty.l4lbs)
         changes: dict[str, LoadBalancer | None] = {}
         origins: dict[str, ObjectRef] = {}
@@ -199,8 +201,8 @@ class KubeSource:
                     self._assigned.pop(key, None)
             return request_errors
 
-        def reserved(ip: IPAddress) -> bool:  # held by a load balancer that is not one of our Services'
-            return any(name not in self._svc_names for name in view.holders(ip))
+        def reserved(ip: IPAddress) -> str | None:  # held by a load balancer that is not one of our Services'
+            return next((name for name in sorted(view.holders(ip)) if name not in self._svc_names), None)
 
         if rebuild or self._alloc is None:
             self._alloc = ServiceAllocator(self._all_pools(view), reserved=reserved)
@@ -350,7 +352,7 @@ class KubeSource:
             await write
         except Exception as err:
             log.warning("write-back failed", extra={"fields": {"event": "write-back-failed",
-                                                                "error": describe(err)}})
+                                                                "error": repr(err)[:500]}})
 
     # -- facts for `gatelb status` and readiness ----------------------------------------------
 
