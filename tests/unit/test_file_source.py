@@ -335,7 +335,7 @@ def test_watcher_notifies_on_a_change(tmp_path: Path) -> None:
         put(tmp_path / "lb001.yaml", lb("lb1", 7001))
         c = await rounds.next()
         assert list(c.load_balancers) == ["lb1"]
-        assert rounds.reasons[-1] == f"change: file {tmp_path / 'lb001.yaml'}"
+        assert rounds.reasons[-1] == f"file: file {tmp_path / 'lb001.yaml'}"
         (tmp_path / "lb002.yaml").unlink()
         c = await rounds.next()
         assert dict(c.load_balancers) == {"lb2": None}

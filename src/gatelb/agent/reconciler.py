@@ -88,6 +88,7 @@ class RoundReport:
     result: SyncResult | None  # None: nothing reached the kernel (nothing changed, or dry run)
     rejected: Mapping[str, tuple[ValidationError, ...]]  # strict source name -> its errors
     script: str = ""  # dry run: the transaction that would be applied
+    prepare_s: float = 0.0  # collect, merge, allocate, resolve
 
 
 class Reconciler:
@@ -120,6 +121,7 @@ class Reconciler:
         self.last_state: SyncedState | None = None
         self.last_error: str | None = None
         self.triggered_at = 0.0
+        self._reasons: set[str] = set()  # why the pending round runs (for its log line)
 
     # -- what others may read ----------------------------------------------------------------
 
@@ -150,8 +152,9 @@ class Reconciler:
         return notify
 
     def trigger(self, reason: str = "") -> None:
-        if not self._wake.is_set():
+        if not self._reasons:
             self.triggered_at = time.perf_counter()
+        self._reasons.add(reason.partition(":")[0] or "unknown")
         self._wake.set()
 
     def health_changed(self, lbs: Iterable[str]) -> None:
@@ -197,6 +200,8 @@ class Reconciler:
     async def run_round(self, dry_run: bool = False) -> RoundReport | None:
         """One round; None when the kernel refused the transaction."""
         t0 = time.perf_counter()
+        reasons, self._reasons = self._reasons, set()
+        triggered_at = self.triggered_at if reasons else t0
         changes, rejected, everything = self._gather()
         # The first round looks at everything: after an adoption, load balancers that are gone
         # since the previous run are only in the adopted services.
@@ -208,7 +213,7 @@ class Reconciler:
         full_needed = not self._engine.has_applied
         if dry_run:
             script = self._engine.plan_changes(self._services, upserts, removed)
-            return RoundReport(frozenset(previous), previous, None, rejected, script)
+            return RoundReport(frozenset(previous), previous, None, rejected, script, t1 - t0)
         result: SyncResult | None = None
         if upserts or removed or full_needed:
             try:
@@ -232,17 +237,19 @@ class Reconciler:
         state = self._publish(previous.keys() | changes.keys(), everything or (result is not None and result.full),
                               result)
         if result is not None and (result.changes or result.full):
-            event(logging.INFO, "sync", full=result.full, changes=result.changes, services=len(self._services),
-                  load_balancers=len(upserts) + len(removed), generation=result.generation,
-                  prepare_ms=round((t1 - t0) * 1000, 3), compile_ms=round(result.compile_s * 1000, 3),
-                  apply_ms=round(result.apply_s * 1000, 3),
-                  since_trigger_ms=round((time.perf_counter() - self.triggered_at) * 1000, 3))
+            now = time.perf_counter()
+            event(logging.INFO, "sync", trigger=",".join(sorted(reasons)), full=result.full, changes=result.changes,
+                  services=len(self._services), load_balancers=len(upserts) + len(removed),
+                  generation=result.generation, prepare_ms=round((t1 - t0) * 1000, 3),
+                  compile_ms=round(result.compile_s * 1000, 3), apply_ms=round(result.apply_s * 1000, 3),
+                  duration_ms=round((now - t0) * 1000, 3), since_trigger_ms=round((now - triggered_at) * 1000, 3),
+                  wall_time=time.time())
         for consumer in self.consumers:
             try:
                 consumer.set(state)
             except Exception as err:  # one broken consumer must not stop the others or the loop
                 event(logging.ERROR, "consumer-failed", consumer=type(consumer).__name__, error=repr(err)[:500])
-        return RoundReport(frozenset(previous), previous, result, rejected)
+        return RoundReport(frozenset(previous), previous, result, rejected, prepare_s=t1 - t0)
 
     # -- gather: sources -> desired load balancers and addresses --------------------------------
 
@@ -443,10 +450,14 @@ async def run_sources(reconciler: Reconciler, sources: Sequence[Source]) -> None
             group.create_task(source.run(reconciler.notifier(source)), name=f"source {source.name}")
 
 
-async def one_round(reconciler: Reconciler, sources: Sequence[Source], dry_run: bool = False) -> RoundReport | None:
-    """Load one-shot sources and run a single round (gatelb apply / plan / delete)."""
+async def one_round(reconciler: Reconciler, sources: Sequence[Source], dry_run: bool = False) -> tuple[
+        RoundReport | None, float]:
+    """Load one-shot sources and run a single round (gatelb apply / plan / delete). Returns the
+    round's report (None: the kernel refused) and the seconds the sources took to load."""
+    t0 = time.perf_counter()
     for source in sources:
         await source.run(reconciler.notifier(source))
     if not reconciler.synced:
         raise RuntimeError("a one-shot source did not finish loading")
-    return await reconciler.run_round(dry_run=dry_run)
+    load_s = time.perf_counter() - t0
+    return await reconciler.run_round(dry_run=dry_run), load_s

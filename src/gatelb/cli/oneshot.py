@@ -79,7 +79,7 @@ def apply_source(ctx: Context, source: Source, dry_run: bool = False, want_nft_t
                             flush_udp=None if dry_run else flush_flows, recorded=_addresses(stored))
     previous = stored.applied
     adopted = previous is not None and reconciler.adopt(previous.services, previous.generation)
-    round_report = asyncio.run(one_round(reconciler, [source], dry_run=dry_run))
+    round_report, load_s = asyncio.run(one_round(reconciler, [source], dry_run=dry_run))
     if round_report is None:
         raise CommandError(f"nft rejected the transaction; the kernel is unchanged:\n{reconciler.last_error}",
                            EXIT_FAILED)
@@ -89,7 +89,8 @@ def apply_source(ctx: Context, source: Source, dry_run: bool = False, want_nft_t
     resolved = ResolvedState(tuple(reconciler.services[n] for n in sorted(reconciler.services)))
     before = previous.services if adopted and previous is not None else None
     report: dict[str, Any] = {"changes": describe_changes(before, resolved) if describe else [],
-                              "incremental": adopted, "timings": {}}
+                              "incremental": adopted,
+                              "timings": {"parse_s": load_s, "ipam_s": round_report.prepare_s}}
     if not adopted and previous is not None:
         report["note"] = "kernel table differs from the last recorded apply: a full reload is needed"
     if dry_run:
@@ -105,8 +106,8 @@ def apply_source(ctx: Context, source: Source, dry_run: bool = False, want_nft_t
             f"applied to the kernel (generation {state.generation}), but the state file {ctx.store.path} "
             f"could not be written: {err.strerror or err}. The kernel serves the new configuration; the next "
             "apply will reload it in full.", EXIT_FAILED) from err
-    report["timings"] = {"compile_s": result.compile_s if result else 0.0,
-                         "apply_s": result.apply_s if result else 0.0, "total_s": time.perf_counter() - t0}
+    report["timings"].update(compile_s=result.compile_s if result else 0.0,
+                             apply_s=result.apply_s if result else 0.0, total_s=time.perf_counter() - t0)
     report["script"] = result.script if result else ""
     report["full"] = bool(result and result.full)
     if want_nft_text:

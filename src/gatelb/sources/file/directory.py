@@ -144,7 +144,7 @@ class FileSource:
                     self._synced, first = True, False
                     notify("loaded")
                 await asyncio.sleep(RETRY_MISSING_S)
-                self._notify(notify, self._scan(), "rescan")
+                self._notify(notify, self._scan(), "file")
                 continue
             async with _watching(dirs) as batches:
                 if first:
@@ -152,13 +152,13 @@ class FileSource:
                     self._synced, first = True, False
                     notify("loaded")
                 else:  # the watched directory came (back): catch up with what happened meanwhile
-                    self._notify(notify, self._scan(), "rescan")
+                    self._notify(notify, self._scan(), "file")
                 async for batch in batches:
                     files, rescan, restart = self._classify(batch)
                     if rescan or restart:
-                        self._notify(notify, self._scan(), "rescan")
+                        self._notify(notify, self._scan(), "file")
                     elif files:
-                        self._notify(notify, self.refresh(files), "change")
+                        self._notify(notify, self.refresh(files), "file")
                     if restart or dirs != self._watch_dirs():
                         break
 
