@@ -77,6 +77,7 @@ class _Slot:
     errors: dict[ObjectRef, tuple[ValidationError, ...]] = field(default_factory=dict)
     rejected: tuple[ValidationError, ...] = ()  # strict: why the newest content is not applied
     news: bool = True
+    committed: bool = False  # a first contribution was accepted
 
 
 @dataclass(frozen=True)
@@ -116,6 +117,7 @@ class Reconciler:
         self._wake = asyncio.Event()
         self._failures = 0
         self._synced_once = False
+        self._first_pass_due = True
         self._pools_changed = False
         self.rounds = 0
         self.last_state: SyncedState | None = None
@@ -203,9 +205,16 @@ class Reconciler:
         reasons, self._reasons = self._reasons, set()
         triggered_at = self.triggered_at if reasons else t0
         changes, rejected, everything = self._gather()
-        # The first round looks at everything: after an adoption, load balancers that are gone
-        # since the previous run are only in the adopted services.
-        everything = everything or self.rounds == 0
+        if self._slots and not any(slot.committed for slot in self._slots):
+            # No good configuration yet: program nothing. Whatever the kernel serves (an adopted
+            # table) stays as it is until there is one.
+            return RoundReport(frozenset(), {}, None, rejected)
+        # Once every source has given a first good content, look at everything once: after an
+        # adoption, load balancers that went away while we were down are only in the adopted
+        # services. Until then only additions and changes are made, never removals of what a
+        # source that has not loaded yet may still want.
+        if self._first_pass_due and all(slot.committed for slot in self._slots):
+            everything = True
         if self._health is not None and (changes or everything):
             self._health.desired(self._lbs, None if everything else changes.keys())
         upserts, removed, previous = self._resolve(changes, everything)
@@ -226,6 +235,8 @@ class Reconciler:
         self._failures = 0
         self.last_error = None
         self.rounds += 1
+        if everything:
+            self._first_pass_due = False
         if result is not None and result.full:
             # Everything loaded so far (10,000 services are millions of objects) is long-lived:
             # keep it out of the cyclic collector's full passes, which would otherwise add 100 ms
@@ -265,7 +276,8 @@ class Reconciler:
                 continue
             slot.news = False
             contribution = slot.source.collect(self)
-            if contribution is None:
+            if contribution is None:  # nothing (new): for a source that never gave anything, empty
+                slot.committed = True
                 continue
             problems = self._accept(slot, contribution, changes)
             if problems:
@@ -277,6 +289,7 @@ class Reconciler:
                 if slot.rejected:
                     event(logging.INFO, "config-valid-again", source=slot.source.name)
                 slot.rejected = ()
+                slot.committed = True
                 slot.source.commit(contribution)
         self._synced_once = True
         return changes, rejected, self._pools_changed
