@@ -170,8 +170,8 @@ def _fix(code: int | None, status: Obj, message: str, request: Request | None) -
         if user.startswith("system:serviceaccount:"):
             who += " " + "/".join(user.split(":")[2:4])
         scope = f"in {ns}" if ns else "cluster-wide"
-        what = f"{resource} ({group})" if group else resource
-        return f"{who} lacks `{verb}` on {what} {scope}: grant it (deploy/rbac.yaml has the rules gatelb needs)"
+        api_group = f" (API group {group})" if group else ""
+        return f"{who} lacks `{verb}` on {resource} {scope}{api_group}: grant it as deploy/rbac.yaml does"
     if code == 401:
         return "the API server refused the credentials: check the kubeconfig's user or the pod's ServiceAccount token"
     return None
