@@ -58,7 +58,7 @@ class ApiError(ApiException):
     def __init__(self, code: int, status: Obj, request: Request | None = None) -> None:
         super().__init__(status=code, reason=str(status.get("reason") or ""))
         self.code = code
-        self.status_body = status
+        self.status_body = {**status, "code": code}
         self.message = str(status.get("message") or "")
         self.request = request
         self.args = (str(describe(self)),)
