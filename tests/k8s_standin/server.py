@@ -6,7 +6,9 @@ Served paths (``{g}/{v}`` for API groups, ``v1`` for the core group)::
     /apis/{g}/{v}[/namespaces/{ns}]/{plural}[/{name}[/status]]
 
 Verbs: GET (one object, a list, or ``?watch=true``), POST, PUT, PATCH (merge and strategic merge
-patches are both applied as JSON merge patches), DELETE. Errors are `Status` objects.
+patches are both applied as JSON merge patches), DELETE. Errors are `Status` objects, with the
+real server's reasons, messages and details (see store.py: missing namespaces, CRD schemas, 409,
+429 while a new CRD's storage initialises). ``?fieldValidation=`` Strict (default), Warn or Ignore.
 
 Watch: ``resourceVersion`` (absent or "0": the current objects as ADDED first), ``timeoutSeconds``
 (the server ends the stream, as the real one does), ``allowWatchBookmarks=true`` (a BOOKMARK with the
@@ -14,7 +16,8 @@ latest version every `bookmark_interval` seconds). A too-old version gets HTTP 2
 event carrying a 410 Status, which is what the real server sends. `drop_watches()` ends every open
 stream at once, like a load balancer in front of the API server resetting connections.
 
-No authentication and no admission: it listens on loopback only, for tests.
+No authentication and no RBAC: it listens on loopback only, for tests. `forbid()` makes chosen
+requests answer the real server's 403, to test what a user with a too small Role sees.
 """
 
 from __future__ import annotations
@@ -29,6 +32,13 @@ from aiohttp import web
 from tests.k8s_standin.store import ApiError, Obj, Resource, Store, Watcher
 
 MAX_WATCH_S = 1800
+DENIED_USER = "system:serviceaccount:gatelb-system:gatelb"
+
+
+def _verb(method: str, name: str | None, watch: bool) -> str:
+    if method == "GET":
+        return "get" if name else ("watch" if watch else "list")
+    return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, method.lower())
 
 
 def _parse(path: str, store: Store) -> tuple[Resource, str | None, str | None, str | None]:
@@ -54,9 +64,11 @@ def _parse(path: str, store: Store) -> tuple[Resource, str | None, str | None, s
 
 
 class StandinServer:
-    def __init__(self, history: int = 1000, bookmark_interval: float = 1.0) -> None:
-        self.store = Store(history)
+    def __init__(self, history: int = 1000, bookmark_interval: float = 1.0, crds: bool = True,
+                 crd_init_s: float = 0.5) -> None:
+        self.store = Store(history, crds=crds, crd_init_s=crd_init_s)
         self.bookmark_interval = bookmark_interval
+        self.forbidden: list[tuple[str, str, str, str | None]] = []  # (verb, resource, group, namespace)
         self.requests: list[tuple[str, str]] = []  # (method, path?query): what clients asked
         self._runner: web.AppRunner | None = None
         self._streams: set[asyncio.Event] = set()
@@ -99,6 +111,27 @@ class StandinServer:
             self._open.set()
         return self._open
 
+    def forbid(self, verb: str, resource: str, group: str = "", namespace: str | None = None) -> None:
+        """Answer `verb` on `resource` ("services/status" for a subresource) of API `group`, in
+        `namespace` (None: everywhere) with the real server's 403, as for a ServiceAccount whose
+        Role lacks that rule."""
+        self.forbidden.append((verb, resource, group, namespace))
+
+    def allow_all(self) -> None:
+        self.forbidden.clear()
+
+    def _check_access(self, verb: str, res: Resource, namespace: str | None, name: str | None,
+                      sub: str | None) -> None:
+        resource = f"{res.plural}/{sub}" if sub else res.plural
+        for v, r, g, ns in self.forbidden:
+            if v == verb and r == resource and g == res.group and (ns is None or ns == namespace):
+                what = f'{res.plural}.{res.group}' if res.group else res.plural
+                what = f'{what} "{name}"' if name else what
+                scope = f' in the namespace "{namespace}"' if namespace else " at the cluster scope"
+                raise ApiError(403, "Forbidden", f'{what} is forbidden: User "{DENIED_USER}" cannot {verb} '
+                                                 f'resource "{resource}" in API group "{res.group}"{scope}',
+                               {"name": name, "group": res.group, "kind": res.plural})
+
     def kubeconfig(self) -> dict[str, Any]:
         """A kubeconfig (as a dict) pointing at this server."""
         return {
@@ -114,15 +147,24 @@ class StandinServer:
         self.requests.append((request.method, request.path_qs))
         try:
             res, namespace, name, sub = _parse(request.path, self.store)
-            if request.method == "GET" and name is None and request.query.get("watch", "").lower() in ("true", "1"):
+            watch = request.method == "GET" and name is None and request.query.get("watch", "").lower() in ("true", "1")
+            self._check_access(_verb(request.method, name, watch), res, namespace, name, sub)
+            self.store.ready(res)
+            if watch:
                 return await self._watch(request, res, namespace)
-            return web.json_response(await self._dispatch(request, res, namespace, name, sub))
+            body = await self._dispatch(request, res, namespace, name, sub)
+            headers = {"Warning": ", ".join('299 - "{}"'.format(w.replace('"', '\\"')) for w in self.store.warnings)} \
+                if request.method in ("POST", "PUT", "PATCH") and self.store.warnings else None
+            return web.json_response(body, headers=headers, status=201 if request.method == "POST" else 200)
         except ApiError as err:
-            return web.json_response(err.status(), status=err.code)
+            return web.json_response(err.status(), status=err.code, headers=err.headers)
 
     async def _dispatch(self, request: web.Request, res: Resource, namespace: str | None,
                         name: str | None, sub: str | None) -> Obj:
         store, method, ns = self.store, request.method, namespace or ""
+        validation = request.query.get("fieldValidation", "Strict")
+        if validation not in ("Strict", "Warn", "Ignore"):
+            raise ApiError(400, "BadRequest", f"fieldValidation must be Ignore, Warn or Strict, not {validation!r}")
         if method == "GET" and name is None:
             items, rv = store.list(res, namespace)
             return {"kind": f"{res.kind}List", "apiVersion": res.group_version,
@@ -133,16 +175,16 @@ class StandinServer:
         if method == "POST" and name is None:
             if res.namespaced and namespace is None:
                 raise ApiError(405, "MethodNotAllowed", "create needs a namespace in the path")
-            return store.create(res, ns, await self._body(request))
+            return store.create(res, ns, await self._body(request), validation)
         if name is None:
             raise ApiError(405, "MethodNotAllowed", f"{method} on a collection is not supported")
         if method == "PUT":
-            return store.update(res, ns, name, await self._body(request), sub)
+            return store.update(res, ns, name, await self._body(request), sub, validation)
         if method == "PATCH":
             kind = request.content_type
             if kind not in ("application/merge-patch+json", "application/strategic-merge-patch+json"):
                 raise ApiError(415, "UnsupportedMediaType", f"the stand-in does not apply {kind} patches")
-            return store.patch(res, ns, name, await self._body(request), sub)
+            return store.patch(res, ns, name, await self._body(request), sub, validation)
         if method == "DELETE":
             return store.delete(res, ns, name)
         raise ApiError(405, "MethodNotAllowed", f"{method} is not supported")

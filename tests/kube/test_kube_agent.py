@@ -21,10 +21,21 @@ from gatelb.model import ResolvedState
 from gatelb.sources.kubernetes.api import KubeApi
 from gatelb.sources.kubernetes.source import KubeSettings, KubeSource
 from gatelb.sources.kubernetes.translate import BackendMode, Options
-from tests.k8s_standin.client import run
+from tests.k8s_standin.client import apply, create_namespace
+from tests.k8s_standin.client import run as run_standin
 from tests.k8s_standin.server import StandinServer
 
 POD = Options(backend_mode=BackendMode.POD)
+
+
+def run(body: Callable[[StandinServer, ApiClient], Any]) -> None:
+    """On a stand-in set up as docs/kubernetes.md says (CRDs installed, deploy/rbac.yaml applied:
+    the gatelb-system namespace of the Lease exists)."""
+    async def deployed(server: StandinServer, client: ApiClient) -> None:
+        await apply(client, "rbac.yaml")
+        await body(server, client)
+
+    run_standin(deployed)
 
 
 async def wait_for(get: Callable[[], Any], timeout: float = 5.0) -> Any:
@@ -202,10 +213,12 @@ def test_follower_programs_leader_addresses_and_never_allocates() -> None:
 def test_l4lb_objects_get_a_frontend_and_status() -> None:
     async def body(server: StandinServer, client: ApiClient) -> None:
         custom = CustomObjectsApi(client)
+        await create_namespace(client, "ops")
         await make_pool(client, "public", ["203.0.113.10-203.0.113.20"])
         await make_service(client, "web", annotations={"gatelb.io/loadBalancerIPs": "203.0.113.10"})
+        # "bad" passes the CRD schema (backend entries are free-form there), not gatelb's checks.
         for name, spec in (("ext", {"frontend": {"port": 80}, "backend": ["198.51.100.50:8080"]}),
-                           ("bad", {"frontend": {"port": 80}, "algorithm": "fastest"})):
+                           ("bad", {"frontend": {"port": 80}, "backend": ["198.51.100.50:99999"]})):
             await custom.create_namespaced_custom_object("gatelb.io", "v1alpha1", "ops", "l4lbs", {
                 "apiVersion": "gatelb.io/v1alpha1", "kind": "L4LB", "metadata": {"name": name}, "spec": spec})
         async with agent(client):
@@ -215,7 +228,8 @@ def test_l4lb_objects_get_a_frontend_and_status() -> None:
             ext = await wait_for(lambda: status("ext"))
             assert ext == {"state": "Active", "message": "1/1 backends serving", "frontendIP": "203.0.113.11"}
             bad = await wait_for(lambda: status("bad"))
-            assert bad["state"] == "Error" and "spec.algorithm: 'fastest' is not one of" in bad["message"]
+            assert bad["state"] == "Error"
+            assert "spec.backend[0]: '198.51.100.50:99999': 99999 is not a port" in bad["message"]
             assert ingress_of(server, "web") == ["203.0.113.10"]
 
     run(body)

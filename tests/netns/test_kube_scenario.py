@@ -3,6 +3,10 @@
 The stand-in and the test's client run in the gw namespace (see tests/k8s_standin/in_netns.py for
 why); `gatelb run --kubeconfig --backend-mode pod` runs as a real process there too, programs the
 gw's nftables, and the lab's client namespace connects through the VIPs to the backend namespaces.
+
+The cluster starts as a new one (no CRDs, no gatelb-system namespace) and is set up exactly as
+docs/kubernetes.md tells a user: deploy/crds.yaml and deploy/rbac.yaml applied, then gatelb run
+with its defaults (the Lease in gatelb-system).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, Di
 
 from gatelb.lab.procs import stop_process
 from gatelb.lab.topology import Lab, backend_v4
+from tests.k8s_standin.client import apply
 from tests.k8s_standin.in_netns import StandinInNetns
 from tests.k8s_standin.server import StandinServer
 
@@ -29,9 +34,12 @@ POOL = ["203.0.113.10-203.0.113.19"]
 @pytest.fixture
 def cluster(lab: Lab) -> Iterator[StandinInNetns]:
     lab.start_backends()
-    standin = StandinInNetns(lab.gw)
+    # crd_init_s: the new CRDs' storage answers 429 until gatelb's first lists (it must retry them).
+    standin = StandinInNetns(lab.gw, crds=False, crd_init_s=2.0)
     standin.start()
     try:
+        # As docs/kubernetes.md says: kubectl apply -f deploy/crds.yaml -f deploy/rbac.yaml
+        standin.call(lambda server, client: apply(client, "crds.yaml", "rbac.yaml"))
         yield standin
     finally:
         standin.close()
@@ -50,8 +58,7 @@ class Gatelb:
     def start(self) -> None:
         with open(self.log, "ab") as log:
             self.proc = self.lab.python("gw", "gatelb.cli.main", "run", "--kubeconfig", str(self.kubeconfig),
-                                        "--backend-mode", "pod", "--lease-namespace", "default", stderr=log,
-                                        stdout=subprocess.DEVNULL)
+                                        "--backend-mode", "pod", stderr=log, stdout=subprocess.DEVNULL)
 
     def stop(self) -> None:
         if self.proc is not None:
@@ -88,6 +95,13 @@ def ingress(standin: StandinInNetns, name: str) -> list[str]:
     async def get(server: StandinServer, client: ApiClient) -> list[str]:
         obj = server.store.objects.get(("v1/services", "default", name)) or {}
         return [i["ip"] for i in ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []]
+
+    return standin.call(get)
+
+
+def lease_of(standin: StandinInNetns) -> dict[str, Any]:
+    async def get(server: StandinServer, client: ApiClient) -> dict[str, Any]:
+        return server.store.objects[("coordination.k8s.io/v1/leases", "gatelb-system", "gatelb-ipam")]
 
     return standin.call(get)
 
@@ -146,6 +160,7 @@ def test_service_lifecycle_through_the_gateway(lab: Lab, cluster: StandinInNetns
     gw.start()
     try:
         poll(lambda: "synced" in gw.text(), 15, "gatelb synced", gw)
+        assert "429 TooManyRequests: storage is (re)initializing" in gw.text(), gw.text()
         t0 = time.monotonic()
         create(cluster, ("ippool", {"metadata": {"name": "public"}, "spec": {"addresses": POOL}}),
                ("ippool", {"metadata": {"name": "tiny"}, "spec": {"addresses": ["203.0.113.30"], "autoAssign": False}}),

@@ -24,7 +24,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol, TypeAlias
 
-from gatelb.sources.kubernetes.api import Gone, Kind, Obj
+from gatelb.sources.kubernetes.api import GRACE_S, Gone, Kind, Obj, Trouble
 from gatelb.sources.kubernetes.changes import same_version
 
 log = logging.getLogger("gatelb.kube")
@@ -50,8 +50,10 @@ def object_key(obj: Obj) -> str:
 
 class Informer:
     def __init__(self, api: Lister, kind: Kind, on_change: OnChange,
-                 watch_timeout_s: int = WATCH_TIMEOUT_S) -> None:
+                 watch_timeout_s: int = WATCH_TIMEOUT_S, grace_s: float = GRACE_S) -> None:
         self.kind = kind
+        # .problem: cannot list/watch this kind for longer than grace_s (readiness); .last_error
+        self.trouble = Trouble(f"list/watch {kind.name}", grace_s)
         self.objects: dict[str, Obj] = {}
         self.synced = asyncio.Event()
         self.resource_version: str | None = None
@@ -59,6 +61,11 @@ class Informer:
         self._api = api
         self._on_change = on_change
         self._timeout = watch_timeout_s
+
+    @property
+    def problem(self) -> str | None:
+        """None unless list/watch of this kind has failed for longer than the grace period."""
+        return self.trouble.problem
 
     async def run(self) -> None:
         failures = 0
@@ -78,8 +85,7 @@ class Informer:
                 self.counts["errors"] += 1
                 delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
                 failures += 1
-                log.warning("list/watch failed, retrying", extra={"fields": {
-                    "kind": self.kind.name, "error": repr(err)[:500], "retry_in_s": delay}})
+                self.trouble.failed(err, "list/watch failed, retrying", kind=self.kind.name, retry_in_s=delay)
                 await asyncio.sleep(delay)
 
     async def _relist(self) -> None:
@@ -87,6 +93,7 @@ class Informer:
         previous, self.objects = self.objects, {object_key(o): o for o in items}
         self.resource_version = rv
         self.counts["lists"] += 1
+        self.trouble.ok()
         name = self.kind.name
         for key, gone in previous.items():
             if key not in self.objects:
@@ -102,6 +109,7 @@ class Informer:
         self.counts["watches"] += 1
         async for kind, obj in self._api.watch(self.kind, self.resource_version, self._timeout):
             rv = (obj.get("metadata") or {}).get("resourceVersion")
+            self.trouble.ok()
             if kind == "BOOKMARK":
                 self.counts["bookmarks"] += 1
             elif kind in ("ADDED", "MODIFIED"):

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from gatelb.ipam.services import AllocationError, Assignment, ServiceAllocator, ServicePool
 from gatelb.model import IPAddress, IPPool, LoadBalancer, ObjectRef, SyncedState, ValidationError
 from gatelb.sources.base import AddressView, Contribution, Notify
-from gatelb.sources.kubernetes.api import WATCHED, KubeApi, Obj
+from gatelb.sources.kubernetes.api import WATCHED, KubeApi, Obj, describe
 from gatelb.sources.kubernetes.changes import IPPOOLS, L4LBS, SERVICES, ChangeTracker
 from gatelb.sources.kubernetes.informer import Informer
 from gatelb.sources.kubernetes.lease import LeaseElector
@@ -347,12 +347,13 @@ class KubeSource:
 
     @staticmethod
     async def _guard(write: Awaitable[None]) -> None:
-        """One failed write (e.g. the object was deleted meanwhile) must not stop the others."""
+        """One failed write must not stop the others. The StatusWriter already logs refused
+        writes (by cause, once); this catches what it lets through (a lost connection)."""
         try:
             await write
         except Exception as err:
             log.warning("write-back failed", extra={"fields": {"event": "write-back-failed",
-                                                                "error": repr(err)[:500]}})
+                                                                "error": str(describe(err))}})
 
     # -- facts for `gatelb status` and readiness ----------------------------------------------
 
