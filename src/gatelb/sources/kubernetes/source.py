@@ -290,13 +290,13 @@ class KubeSource:
             if state is None or not self._elector.is_leader:
                 continue
 
-            async def guarded(write: Awaitable[None]) -> None:
+            async def guarded(write: Awaitable[object]) -> None:
                 async with gate:
                     await self._guard(write)
 
             await asyncio.gather(*(guarded(w) for ref in sorted(batch, key=str) if (w := self._write(ref, state))))
 
-    def _write(self, ref: ObjectRef, state: SyncedState) -> Awaitable[None] | None:
+    def _write(self, ref: ObjectRef, state: SyncedState) -> Awaitable[object] | None:
         if ref.kind == SERVICE:
             svc = self._tracker.service(ref.key)
             return None if svc is None else self._write_service(ref, svc, state)
@@ -346,7 +346,7 @@ class KubeSource:
                                            f"{up}/{len(lb.backends)} backends serving", ip)
 
     @staticmethod
-    async def _guard(write: Awaitable[None]) -> None:
+    async def _guard(write: Awaitable[object]) -> None:
         """One failed write must not stop the others. The StatusWriter already logs refused
         writes (by cause, once); this catches what it lets through (a lost connection)."""
         try:
