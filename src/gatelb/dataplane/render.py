@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 
+from .layout import SETS
 from .ruleset import FAMILY, NO_BACKEND_CHAIN, TABLE, Ruleset, static_pick_chains
 
 T = f"{FAMILY} {TABLE}"
@@ -18,43 +19,9 @@ T = f"{FAMILY} {TABLE}"
 # Elements per `add element` statement: keeps error messages readable; the load time is the same.
 ELEMENT_CHUNK = 5000
 
-# Global sets and maps: name -> declaration. Their elements are the per-service state.
-#
-# `typeof` declarations say `tcp dport` where the rules say `th dport` (which also covers UDP):
-# nft 1.0.6 cannot rebuild a `typeof ip daddr . ... . th dport` key from the kernel ("conflicting
-# protocols specified: ip vs. th"), which breaks every later transaction that adds a rule using the
-# map. Only the key's type (inet_service, 16 bits) matters for matching, so this is safe; it does
-# make `nft list` print `tcp dport` in those rules, for UDP services too.
-#
-# The backend maps are per protocol (be4 for TCP, beu4 for UDP) because the *data* half of the
-# declaration is not only a type: a `dnat ... map` rule whose map data says `tcp dport` gets an
-# implicit `meta l4proto tcp` match from nft, so one shared map silently never DNATs UDP. `th
-# dport` there hits the rebuild bug above, so the UDP map says `udp dport` (and gets `udp`).
-GLOBAL_SETS: dict[str, str] = {}
-for _f, _ip, _t in ((4, "ip", "ipv4_addr"), (6, "ip6", "ipv6_addr")):
-    GLOBAL_SETS[f"svc{_f}"] = f"map svc{_f} {{ type {_t} . inet_proto . inet_service : verdict; }}"
-    for _map, _proto in ((f"be{_f}", "tcp"), (f"beu{_f}", "udp")):
-        GLOBAL_SETS[_map] = (
-            f"map {_map} {{ typeof {_ip} daddr . meta l4proto . tcp dport . numgen random mod 1 : "
-            f"{_ip} daddr . {_proto} dport; }}"
-        )
-    # (frontend address, protocol, backend address, backend port): per-backend counters, packets and
-    # bytes of every flow (flows*) and new connections (conns*). They live as long as the backend
-    # stays configured, whatever happens to its slots. nft 1.0.6 cannot put `ct original proto-dst`
-    # in a concatenation, so the frontend port is not part of the key; see docs/status.md.
-    for _counted in ("flows", "conns"):
-        GLOBAL_SETS[f"{_counted}{_f}"] = (
-            f"set {_counted}{_f} {{ typeof ct original {_ip} daddr . meta l4proto . {_ip} daddr . tcp dport; "
-            "counter; }"
-        )
-    GLOBAL_SETS[f"fullnat{_f}"] = (
-        f"set fullnat{_f} {{ typeof ct original {_ip} daddr . meta l4proto . {_ip} daddr . tcp dport; }}"
-    )
-    GLOBAL_SETS[f"restricted{_f}"] = f"set restricted{_f} {{ type {_t} . inet_proto . inet_service; }}"
-    GLOBAL_SETS[f"allow{_f}"] = (
-        f"set allow{_f} {{ type {_t} . inet_proto . inet_service . {_t}; flags interval; }}"
-    )
-GLOBAL_SETS["generation"] = "set generation { type mark; }"
+# Global sets and maps: name -> declaration, from the layout (dataplane/layout.py says why each
+# looks the way it does). Their elements are the per-service state.
+GLOBAL_SETS: dict[str, str] = {name: layout.declaration() for name, layout in SETS.items()}
 
 
 def _services_rules() -> list[str]:
