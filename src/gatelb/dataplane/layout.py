@@ -77,13 +77,18 @@ class FieldType(enum.Enum):
             return False
         return value < 1 << 16 if self is FieldType.INET_SERVICE else value < 1 << 32
 
+    @staticmethod
+    def text(value: FieldValue) -> str:
+        """nft's text of a value (the same for every field type)."""
+        return str(value)
+
     def parse(self, text: str | int) -> FieldValue:
         """The typed value of nft's text (or JSON) form of one field."""
         if self in (FieldType.IPV4_ADDR, FieldType.IPV6_ADDR):
             text = str(text)
             return ipaddress.ip_network(text) if "/" in text else ipaddress.ip_address(text)
         if self is FieldType.INET_PROTO:
-            return Protocol(text)
+            return Protocol(str(text))
         return int(text, 0) if isinstance(text, str) else int(text)
 
 
