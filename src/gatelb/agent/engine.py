@@ -125,8 +125,7 @@ class DataplaneSync:
             self._nft.apply(script)
             return
         deletes, adds = element_changes(before, after)
-        if not all(name in NETLINK_INCREMENT_SETS for name, _ in deletes) or not all(
-                name in NETLINK_INCREMENT_SETS for name, _ in adds):
+        if not all(name in NETLINK_INCREMENT_SETS for name, _ in [*deletes, *adds]):
             self._nft.apply(script)
             return
         deletes.append((GENERATION.name, [(self._generation,)]))
