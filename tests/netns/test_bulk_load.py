@@ -66,12 +66,14 @@ from gatelb.agent.engine import DataplaneSync
 from gatelb.kernel.nft import NftCli, NftError
 from gatelb.model import ResolvedState
 from tests.unit.test_dataplane import example_state
-import gatelb.dataplane.ruleset as r
+import ipaddress
+from gatelb.model import Protocol
 class Broken(NftCli):
     def load_elements(self, elements):
         # a verdict to a chain that does not exist: the kernel refuses the whole batch
         elements = dict(elements)
-        elements["svc4"] = {**elements["svc4"], "203.0.113.99 . tcp . 80": "goto no_such_chain"}
+        key = (ipaddress.ip_address("203.0.113.99"), Protocol.TCP, 80)
+        elements["svc4"] = {**elements["svc4"], key: "goto no_such_chain"}
         super().load_elements(elements)
 try:
     DataplaneSync(Broken()).sync(example_state())

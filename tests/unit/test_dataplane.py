@@ -71,7 +71,8 @@ def test_layout_uses_shared_pick_chains() -> None:
     assert set(rs.elements["svc4"].values()) == {"goto pick4_random_2"}
     assert len(rs.elements["svc4"]) == 50
     assert len(rs.elements["be4"]) == 100
-    assert rs.elements["be4"]["203.0.113.1 . tcp . 80 . 1"] == "198.51.100.12 . 8080"
+    ip = ipaddress.ip_address
+    assert rs.elements["be4"][(ip("203.0.113.1"), Protocol.TCP, 80, 1)] == (ip("198.51.100.12"), 8080)
 
 
 def test_weights_become_slots() -> None:
@@ -88,8 +89,9 @@ def test_weights_become_slots() -> None:
 
 def test_idle_backends_keep_counters_but_take_no_slots() -> None:
     rs = compile_ruleset(example_state())
-    assert "203.0.113.10 . tcp . 198.51.100.14 . 8080" in rs.elements["flows4"]
-    assert "198.51.100.14 . 8080" not in rs.elements["be4"].values()
+    ip = ipaddress.ip_address
+    assert (ip("203.0.113.10"), Protocol.TCP, ip("198.51.100.14"), 8080) in rs.elements["flows4"]
+    assert (ip("198.51.100.14"), 8080) not in rs.elements["be4"].values()
 
 
 def _random_state(rng: random.Random) -> ResolvedState:

@@ -29,7 +29,7 @@ def test_udp_and_tcp_services_use_separate_maps_and_chains() -> None:
                                                 service(Protocol.UDP, algorithm, family))))
             assert len(rs.elements[f"be{family}"]) == 1 and len(rs.elements[f"beu{family}"]) == 1
             # the chains the two services jump to: per-service (round robin) or from the skeleton
-            targets = [d.removeprefix("goto ") for d in rs.elements[f"svc{family}"].values()]
+            targets = [str(d).removeprefix("goto ") for d in rs.elements[f"svc{family}"].values()]
             chains = {**REGULAR_CHAINS, **{k: list(v) for k, v in rs.chains.items()}}
             rules = [r for t in targets for r in chains[t]]
             assert sum(f"map @beu{family}" in r for r in rules) == 1, rules

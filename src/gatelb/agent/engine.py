@@ -18,16 +18,10 @@ from dataclasses import dataclass
 
 from gatelb.dataplane import Ruleset, compile_ruleset, render_delete, render_diff, render_full
 from gatelb.dataplane.incremental import AppliedRuleset
+from gatelb.dataplane.layout import GENERATION, NETLINK_BULK_SETS, NETLINK_INCREMENT_SETS
 from gatelb.dataplane.render import count_changes, element_changes, elements_only
 from gatelb.kernel.nft import Nft
 from gatelb.model import ResolvedState, Service
-
-# Sets whose elements may go to the kernel over netlink (kernel/nlelements.py CODECS): in bulk
-# for a full load, and for element-only increments (ELEMENT_SETS; `allow*` are interval sets,
-# which the netlink encoder does not do).
-ELEMENT_SETS = ("svc4", "be4", "beu4", "flows4", "conns4", "fullnat4", "restricted4",
-                "svc6", "be6", "beu6", "flows6", "conns6", "fullnat6", "restricted6", "generation")
-BULK_SETS = ("svc4", "be4", "beu4", "flows4", "conns4", "svc6", "be6", "beu6", "flows6", "conns6")
 
 
 @dataclass(frozen=True)
@@ -175,11 +169,11 @@ class DataplaneSync:
             self._nft.apply(script)
             return
         deletes, adds = element_changes(before, after)
-        if not all(name in ELEMENT_SETS for name, _ in deletes) or not all(name in ELEMENT_SETS for name, _ in adds):
+        if not all(name in NETLINK_INCREMENT_SETS for name, _ in [*deletes, *adds]):
             self._nft.apply(script)
             return
-        deletes.append(("generation", [str(self._generation)]))
-        adds.append(("generation", [(str(self._generation + 1), "")]))
+        deletes.append((GENERATION.name, [(self._generation,)]))
+        adds.append((GENERATION.name, [((self._generation + 1,), None)]))
         self._nft.apply_elements(deletes, adds)
 
     def _load_full(self, rs: Ruleset, generation: int) -> str:
@@ -196,8 +190,8 @@ class DataplaneSync:
             script = render_full(rs, generation)
             self._nft.apply(script)
             return script
-        bulk = {name: rs.elements[name] for name in BULK_SETS if rs.elements.get(name)}
-        rest = Ruleset({k: v for k, v in rs.elements.items() if k not in BULK_SETS}, rs.chains, rs.sets)
+        bulk = {name: rs.elements[name] for name in NETLINK_BULK_SETS if rs.elements.get(name)}
+        rest = Ruleset({k: v for k, v in rs.elements.items() if k not in NETLINK_BULK_SETS}, rs.chains, rs.sets)
         structure = render_full(rest, generation)
         self._nft.apply(structure)
         try:

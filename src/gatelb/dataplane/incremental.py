@@ -10,41 +10,45 @@ yields the before/after of just the objects they touch, which render_diff turns 
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from gatelb.model import ResolvedState, Service
 
-from .ruleset import Ruleset, compile_service
+from .layout import Data, Key
+from .ruleset import Ruleset, compile_service, gc_paused
 
-ObjKey = tuple[str, str, str]  # (kind: "el" | "chain" | "set", set name or "", element key or name)
-
-
-class _Ref:
-    __slots__ = ("refs", "value")
-
-    def __init__(self, value: object) -> None:
-        self.value = value
-        self.refs = 1
+# An object some service references: ("el", set name, element key), ("chain", "", name) or
+# ("set", "", name).
+ObjKey = tuple[str, str, Key | str]
 
 
 @dataclass
 class AppliedRuleset:
+    """What is applied, with each object once: elements per set (typed keys, as compiled), chains
+    and dynamic sets. Most objects belong to one service; `extra_refs` counts the references
+    beyond the first of those that several services share, so the common case costs one dict
+    entry per element and no per-element object."""
+
     services: dict[str, Service] = field(default_factory=dict)
-    objects: dict[ObjKey, _Ref] = field(default_factory=dict)
+    elements: dict[str, dict[Key, Data]] = field(default_factory=dict)
+    chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    sets: dict[str, str] = field(default_factory=dict)
+    extra_refs: dict[ObjKey, int] = field(default_factory=dict)
 
     @classmethod
     def build(cls, state: ResolvedState) -> AppliedRuleset:
         applied = cls()
-        for svc in state.services:
-            applied.services[svc.name] = svc
-            for obj, value in _objects(compile_service(svc)):
-                applied._ref(obj, value)
+        with gc_paused():
+            for svc in state.services:
+                applied.services[svc.name] = svc
+                applied._ref_all(compile_service(svc))
         return applied
 
     def ruleset(self) -> Ruleset:
         """Everything, in first-reference order (a full load)."""
-        return self._snapshot(self.objects)
+        return Ruleset({name: dict(els) for name, els in self.elements.items() if els},
+                       dict(self.chains), dict(self.sets))
 
     def diff_against(self, state: ResolvedState) -> tuple[list[Service], list[str]]:
         """(services added or changed, names removed) relative to what is applied."""
@@ -66,58 +70,70 @@ class AppliedRuleset:
             if svc.name in self.services:
                 old_frags.append(compile_service(self.services[svc.name]))
             new_frags.append((svc, compile_service(svc)))
-        touched: set[ObjKey] = set()
+        # Touched objects, in a deterministic order (the fragments'), values ignored.
+        touched = Ruleset()
+        for frag in [*old_frags, *(f for _, f in new_frags)]:
+            for name, els in frag.elements.items():
+                touched.elements.setdefault(name, {}).update(els)
+            touched.chains.update(frag.chains)
+            touched.sets.update(frag.sets)
+        before = self._snapshot(touched)
         for frag in old_frags:
-            touched.update(obj for obj, _ in _objects(frag))
-        for _, frag in new_frags:
-            touched.update(obj for obj, _ in _objects(frag))
-        before = self._snapshot(sorted(touched))
-        for frag in old_frags:
-            for obj, _ in _objects(frag):
-                self._unref(obj)
+            self._unref_all(frag)
         for name in removed:
             del self.services[name]
         for svc, frag in new_frags:
-            for obj, value in _objects(frag):
-                self._ref(obj, value)
+            self._ref_all(frag)
             self.services[svc.name] = svc
-        return before, self._snapshot(sorted(touched))
+        return before, self._snapshot(touched)
 
-    def _ref(self, obj: ObjKey, value: object) -> None:
-        ref = self.objects.get(obj)
-        if ref is None:
-            self.objects[obj] = _Ref(value)
+    def _ref_all(self, frag: Ruleset) -> None:
+        for name, els in frag.elements.items():
+            held = self.elements.setdefault(name, {})
+            for key, data in els.items():
+                size = len(held)
+                held[key] = data  # the latest reference's data wins
+                if len(held) == size:
+                    self._share(("el", name, key))
+        for chain, rules in frag.chains.items():
+            if chain in self.chains:
+                self._share(("chain", "", chain))
+            self.chains[chain] = rules
+        for set_name, decl in frag.sets.items():
+            if set_name in self.sets:
+                self._share(("set", "", set_name))
+            self.sets[set_name] = decl
+
+    def _share(self, obj: ObjKey) -> None:
+        self.extra_refs[obj] = self.extra_refs.get(obj, 0) + 1
+
+    def _unref_all(self, frag: Ruleset) -> None:
+        for name, els in frag.elements.items():
+            held = self.elements[name]
+            for key in els:
+                self._unref(("el", name, key), held, key)
+        for obj_name in frag.chains:
+            self._unref(("chain", "", obj_name), self.chains, obj_name)
+        for obj_name in frag.sets:
+            self._unref(("set", "", obj_name), self.sets, obj_name)
+
+    def _unref(self, obj: ObjKey, held: dict[Key, Data] | dict[str, tuple[str, ...]] | dict[str, str],
+               key: Key | str) -> None:
+        more = self.extra_refs.get(obj)
+        if more is None:
+            del held[key]  # type: ignore[arg-type]
+        elif more == 1:
+            del self.extra_refs[obj]
         else:
-            ref.refs += 1
-            ref.value = value
+            self.extra_refs[obj] = more - 1
 
-    def _unref(self, obj: ObjKey) -> None:
-        ref = self.objects[obj]
-        ref.refs -= 1
-        if ref.refs == 0:
-            del self.objects[obj]
-
-    def _snapshot(self, objs: Iterable[ObjKey]) -> Ruleset:
+    def _snapshot(self, touched: Ruleset) -> Ruleset:
         rs = Ruleset()
-        for obj in objs:
-            ref = self.objects.get(obj)
-            if ref is None:
-                continue
-            kind, container, name = obj
-            if kind == "el":
-                rs.add_element(container, name, str(ref.value))
-            elif kind == "chain":
-                rs.chains[name] = ref.value  # type: ignore[assignment]
-            else:
-                rs.sets[name] = str(ref.value)
+        for name, keys in touched.elements.items():
+            held = self.elements.get(name, {})
+            present = {k: held[k] for k in keys if k in held}
+            if present:
+                rs.elements[name] = present
+        rs.chains = {n: self.chains[n] for n in sorted(touched.chains) if n in self.chains}
+        rs.sets = {n: self.sets[n] for n in sorted(touched.sets) if n in self.sets}
         return rs
-
-
-def _objects(frag: Ruleset) -> Iterator[tuple[ObjKey, object]]:
-    for container, elements in frag.elements.items():
-        for key, data in elements.items():
-            yield ("el", container, key), data
-    for name, rules in frag.chains.items():
-        yield ("chain", "", name), rules
-    for name, decl in frag.sets.items():
-        yield ("set", "", name), decl

@@ -8,7 +8,11 @@ rules, chains or per-service sets.
     svc4 element:     203.0.113.10 . tcp . 80 : goto pick4_random_4
     pick4_random_4:   dnat ip to ip daddr . meta l4proto . th dport . numgen random mod 4 map @be4
     be4 elements:     203.0.113.10 . tcp . 80 . 0 : 198.51.100.11 . 8080   (one per weighted slot)
-    (UDP services use pick4u_* chains and the beu4 map: see render.GLOBAL_SETS)
+    (UDP services use pick4u_* chains and the beu4 map: see layout.py)
+
+Elements are typed tuples (layout.py): the be4 element above is the key (IPv4Address('203.0.113.10'),
+Protocol.TCP, 80, 0) with data (IPv4Address('198.51.100.11'), 8080); render.py writes them as nft
+text, kernel/nlelements.py encodes them for netlink.
 
 The pick chains are shared by every service with the same algorithm and slot count, so 10,000
 services need only a handful of rules. Round robin needs a counter of its own per service, and
@@ -20,9 +24,13 @@ Nothing here does I/O; the same input always gives the same Ruleset, in the same
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import hashlib
 import ipaddress
 import re
+import sys
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from gatelb.model import (
@@ -36,6 +44,7 @@ from gatelb.model import (
     Service,
 )
 
+from .layout import FAMILY_SETS, Data, Key, affinity_set
 from .slots import slot_sequence
 
 TABLE = "gatelb"
@@ -60,8 +69,9 @@ def fmt_endpoint(address: IPAddress, port: int) -> str:
     return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"
 
 
-def frontend_key(svc: Service) -> str:
-    return f"{svc.vip} . {svc.protocol.value} . {svc.port}"
+def frontend_key(svc: Service) -> Key:
+    """The key of the service in svc4/svc6 (and restricted4/6): (address, protocol, port)."""
+    return (svc.vip, svc.protocol, svc.port)
 
 
 def _short_hash(text: str, length: int) -> str:
@@ -85,26 +95,42 @@ def backend_id(backend: Backend) -> str:
 class Ruleset:
     """What the table should contain beyond its fixed skeleton (see render.skeleton()).
 
-    elements: for every global set/map, element key text -> data text ("" for plain sets).
+    elements: for every global set/map, typed element key -> data (None for plain sets); the
+              fields follow the set's layout (layout.SETS).
     chains:   dynamic chains (pick and per-service chains), name -> rules.
     sets:     dynamic sets (affinity), name -> declaration body.
     """
 
-    elements: dict[str, dict[str, str]] = field(default_factory=dict)
+    elements: dict[str, dict[Key, Data]] = field(default_factory=dict)
     chains: dict[str, tuple[str, ...]] = field(default_factory=dict)
     sets: dict[str, str] = field(default_factory=dict)
 
-    def add_element(self, set_name: str, key: str, data: str = "") -> None:
+    def add_element(self, set_name: str, key: Key, data: Data = None) -> None:
         self.elements.setdefault(set_name, {})[key] = data
 
     def element_count(self) -> int:
         return sum(len(v) for v in self.elements.values())
 
 
+@contextlib.contextmanager
+def gc_paused() -> Iterator[None]:
+    """Compiling 10,000 services allocates some 300,000 element tuples and no reference cycles;
+    the cyclic collector's passes over the growing heap meanwhile would cost more than the
+    compile itself, so it waits until the end."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
 def compile_ruleset(state: ResolvedState) -> Ruleset:
     rs = Ruleset()
-    for svc in state.services:
-        _compile_service(rs, svc)
+    with gc_paused():
+        for svc in state.services:
+            _compile_service(rs, svc)
     return rs
 
 
@@ -115,44 +141,49 @@ def compile_service(svc: Service) -> Ruleset:
     return rs
 
 
+def goto(chain: str) -> str:
+    """A verdict map's data. Interned: most services share a handful of pick chains."""
+    return sys.intern(f"goto {chain}")
+
+
 def _compile_service(rs: Ruleset, svc: Service) -> None:
-    fam = svc.family
-    key = frontend_key(svc)
-    proto = svc.protocol.value
-    # Hot path at 10,000 services: format every address once.
-    targets = [f"{b.address} . {b.port}" for b in svc.backends]
-    flows_prefix = f"{svc.vip} . {proto} . "
+    names = FAMILY_SETS[svc.family]
+    vip, proto, port = svc.vip, svc.protocol, svc.port
+    key: Key = (vip, proto, port)
+    elements = rs.elements
+    # Hot path at 10,000 services: a tuple per backend, shared by its slots' elements.
+    targets = [(b.address, b.port) for b in svc.backends]
 
     if svc.source_ranges:
-        rs.add_element(f"restricted{fam}", key)
+        rs.add_element(names.restricted, key)
         for net in svc.source_ranges:
-            rs.add_element(f"allow{fam}", f"{key} . {net}")
+            rs.add_element(names.allow, (vip, proto, port, net))
 
-    flows = rs.elements.setdefault(f"flows{fam}", {})
-    conns = rs.elements.setdefault(f"conns{fam}", {})
-    for t in targets:
-        flows[flows_prefix + t] = conns[flows_prefix + t] = ""
+    # One dict hashes each key once; update() reuses the stored hashes for the second set.
+    flow_keys: list[Key] = [(vip, proto, a, p) for a, p in targets]
+    flows: dict[Key, Data] = dict.fromkeys(flow_keys)
     for b in svc.idle_backends:
-        flows[f"{flows_prefix}{b.address} . {b.port}"] = conns[f"{flows_prefix}{b.address} . {b.port}"] = ""
+        flows[(vip, proto, b.address, b.port)] = None
+    elements.setdefault(names.flows, {}).update(flows)
+    elements.setdefault(names.conns, {}).update(flows)
 
     if not svc.backends:
-        verdict = f"goto {NO_BACKEND_CHAIN}" if svc.no_backend is NoBackendAction.REJECT else "drop"
-        rs.add_element(f"svc{fam}", key, verdict)
+        verdict = goto(NO_BACKEND_CHAIN) if svc.no_backend is NoBackendAction.REJECT else "drop"
+        rs.add_element(names.svc, key, verdict)
         return
 
     if svc.nat is NatMode.FULLNAT:
-        for t in targets:
-            rs.add_element(f"fullnat{fam}", flows_prefix + t)
+        elements.setdefault(names.fullnat, {}).update(dict.fromkeys(flow_keys))
 
     slots = slot_sequence([b.weight for b in svc.backends])
     if svc.affinity is not None:
         chain = _compile_affinity(rs, svc, slots)
     else:
-        be = rs.elements.setdefault(backend_map(svc), {})
+        be = elements.setdefault(names.beu if proto is Protocol.UDP else names.be, {})
         for slot, index in enumerate(slots):
-            be[f"{key} . {slot}"] = targets[index]
+            be[(vip, proto, port, slot)] = targets[index]
         chain = _pick_chain(rs, svc, len(slots))
-    rs.add_element(f"svc{fam}", key, f"goto {chain}")
+    rs.add_element(names.svc, key, goto(chain))
 
 
 def _selector(svc: Service, modulus: int) -> str:
@@ -165,8 +196,9 @@ def _selector(svc: Service, modulus: int) -> str:
 
 
 def backend_map(svc: Service) -> str:
-    """be4/be6 for TCP, beu4/beu6 for UDP (render.GLOBAL_SETS says why they cannot be shared)."""
-    return f"be{'u' if svc.protocol is Protocol.UDP else ''}{svc.family}"
+    """be4/be6 for TCP, beu4/beu6 for UDP (layout.py says why they cannot be shared)."""
+    names = FAMILY_SETS[svc.family]
+    return names.beu if svc.protocol is Protocol.UDP else names.be
 
 
 # Shared pick chains for up to this many slots are part of the table's fixed skeleton, so that a
@@ -176,7 +208,7 @@ STATIC_PICK_SLOTS = 16
 
 def pick_rule(family: int, protocol: Protocol, selector: str) -> str:
     ip = ip_keyword(family)
-    bemap = f"be{'u' if protocol is Protocol.UDP else ''}{family}"
+    bemap = FAMILY_SETS[family].beu if protocol is Protocol.UDP else FAMILY_SETS[family].be
     return f"dnat {ip} to {ip} daddr . meta l4proto . th dport . {selector} map @{bemap}"
 
 
@@ -220,7 +252,7 @@ def _compile_affinity(rs: Ruleset, svc: Service, slots: tuple[int, ...]) -> str:
     sid = service_id(svc)
     assert svc.affinity is not None
     timeout = svc.affinity.timeout_seconds
-    addr_type = "ipv4_addr" if fam == 4 else "ipv6_addr"
+    decl = affinity_set(fam, timeout).declaration_body()
     rules: list[str] = []
     endpoint_chains: list[str] = []
     for b in svc.backends:
@@ -229,7 +261,7 @@ def _compile_affinity(rs: Ruleset, svc: Service, slots: tuple[int, ...]) -> str:
         # new timeout is a new set (and new rules) rather than an in-place change nft cannot do.
         set_name = f"aff_{sid}_{bid}_{timeout}"
         ep_chain = f"ep_{sid}_{bid}"
-        rs.sets[set_name] = f"type {addr_type}; flags dynamic,timeout; timeout {timeout}s;"
+        rs.sets[set_name] = decl
         rs.chains[ep_chain] = (
             f"update @{set_name} {{ {ip} saddr }} meta l4proto {svc.protocol.value}"
             f" dnat {ip} to {fmt_endpoint(b.address, b.port)}",

@@ -1,5 +1,7 @@
 """Counters read back from our table (nft JSON), keyed the way the compiler wrote them.
 
+Which sets count what, and their key fields, come from dataplane/layout.py (Role, COUNTER_SETS).
+
 Both counter sets are keyed by (frontend address, protocol, backend address, backend port) and
 counted in the forward hook: `flows*` counts packets and bytes of both directions, `conns*` the
 first packet of each new connection. Their elements live as long as the backend is configured, so
@@ -11,9 +13,10 @@ never for the sync path.
 
 from __future__ import annotations
 
-import ipaddress
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, cast
+
+from gatelb.dataplane.layout import COUNTER_SETS, GENERATION, Key, Role
 
 FlowKey = tuple[str, str, str, int]  # (vip, protocol, backend address, backend port), canonical text
 
@@ -35,8 +38,13 @@ class TableCounters:
     new_connections: dict[FlowKey, int] = field(default_factory=dict)
 
 
-def _canon(addr: str) -> str:
-    return str(ipaddress.ip_address(addr))
+def flow_key(key: Key) -> FlowKey:
+    """A counter set's typed key (layout Role.FLOWS / Role.CONNS) as the text tuple status uses."""
+    vip, proto, backend, port = key
+    return (str(vip), str(proto), str(backend), cast(int, port))
+
+
+_COUNTED = {s.name: s for s in COUNTER_SETS}
 
 
 def _element(raw: Any) -> tuple[list[Any], Counter]:
@@ -55,13 +63,14 @@ def parse_table(objects: list[dict[str, Any]]) -> TableCounters:
         if not s:
             continue
         name, elems = s.get("name", ""), s.get("elem") or []
-        if name == "generation":
+        layout = _COUNTED.get(name)
+        if name == GENERATION.name:
             out.generation = int(elems[0]) if elems else 0
-        elif name.startswith(("flows", "conns")):
+        elif layout is not None:
             for raw in elems:
                 parts, counter = _element(raw)
-                key = (_canon(parts[0]), parts[1], _canon(parts[2]), int(parts[3]))
-                if name.startswith("flows"):
+                key = flow_key(tuple(f.type.parse(p) for f, p in zip(layout.key, parts, strict=True)))
+                if layout.role is Role.FLOWS:
                     out.flows[key] = counter
                 else:
                     out.new_connections[key] = counter.packets

@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import copy
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from gatelb.dataplane.render import ElementAdds, ElementDeletes
+from gatelb.dataplane.layout import Data, Key
+from gatelb.dataplane.render import ElementAdds, ElementDeletes, element_texts, key_texts
 from gatelb.dataplane.ruleset import FAMILY, TABLE
 
 from .counters import TableCounters
 from .nft import NftError
+from .nlelements import CODECS
 
 _T = f"{FAMILY} {TABLE}"
 _REF = re.compile(r"(?:goto|jump) ([A-Za-z0-9_-]+)")
@@ -76,13 +79,14 @@ class FakeNft:
     bulk_elements = True  # exercised like the real two-step load: structure, then elements
 
     def apply_elements(self, deletes: ElementDeletes, adds: ElementAdds) -> None:
-        lines = [f"delete element {_T} {name} {{ {', '.join(keys)} }}" for name, keys in deletes if keys]
-        lines += [f"add element {_T} {name} {{ {', '.join(f'{k} : {d}' if d else k for k, d in items)} }}"
-                  for name, items in adds if items]
+        for name, _ in [*deletes, *adds]:
+            CODECS[name]()  # only sets the netlink encoder takes (KeyError otherwise, like the real one)
+        lines = [f"delete element {_T} {name} {{ {', '.join(key_texts(keys))} }}" for name, keys in deletes if keys]
+        lines += [f"add element {_T} {name} {{ {', '.join(element_texts(items))} }}" for name, items in adds if items]
         self.apply("\n".join(lines) + "\n" if lines else "")
 
-    def load_elements(self, elements: dict[str, dict[str, str]]) -> None:
-        lines = [f"add element {_T} {name} {{ {', '.join(f'{k} : {d}' if d else k for k, d in items.items())} }}"
+    def load_elements(self, elements: Mapping[str, Mapping[Key, Data]]) -> None:
+        lines = [f"add element {_T} {name} {{ {', '.join(element_texts(items.items()))} }}"
                  for name, items in elements.items() if items]
         self.apply("\n".join(lines) + "\n" if lines else "")
 

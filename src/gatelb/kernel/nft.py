@@ -12,8 +12,10 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Mapping
 from typing import Any, Protocol
 
+from gatelb.dataplane.layout import Data, Key
 from gatelb.dataplane.render import ElementAdds, ElementDeletes
 from gatelb.dataplane.ruleset import FAMILY, TABLE
 
@@ -50,7 +52,9 @@ class Nft(Protocol):
         """Whether load_elements() can add elements outside nft (see kernel/nlelements.py)."""
         ...
 
-    def load_elements(self, elements: dict[str, dict[str, str]]) -> None: ...
+    def load_elements(self, elements: Mapping[str, Mapping[Key, Data]]) -> None:
+        """Add typed elements (dataplane/layout.py) to sets of our table, as one transaction."""
+        ...
 
     def apply_elements(self, deletes: ElementDeletes, adds: ElementAdds) -> None:
         """One transaction deleting, then adding, set elements (only when bulk_elements)."""
@@ -87,7 +91,7 @@ class NftCli:
         # too; GATELB_NFT_ONLY=1 turns it off (for comparisons, or if a kernel ever disagrees).
         return not self._prefix and sys.byteorder == "little" and os.environ.get("GATELB_NFT_ONLY") != "1"
 
-    def load_elements(self, elements: dict[str, dict[str, str]]) -> None:
+    def load_elements(self, elements: Mapping[str, Mapping[Key, Data]]) -> None:
         from .nlelements import build_batch, send_batch
 
         batch, acks = build_batch(TABLE, {name: items.items() for name, items in elements.items() if items})

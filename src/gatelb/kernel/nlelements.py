@@ -2,24 +2,30 @@
 
 Why: at 10,000 services nft spends about 2 s parsing and evaluating 200,000 element strings in
 userspace (measured: `nft -c`, which skips the kernel, takes as long as the real load), while the
-kernel needs a fraction of that. Encoding the elements here, from the compiler's element text,
-skips nft's per-element work. Only elements are sent this way; tables, chains, sets and rules
-still go through nft, which understands them far better than we would by hand.
+kernel needs a fraction of that. Encoding the elements here skips nft's per-element work. The
+compiler's elements are typed and every field is encoded as the set's layout says
+(dataplane/layout.py), never guessed from text. Only elements are sent this way; tables, chains,
+sets and rules still go through nft, which understands them far better than we would by hand.
 
 The encoding follows the kernel's uapi (include/uapi/linux/netfilter/nf_tables.h): every field of
 a concatenated key is padded to 4 bytes; integers from `numgen` are host byte order, ports and
-addresses network order. tests/netns/test_nlelements.py proves byte-equality by loading the same
+addresses network order. tests/netns/test_bulk_load.py proves byte-equality by loading the same
 elements both ways and comparing `nft list` output.
 """
 
 from __future__ import annotations
 
 import errno
+import functools
+import ipaddress
 import os
 import socket
 import struct
 import sys
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping
+
+from gatelb.dataplane.layout import SETS, VERDICT, Data, Field, FieldType, FieldValue, Key, SetLayout
+from gatelb.model import Protocol
 
 from .nft import NftError
 
@@ -54,8 +60,10 @@ SO_RCVBUFFORCE = 33
 # Elements per NEWSETELEM message: keeps each message far below netlink's 64 KiB attribute limit.
 ELEMENTS_PER_MESSAGE = 1000
 
-_PROTO = {"tcp": 6, "udp": 17}
+PROTOCOL_NUMBERS: dict[Protocol, int] = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP}
+_PROTOCOLS = {n: p for p, n in PROTOCOL_NUMBERS.items()}
 _HOST_U32 = struct.Struct("=I")
+_NET_U16 = struct.Struct("!H")
 
 
 def nla(kind: int, payload: bytes) -> bytes:
@@ -63,38 +71,68 @@ def nla(kind: int, payload: bytes) -> bytes:
     return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
 
 
-def _field(text: str) -> bytes:
-    """One field of a key or value, padded to 4 bytes (NFT_REG32 granularity)."""
-    if text in _PROTO:
-        return bytes((_PROTO[text], 0, 0, 0))
-    if ":" in text:
-        return socket.inet_pton(socket.AF_INET6, text)
-    if "." in text:
-        return socket.inet_aton(text)
-    return struct.pack("!H", int(text)) + b"\0\0"
+def _encode_addr(value: FieldValue) -> bytes:
+    if not isinstance(value, ipaddress.IPv4Address | ipaddress.IPv6Address):
+        raise ValueError(f"{value!r} is not an address (ranges are not supported over netlink)")
+    return value.packed
+
+
+def _encode_proto(value: FieldValue) -> bytes:
+    return bytes((PROTOCOL_NUMBERS[value], 0, 0, 0))  # type: ignore[index]
+
+
+def _encode_port(value: FieldValue) -> bytes:
+    return _NET_U16.pack(value) + b"\0\0"
+
+
+def _encode_u32(value: FieldValue) -> bytes:
+    return _HOST_U32.pack(value)
+
+
+def _decode_proto(raw: bytes) -> FieldValue:
+    return _PROTOCOLS.get(raw[0], raw[0])
+
+
+# Per field type: value -> bytes as the kernel stores it in a concatenation (every field padded to
+# 4 bytes, NFT_REG32 granularity), and back. Sizes and byte order are layout.FieldType's.
+FIELD_CODECS: dict[FieldType, tuple[Callable[[FieldValue], bytes], Callable[[bytes], FieldValue]]] = {
+    FieldType.IPV4_ADDR: (_encode_addr, ipaddress.IPv4Address),
+    FieldType.IPV6_ADDR: (_encode_addr, ipaddress.IPv6Address),
+    FieldType.INET_PROTO: (_encode_proto, _decode_proto),
+    FieldType.INET_SERVICE: (_encode_port, lambda raw: _NET_U16.unpack_from(raw)[0]),
+    FieldType.MARK: (_encode_u32, lambda raw: _HOST_U32.unpack_from(raw)[0]),
+    FieldType.U32: (_encode_u32, lambda raw: _HOST_U32.unpack_from(raw)[0]),
+}
+
+
+def padded(size: int) -> int:
+    return (size + 3) & ~3
 
 
 class ElementCodec:
-    """Text element (as rendered for nft) -> binary NFTA_LIST_ELEM, for one set's layout.
+    """Typed element (layout.py) <-> binary NFTA_LIST_ELEM, for one set's layout.
 
-    `key_fields` names each concatenated part: "addr", "proto", "port" or "u32" (numgen slot, host
-    byte order). The nested attribute headers depend only on the key and data lengths, so they
-    are built once per length; field values are cached, as addresses and ports repeat.
+    The nested attribute headers depend only on the key and data lengths, so they are built once
+    per length; encoded field values are cached per field type, as addresses and ports repeat.
     """
 
-    def __init__(self, key_fields: Sequence[str], data: str | None) -> None:
-        self._key_fields = tuple(key_fields)
-        self._data = data  # None (plain set), "verdict", or "value" (addr . port)
-        self._cache: dict[str, bytes] = {}
+    def __init__(self, layout: SetLayout) -> None:
+        if layout.interval:
+            raise ValueError(f"{layout.name}: interval sets are not supported by the netlink encoder")
+        self.layout = layout
+        self._data = None if layout.data is None else "verdict" if layout.data == VERDICT else "value"
+        # Per field: (encoder, its cache); fields of one type share a cache.
+        caches: dict[FieldType, dict[FieldValue, bytes]] = {}
+        self._key_enc = [(FIELD_CODECS[f.type][0], caches.setdefault(f.type, {})) for f in layout.key]
+        self._data_enc = [(FIELD_CODECS[f.type][0], caches.setdefault(f.type, {})) for f in layout.data_fields]
         self._verdicts: dict[str, bytes] = {}
         self._frames: dict[tuple[int, int], tuple[bytes, bytes]] = {}
-
-    def _part(self, kind: str, text: str) -> bytes:
-        got = self._cache.get(text if kind != "u32" else "#" + text)
-        if got is None:
-            got = _HOST_U32.pack(int(text)) if kind == "u32" else _field(text)
-            self._cache[text if kind != "u32" else "#" + text] = got
-        return got
+        self._last_a: object = None
+        self._last_b: object = None
+        self._head = b""
+        # (offset, field type) of every key field in the encoded key, for decoding.
+        self.key_slices = _slices(layout.key)
+        self.key_length = sum(padded(f.type.size) for f in layout.key)
 
     def _frame(self, key_len: int, data_len: int, keyed_only: bool = False) -> tuple[bytes, bytes]:
         """(bytes before the key, bytes between key and data) for these lengths; all fields are
@@ -116,39 +154,97 @@ class ElementCodec:
             frame = self._frames[(key_len, -1 if keyed_only else data_len)] = (before, between)
         return frame
 
-    def _key(self, key: str) -> bytes:
-        if len(self._key_fields) == 1:
-            return self._part(self._key_fields[0], key)
-        # Keys share long prefixes (a frontend's slots, a VIP's flows): encode everything but the
-        # last field once per prefix.
-        prefix, _, last = key.rpartition(" . ")
-        head = self._cache.get(prefix)
-        if head is None:
-            parts = prefix.split(" . ")
-            if len(parts) != len(self._key_fields) - 1:
-                raise ValueError(f"element key {key!r} does not have {len(self._key_fields)} fields")
-            fields = zip(self._key_fields, parts, strict=False)
-            head = self._cache[prefix] = b"".join([self._part(k, p) for k, p in fields])
-        return head + self._part(self._key_fields[-1], last)
+    @staticmethod
+    def _fields(encoders: list[tuple[Callable[[FieldValue], bytes], dict[FieldValue, bytes]]],
+                values: tuple[FieldValue, ...], start: int = 0) -> bytes:
+        out = b""
+        for i in range(start, len(values)):
+            encode, cache = encoders[i]
+            value = values[i]
+            got = cache.get(value)
+            if got is None:
+                got = cache[value] = encode(value)
+            out += got
+        return out
 
-    def encode_key(self, key: str) -> bytes:
+    def _key(self, key: Key) -> bytes:
+        if len(key) != len(self._key_enc):
+            raise ValueError(f"{self.layout.name}: key {key!r} does not have {len(self._key_enc)} fields")
+        if len(key) < 3:
+            return self._fields(self._key_enc, key)
+        # A service's elements are consecutive and share their first two fields (the same
+        # objects): encode those once per run.
+        a, b = key[0], key[1]
+        if a is not self._last_a or b is not self._last_b:
+            self._head = self._fields(self._key_enc[:2], key[:2])
+            self._last_a, self._last_b = a, b
+        return self._head + self._fields(self._key_enc, key, 2)
+
+    def encode_key(self, key: Key) -> bytes:
         """An element to delete: the key is enough."""
         key_bytes = self._key(key)
         before, _ = self._frame(len(key_bytes), 0, keyed_only=True)
         return before + key_bytes
 
-    def encode(self, key: str, data: str) -> bytes:
+    def encode(self, key: Key, data: Data) -> bytes:
         key_bytes = self._key(key)
         if self._data == "value":
-            addr, _, port = data.partition(" . ")
-            data_bytes = self._part("addr", addr) + self._part("port", port)
+            if not isinstance(data, tuple) or len(data) != len(self._data_enc):
+                raise ValueError(f"{self.layout.name}: data {data!r} does not match the layout")
+            data_bytes = self._fields(self._data_enc, data)
         elif self._data == "verdict":
+            if not isinstance(data, str):
+                raise ValueError(f"{self.layout.name}: data {data!r} is not a verdict")
             data_bytes = self._verdicts.get(data) or self._verdicts.setdefault(
                 data, nla(NFTA_DATA_VERDICT | NLA_F_NESTED, _verdict(data)))
         else:
             data_bytes = b""
         before, between = self._frame(len(key_bytes), len(data_bytes))
         return before + key_bytes + between + data_bytes
+
+    def decode_key(self, raw: bytes) -> Key:
+        """The NFTA_DATA_VALUE of a key, as the typed key."""
+        if len(raw) != self.key_length:
+            raise ValueError(f"{self.layout.name}: key of {len(raw)} bytes, expected {self.key_length}")
+        return tuple(FIELD_CODECS[t][1](raw[o : o + t.size]) for o, t in self.key_slices)
+
+    def decode(self, element: bytes) -> tuple[Key, Data]:
+        """One encoded NFTA_LIST_ELEM (as encode() builds it) back to (key, data)."""
+        key: Key | None = None
+        data: Data = None
+        for kind, body in attrs(element):
+            if kind != NFTA_LIST_ELEM:
+                raise ValueError(f"not a list element: attribute {kind}")
+            for attr, value in attrs(body):
+                if attr == NFTA_SET_ELEM_KEY:
+                    key = self.decode_key(next(v for k, v in attrs(value) if k == NFTA_DATA_VALUE))
+                elif attr == NFTA_SET_ELEM_DATA and self._data == "value":
+                    raw = next(v for k, v in attrs(value) if k == NFTA_DATA_VALUE)
+                    data = tuple(FIELD_CODECS[t][1](raw[o : o + t.size]) for o, t in _slices(self.layout.data_fields))
+                elif attr == NFTA_SET_ELEM_DATA and self._data == "verdict":
+                    data = _decode_verdict(next(v for k, v in attrs(value) if k == NFTA_DATA_VERDICT))
+        if key is None:
+            raise ValueError("element without a key")
+        return key, data
+
+
+def _slices(fields: tuple[Field, ...]) -> tuple[tuple[int, FieldType], ...]:
+    out, offset = [], 0
+    for f in fields:
+        out.append((offset, f.type))
+        offset += padded(f.type.size)
+    return tuple(out)
+
+
+def attrs(data: bytes) -> Iterator[tuple[int, bytes]]:
+    """The netlink attributes in `data`: (type without the nested flag, payload)."""
+    offset = 0
+    while offset + 4 <= len(data):
+        length, kind = struct.unpack_from("=HH", data, offset)
+        if length < 4:
+            return
+        yield kind & ~NLA_F_NESTED & 0x7FFF, data[offset + 4 : offset + length]
+        offset += (length + 3) & ~3
 
 
 def _verdict(text: str) -> bytes:
@@ -160,18 +256,25 @@ def _verdict(text: str) -> bytes:
     return nla(NFTA_VERDICT_CODE, struct.pack("!i", NFT_GOTO)) + nla(NFTA_VERDICT_CHAIN, chain.encode() + b"\0")
 
 
-# The layouts of the sets the compiler fills in bulk (see dataplane/render.py GLOBAL_SETS).
-CODECS: dict[str, Callable[[], ElementCodec]] = {}
-for _f in (4, 6):
-    CODECS[f"svc{_f}"] = lambda: ElementCodec(("addr", "proto", "port"), "verdict")
-    CODECS[f"be{_f}"] = lambda: ElementCodec(("addr", "proto", "port", "u32"), "value")
-    CODECS[f"beu{_f}"] = lambda: ElementCodec(("addr", "proto", "port", "u32"), "value")
-    CODECS[f"flows{_f}"] = lambda: ElementCodec(("addr", "proto", "addr", "port"), None)
-    CODECS[f"conns{_f}"] = lambda: ElementCodec(("addr", "proto", "addr", "port"), None)
-    CODECS[f"fullnat{_f}"] = lambda: ElementCodec(("addr", "proto", "addr", "port"), None)
-    CODECS[f"restricted{_f}"] = lambda: ElementCodec(("addr", "proto", "port"), None)
-# `type mark` is host byte order, like numgen's integers.
-CODECS["generation"] = lambda: ElementCodec(("u32",), None)
+def _decode_verdict(body: bytes) -> str:
+    code, chain = None, ""
+    for kind, value in attrs(body):
+        if kind == NFTA_VERDICT_CODE:
+            (code,) = struct.unpack("!i", value[:4])
+        elif kind == NFTA_VERDICT_CHAIN:
+            chain = value.rstrip(b"\0").decode()
+    if code == NF_DROP:
+        return "drop"
+    if code == NFT_GOTO:
+        return f"goto {chain}"
+    raise ValueError(f"verdict code {code} is not one the netlink loader writes")
+
+
+# The codecs of the sets that go over netlink, from the layout: set name -> a new codec.
+CODECS: dict[str, Callable[[], ElementCodec]] = {
+    name: functools.partial(ElementCodec, layout)
+    for name, layout in SETS.items() if layout.netlink_bulk or layout.netlink_increments
+}
 
 
 def nl_message(kind: int, flags: int, seq: int, family: int, res_id: int, payload: bytes) -> bytes:
@@ -208,11 +311,11 @@ class Batch:
             self._msgs.append(nl_message((NFNL_SUBSYS_NFTABLES << 8) | kind, flags | NLM_F_REQUEST | NLM_F_ACK,
                                        self._seq, NFPROTO_INET, 0, payload))
 
-    def add(self, set_name: str, items: Iterable[tuple[str, str]]) -> None:
+    def add(self, set_name: str, items: Iterable[tuple[Key, Data]]) -> None:
         codec = CODECS[set_name]()
         self._add(NFT_MSG_NEWSETELEM, NLM_F_CREATE, set_name, (codec.encode(k, d) for k, d in items))
 
-    def delete(self, set_name: str, keys: Iterable[str]) -> None:
+    def delete(self, set_name: str, keys: Iterable[Key]) -> None:
         codec = CODECS[set_name]()
         self._add(NFT_MSG_DELSETELEM, 0, set_name, (codec.encode_key(k) for k in keys))
 
@@ -221,7 +324,7 @@ class Batch:
         return b"".join([*self._msgs, end])
 
 
-def build_batch(table: str, elements: dict[str, Iterable[tuple[str, str]]]) -> tuple[bytes, int]:
+def build_batch(table: str, elements: Mapping[str, Iterable[tuple[Key, Data]]]) -> tuple[bytes, int]:
     """A batch adding `elements` (set name -> (key, data)): (batch bytes, acknowledged messages)."""
     batch = Batch(table)
     for set_name, items in elements.items():
