@@ -12,7 +12,6 @@ from gatelb.sources.kubernetes.translate import (
     Cluster,
     Options,
     is_ours,
-    owner_of,
     pools,
     service_requests,
     status_addresses,
@@ -104,8 +103,6 @@ def test_services_without_an_address_or_not_ours_make_no_load_balancer() -> None
     c = cluster(service("a"), service("b", loadBalancerClass="other"), eps("a", endpoint("198.51.100.11")))
     assert lbs(c, POD) == {}
     assert list(lbs(c, POD, default__b="203.0.113.1")) == []
-    assert owner_of("svc/default/a/tcp/80/v4") == ("Service", "default/a")
-    assert owner_of("l4lb/default/web") == ("L4LB", "default/web")
 
 
 # --- pod mode ----------------------------------------------------------------------------------

@@ -60,10 +60,6 @@ def ip_keyword(family: int) -> str:
     return "ip" if family == 4 else "ip6"
 
 
-def fmt_addr(address: IPAddress) -> str:
-    return str(address)
-
-
 def fmt_endpoint(address: IPAddress, port: int) -> str:
     """addr:port as a dnat target; IPv6 needs brackets there."""
     return f"[{address}]:{port}" if address.version == 6 else f"{address}:{port}"

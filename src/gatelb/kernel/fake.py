@@ -67,9 +67,6 @@ class FakeNft:
         elems = self.table.sets.get("generation", {})
         return int(next(iter(elems))) if elems else 0
 
-    def table_exists(self) -> bool:
-        return self.table is not None
-
     def list_table_json(self) -> list[dict[str, Any]]:
         raise NftError("FakeNft keeps no counters")
 

@@ -41,8 +41,6 @@ class Nft(Protocol):
         """Our table as nft's JSON objects (empty when it does not exist). Slow at scale: not for hot paths."""
         ...
 
-    def table_exists(self) -> bool: ...
-
     def read_counters(self) -> TableCounters:
         """Generation and per-backend counters (for `gatelb status`)."""
         ...
@@ -125,9 +123,6 @@ class NftCli:
             if elems:
                 return int(elems[0])
         return 0
-
-    def table_exists(self) -> bool:
-        return self._run(["list", "tables", FAMILY]).stdout.find(f"table {FAMILY} {TABLE}\n") >= 0
 
     def read_counters(self) -> TableCounters:
         if self.bulk_elements:  # same condition: our netlink socket is in nft's namespace

@@ -44,7 +44,6 @@ from gatelb.model import (
     HealthCheck,
     IPAddress,
     IPNetwork,
-    IPPool,
     LoadBalancer,
     ObjectRef,
     Protocol,
@@ -183,15 +182,6 @@ def service_lb_name(key: str, protocol: Protocol, port: int, family: int) -> str
 
 def l4lb_lb_name(key: str) -> str:
     return f"l4lb/{key}"
-
-
-def owner_of(lb_name: str) -> tuple[str, str]:
-    """(kind, key) of the object an internal load balancer came from."""
-    kind, _, rest = lb_name.partition("/")
-    if kind == "svc":
-        ns, name = rest.split("/")[:2]
-        return SERVICE, f"{ns}/{name}"
-    return L4LB, rest
 
 
 # --- pools ------------------------------------------------------------------------------------
@@ -565,7 +555,3 @@ def to_model(cluster: Cluster, options: Options, assigned: Mapping[str, tuple[IP
     desired = DesiredState(pools=tuple(p.pool for p in pool_list),
                            load_balancers=tuple(sorted(lbs, key=lambda lb: lb.name)))
     return Translation(desired, tuple(errors), {name: ref for t in parts for name, ref in t.origins.items()})
-
-
-def plain_pools(pool_list: Iterable[ServicePool]) -> tuple[IPPool, ...]:
-    return tuple(p.pool for p in pool_list)
