@@ -92,18 +92,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run":
         return _run(args)
 
+    from gatelb.agent import commands
     from gatelb.agent.lock import StateLocked, state_lock
-    from gatelb.cli import oneshot
     from gatelb.cli.output import print_report, print_status
 
     try:
-        ctx = oneshot.Context.create(state_dir(args))
+        ctx = commands.Context.create(state_dir(args))
         if args.command == "status":
-            print_status(oneshot.status(ctx), args.output)
-            return oneshot.EXIT_OK
+            print_status(commands.status(ctx), args.output)
+            return commands.EXIT_OK
         with state_lock(state_dir(args)):
             if args.command in ("apply", "plan"):
-                report = oneshot.apply_path(ctx, args.file, dry_run=args.command == "plan",
+                report = commands.apply_path(ctx, args.file, dry_run=args.command == "plan",
                                             want_nft_text=bool(getattr(args, "dump_nft", None)),
                                             describe=not getattr(args, "quiet", False))
                 if args.command == "apply":
@@ -116,23 +116,23 @@ def main(argv: list[str] | None = None) -> int:
                 else:
                     print_report(report, applied=False, show_nft=args.nft)
             elif args.command == "delete":
-                names, pools = oneshot.names_in(oneshot.read_input(args.file), args.file)
-                print_report(oneshot.delete_names(ctx, names, pools), applied=True)
+                names, pools = commands.names_in(commands.read_input(args.file), args.file)
+                print_report(commands.delete_names(ctx, names, pools), applied=True)
             elif args.command == "flush":
-                oneshot.flush(ctx)
+                commands.flush(ctx)
                 print("flushed: table inet gatelb removed")
     except StateLocked as err:
         print(f"gatelb {args.command}: {err}", file=sys.stderr)
-        return oneshot.EXIT_FAILED
-    except oneshot.CommandError as err:
+        return commands.EXIT_FAILED
+    except commands.CommandError as err:
         print(f"gatelb {args.command}: {err}", file=sys.stderr)
         return err.code
     except Exception as err:
         if os.environ.get("GATELB_DEBUG"):
             raise
         print(f"gatelb {args.command}: {type(err).__name__}: {err}", file=sys.stderr)
-        return oneshot.EXIT_FAILED
-    return oneshot.EXIT_OK
+        return commands.EXIT_FAILED
+    return commands.EXIT_OK
 
 
 if __name__ == "__main__":

@@ -22,7 +22,9 @@ from kubernetes_asyncio.client import (
     CustomObjectsApi,
     DiscoveryV1Api,
 )
-from kubernetes_asyncio.client.exceptions import ApiException
+from kubernetes_asyncio.client.exceptions import (
+    ApiException as ApiException,  # re-exported: only this module imports the client
+)
 
 Obj = dict[str, Any]
 GROUP, VERSION = "gatelb.io", "v1alpha1"

@@ -21,9 +21,7 @@ import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
-from kubernetes_asyncio.client.exceptions import ApiException
-
-from gatelb.sources.kubernetes.api import GRACE_S, REPEAT_S, ApiProblem, KubeApi, Obj, Trouble
+from gatelb.sources.kubernetes.api import GRACE_S, REPEAT_S, ApiException, ApiProblem, KubeApi, Obj, Trouble
 
 log = logging.getLogger("gatelb.kube")
 

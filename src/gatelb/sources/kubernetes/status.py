@@ -17,10 +17,8 @@ from collections.abc import Awaitable, Iterable
 from datetime import UTC, datetime
 from typing import Any
 
-from kubernetes_asyncio.client.exceptions import ApiException
-
 from gatelb.model import IPAddress
-from gatelb.sources.kubernetes.api import GRACE_S, REPEAT_S, ApiProblem, KubeApi, Obj, Trouble, describe
+from gatelb.sources.kubernetes.api import GRACE_S, REPEAT_S, ApiException, ApiProblem, KubeApi, Obj, Trouble, describe
 from gatelb.sources.kubernetes.translate import ANN_POOL_RECORD, _dig, key_of, status_addresses
 
 log = logging.getLogger("gatelb.kube")

@@ -1,4 +1,5 @@
-"""The one-shot commands: apply, plan, delete, flush, status.
+"""The one-shot commands behind `gatelb apply`, `plan`, `delete`, `flush` and `status` (the CLI
+only parses arguments and prints what these return).
 
 apply/plan/delete are one round of the same reconciler the daemon runs, with a one-shot source:
 they adopt the table the state record describes (so a change to one of 10,000 load balancers is
