@@ -1,7 +1,7 @@
 """Generate the benchmark workload: N load balancers x B backends, as gatelb YAML and, for the
 very same services, as the rulesets kube-proxy would load.
 
-Addresses (design.md: 198.18.0.0/15 is for benchmarks):
+Addresses (198.18.0.0/15 is the range reserved for benchmarks, RFC 2544):
   VIPs      198.18.0.0/16 (one per service, from .0.1 up; an IPPool covers the /16)
   backends  198.19.0.0/16 (100,000 endpoints do not fit in a /16, so after 65,534 addresses the
             port moves on: endpoint k is 198.19.0.0 + 1 + k % 65534, port 8080 + k // 65534)
