@@ -67,14 +67,19 @@ class RecordWriter:
         self._state: SyncedState | None = None
         self._wanted = asyncio.Event()
         self._saved_health = -1
+        self._saved_info: dict[str, Any] | None = None
         self.failures = 0
 
     def set(self, state: SyncedState) -> None:
         self._state = state
         self._wanted.set()
 
-    def _health_revised(self) -> bool:
-        return self._monitor is not None and self._monitor.revision != self._saved_health
+    def _revised(self) -> bool:
+        """Health or the mode's facts (leadership, problems) changed since the last write: those
+        show in `gatelb status` even when the data path does not change."""
+        if self._monitor is not None and self._monitor.revision != self._saved_health:
+            return True
+        return self._info is not None and self._state is not None and self._info() != self._saved_info
 
     def _snapshot(self) -> tuple[SyncedState, dict[str, HealthRecord], dict[str, Any]] | None:
         """Taken on the event loop: the monitor changes there. Serialising happens in a thread."""
@@ -82,7 +87,9 @@ class RecordWriter:
             return None
         if self._monitor is not None:
             self._saved_health = self._monitor.revision
-        return self._state, health_records(self._monitor), self._info() if self._info else {}
+        info = self._info() if self._info else {}
+        self._saved_info = info
+        return self._state, health_records(self._monitor), info
 
     def _write(self, state: SyncedState, health: dict[str, HealthRecord], info: dict[str, Any]) -> None:
         self._store.save(stored_state(state, self._sources, health, daemon=True, info=info))
@@ -91,7 +98,7 @@ class RecordWriter:
         while True:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wanted.wait(), SAVE_INTERVAL_S)
-            if not self._wanted.is_set() and not self._health_revised():
+            if not self._wanted.is_set() and not self._revised():
                 continue
             self._wanted.clear()
             snapshot = self._snapshot()

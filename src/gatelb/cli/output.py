@@ -62,6 +62,16 @@ def print_status(data: dict[str, Any], output: str) -> None:
             f"[yellow]warning: kernel generation {gen['kernel']} != applied {gen['applied']}"
             " (table missing or changed outside gatelb)[/yellow]"
         )
+    info = data.get("info") or {}
+    if "leader" in info:
+        synced = info.get("informers") or {}
+        waiting = sorted(k for k, ok in synced.items() if not ok)
+        console.print(f"kubernetes: {'leader' if info['leader'] else 'follower'}; informers "
+                      + (f"not synced: {', '.join(waiting)}" if waiting else "synced"))
+    for problem in info.get("problems") or []:
+        console.print(f"[red]not ready: {problem}[/red]")
+    for error in data.get("errors") or []:
+        console.print(f"[yellow]{error}[/yellow]")
     rows = list(_status_rows(data["loadBalancers"]))
     if len(rows) > RICH_MAX_ROWS:
         # rich lays out every cell of every row (about 90 s for 110,000 rows): plain columns instead.
