@@ -297,3 +297,43 @@ def test_health_dirty_reresolves_only_those(n: int) -> None:
         for i in range(5):
             assert len(r.services[f"lb{i}"].backends) == (1 if i < n else 2)
     asyncio.run(go())
+
+
+class Resender:
+    """A source that hands over its whole content again in every contribution (full=True),
+    equal objects included, as a relist would."""
+
+    name, strict, synced = "resender", False, True
+
+    def __init__(self, lbs: list[LoadBalancer]) -> None:
+        self.lbs = lbs
+
+    async def run(self, notify: Notify) -> None:
+        self.notify = notify
+        notify("start")
+
+    def collect(self, view: AddressView) -> Contribution | None:
+        return Contribution({lb.name: lb for lb in self.lbs}, (POOL,), full=True)
+
+    def commit(self, contribution: Contribution) -> None:
+        pass
+
+
+def test_a_full_contribution_with_equal_objects_changes_nothing_and_removes_only_what_is_missing() -> None:
+    async def go() -> None:
+        src = Resender([lb("a", 11), lb("b", 12), lb("c", 13)])
+        rec = Recorder()
+        nft = FakeNft()
+        r = Reconciler([src], DataplaneSync(nft, indexed=True), consumers=[rec])  # type: ignore[list-item]
+        await run_sources(r, [src])  # type: ignore[list-item]
+        await r.round()
+        transactions = len(nft.transactions)
+        src.lbs = [lb("a", 11), lb("b", 12), lb("c", 13)]  # equal, new objects
+        src.notify("again")
+        await r.round()
+        assert len(nft.transactions) == transactions and rec.states[-1].changed == frozenset()
+        src.lbs = [lb("a", 11), lb("c", 13)]
+        src.notify("again")
+        await r.round()
+        assert set(r.services) == {"a", "c"} and rec.states[-1].changed == frozenset({"b"})
+    asyncio.run(go())

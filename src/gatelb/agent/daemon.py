@@ -166,7 +166,8 @@ async def kube_parts(kubeconfig: str | None, settings: KubeSettings, files: Sequ
     client = await connect(kubeconfig)
     kube = KubeSource(KubeApi(client), settings)
     parts = file_parts(files)
-    parts.sources.insert(0, kube)
+    # After the files: their pools are known when the Service IPAM runs in the same round.
+    parts.sources.append(kube)
     parts.consumers.append(kube)
     parts.info = kube.info
     parts.closers.append(client.close)

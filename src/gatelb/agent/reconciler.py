@@ -298,9 +298,14 @@ class Reconciler:
             ValidationError, ...]:
         """Merge one contribution. For a strict source returns its problems and changes nothing
         when there are any."""
-        lb_changes: dict[str, LoadBalancer | None] = dict(c.load_balancers)
+        # A source may hand over an object equal to what it gave before (a Kubernetes Service
+        # whose status we just wrote): nothing to allocate or resolve for it.
+        lb_changes: dict[str, LoadBalancer | None] = {
+            name: lb for name, lb in c.load_balancers.items()
+            if lb is None or self._owner.get(name) is not slot or self._lbs.get(name) != lb
+            or self._origins.get(name) != c.origins.get(name, self._origins.get(name))}
         if c.full:
-            for name in slot.names - lb_changes.keys():
+            for name in slot.names - c.load_balancers.keys():
                 lb_changes[name] = None
         errors = dict(c.errors)
         if c.full:
@@ -351,7 +356,8 @@ class Reconciler:
         return ()
 
     def _merged_pools(self, slot: _Slot, pools: tuple[IPPool, ...]) -> tuple[IPPool, ...]:
-        """Every source's pools; a name given by two sources counts once (the first source's)."""
+        """Every source's pools; a name given by two sources counts once: the first source's, in
+        the order the daemon lists them (files before Kubernetes)."""
         out: dict[str, IPPool] = {}
         for s in self._slots:
             for p in pools if s is slot else s.pools:
