@@ -12,6 +12,7 @@ import enum
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar, TypeVar
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -243,6 +244,23 @@ class ObjectRef:
 
 
 @dataclass(frozen=True)
+class ConfigObject:
+    """Base of the configuration kinds that are neither load balancers nor pools (BGP peers, BFD
+    profiles, advertisements, gateway groups, DNS providers...). Each subclass sets KIND (the
+    document kind) and is a frozen dataclass; sources hand them over by ObjectRef(KIND, name)."""
+
+    KIND: ClassVar[str] = ""
+    name: str
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef(self.KIND, self.name)
+
+
+ConfigT = TypeVar("ConfigT", bound=ConfigObject)
+
+
+@dataclass(frozen=True)
 class SyncedState:
     """What every consumer (health monitor, state record, status write-back, metrics, announcers,
     DNS) receives after each successful sync: the complete state, never a delta.
@@ -262,6 +280,12 @@ class SyncedState:
     errors: Mapping[ObjectRef, tuple[ValidationError, ...]]
     changed: frozenset[str] | None = None
     full: bool = False  # this sync reloaded the whole table
+    config: Mapping[ObjectRef, ConfigObject] = field(default_factory=dict)  # every other kind
+    config_changed: bool = True  # whether `config` differs from the previous SyncedState
 
     def resolved(self) -> ResolvedState:
         return ResolvedState(tuple(self.services[n] for n in sorted(self.services)))
+
+    def config_of(self, cls: type[ConfigT]) -> dict[str, ConfigT]:
+        """The configuration objects of one kind, by name."""
+        return {ref.key: obj for ref, obj in self.config.items() if isinstance(obj, cls)}
