@@ -24,9 +24,10 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from gatelb.ipam.services import AllocationError, Assignment, ServiceAllocator, ServicePool
-from gatelb.model import IPAddress, IPPool, LoadBalancer, ObjectRef, SyncedState, ValidationError
+from gatelb.model import ConfigObject, IPAddress, IPPool, LoadBalancer, ObjectRef, SyncedState, ValidationError
 from gatelb.sources.base import AddressView, Contribution, Notify
-from gatelb.sources.kubernetes.api import WATCHED, KubeApi, Obj, describe
+from gatelb.sources.file.loader import ConfigParser
+from gatelb.sources.kubernetes.api import WATCHED, Kind, KubeApi, Obj, describe
 from gatelb.sources.kubernetes.changes import IPPOOLS, L4LBS, SERVICES, ChangeTracker
 from gatelb.sources.kubernetes.informer import Informer
 from gatelb.sources.kubernetes.lease import LeaseElector
@@ -43,7 +44,13 @@ from gatelb.sources.kubernetes.translate import (
 )
 
 log = logging.getLogger("gatelb")
-WRITE_CONCURRENCY = 32  # status writes in flight at once (10,000 Services after a first sync)
+WRITE_CONCURRENCY = 32
+
+# Custom resources that become configuration objects (model.ConfigObject: BGP peers, DNS
+# providers, ...): informer kind name -> (what to watch, how to parse one object). The parser is
+# the file loader's (sources.file.loader.CONFIG_KINDS) applied to the object as a document.
+ConfigResource = tuple[Kind, ConfigParser]
+CONFIG_RESOURCES: dict[str, ConfigResource] = {}  # status writes in flight at once (10,000 Services after a first sync)
 
 
 @dataclass(frozen=True)
@@ -60,7 +67,11 @@ class KubeSource:
         self._api = api
         self._options = settings.options
         self._tracker = ChangeTracker(settings.options)
-        self._informers = {k.name: Informer(api, k, self._on_event) for k in WATCHED}
+        kinds = [*WATCHED, *(kind for kind, _ in CONFIG_RESOURCES.values())]
+        self._informers = {k.name: Informer(api, k, self._on_event) for k in kinds}
+        self._config_objects: dict[str, dict[str, Obj]] = {name: {} for name in CONFIG_RESOURCES}
+        self._config_dirty: set[tuple[str, str]] = set()  # (informer kind name, object key)
+        self._config_given: dict[tuple[str, str], ObjectRef] = {}
         identity = settings.identity or f"{socket.gethostname()}-{os.getpid()}"
         self._elector = LeaseElector(api, settings.lease_namespace, settings.lease_name, identity,
                                      self._on_leadership)
@@ -103,7 +114,15 @@ class KubeSource:
         return self._tracker
 
     def _on_event(self, kind: str, key: str, old: Obj | None, new: Obj | None) -> None:
-        self._tracker.on_change(kind, key, old, new)
+        if kind in self._config_objects:
+            objects = self._config_objects[kind]
+            if new is None:
+                objects.pop(key, None)
+            else:
+                objects[key] = new
+            self._config_dirty.add((kind, key))
+        else:
+            self._tracker.on_change(kind, key, old, new)
         if self._notify is not None:
             self._notify(kind)
 
@@ -129,7 +148,8 @@ class KubeSource:
         dirty = self._tracker.take()
         leader = self._elector.is_leader
         everything = self._first or dirty.pools_changed or leader != self._leader_was
-        if dirty.empty and not everything:
+        config = self._collect_config(everything)
+        if dirty.empty and not everything and not config:
             return None
         pools: tuple[IPPool, ...] | None = None
         if self._first or dirty.pools_changed:
@@ -172,7 +192,40 @@ class KubeSource:
                 self._errors_of[ref] = errs
             else:
                 self._errors_of.pop(ref, None)
-        return Contribution(changes, pools, errors, origins)
+        for ref, value in config.items():  # a config object's errors stay with it, like any object's
+            if isinstance(value, tuple):
+                errors[ref] = self._errors_of[ref] = value
+            elif ref in self._errors_of:
+                del self._errors_of[ref]
+                errors[ref] = ()
+        return Contribution(changes, pools, errors, origins,
+                            config={ref: None if isinstance(v, tuple) else v for ref, v in config.items()})
+
+    def _collect_config(self, everything: bool) -> dict[ObjectRef, ConfigObject | tuple[ValidationError, ...] | None]:
+        """Configuration objects that changed: the object, None (gone or now invalid), or its
+        errors (a tuple; the caller turns those into the object's errors and a removal)."""
+        keys = {(k, key) for k, objs in self._config_objects.items() for key in objs} if everything else set()
+        keys |= self._config_dirty
+        self._config_dirty = set()
+        out: dict[ObjectRef, ConfigObject | tuple[ValidationError, ...] | None] = {}
+        for kind, key in sorted(keys):
+            _, parse = CONFIG_RESOURCES[kind]
+            raw = self._config_objects[kind].get(key)
+            before = self._config_given.pop((kind, key), None)
+            if before is not None:
+                out[before] = None
+            if raw is None:
+                continue
+            doc = {"apiVersion": raw.get("apiVersion"), "kind": raw.get("kind"),
+                   "metadata": {"name": _dig(raw, "metadata", "name")}, "spec": raw.get("spec")}
+            obj, problems = parse(doc)
+            ref = obj.ref if obj is not None else ObjectRef(str(raw.get("kind")), key)
+            if obj is None or problems:
+                out[ref] = tuple(ValidationError(ref.kind, key, path, text) for path, text in problems)
+                continue
+            out[ref] = obj
+            self._config_given[(kind, key)] = ref
+        return out
 
     def commit(self, contribution: Contribution) -> None:
         """Nothing to do: a non-strict source's contribution is always taken (errors stay with
