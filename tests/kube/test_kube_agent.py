@@ -14,6 +14,7 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, DiscoveryV1Api
 
+from gatelb.agent import commands
 from gatelb.agent.daemon import Daemon, Parts
 from gatelb.agent.statefile import StateStore
 from gatelb.kernel.fake import FakeNft
@@ -134,6 +135,30 @@ def test_service_gets_address_status_event_and_rules() -> None:
                 "Assigned IP [203.0.113.10] from IPPool public"]
             script = nft.last_transaction
             assert "203.0.113.10" in script and "198.51.100.12" in script
+
+    run(body)
+
+
+def test_status_in_kubernetes_mode_shows_what_this_instance_programs_and_its_leadership() -> None:
+    async def body(server: StandinServer, client: ApiClient) -> None:
+        await make_pool(client, "public", ["203.0.113.10-203.0.113.11"])
+        await make_service(client, "web")
+        await make_slice(client, "web", "198.51.100.11", "198.51.100.12")
+        async with agent(client) as (a, nft):
+            await wait_for(lambda: ingress_of(server, "web"))
+            ctx = commands.Context(a.daemon.store, nft)
+
+            def shown() -> dict[str, Any] | None:
+                data = commands.status(ctx)
+                return data if data["loadBalancers"] and data.get("info", {}).get("leader") else None
+
+            data = await wait_for(shown)
+            [lb] = data["loadBalancers"]
+            assert lb["name"] == "svc/default/web/tcp/80/v4" and lb["frontend"] == {"ip": "203.0.113.10", "port": 80}
+            assert [b["address"] for b in lb["backends"]] == ["198.51.100.11", "198.51.100.12"]
+            assert data["sources"] == ["kubernetes"]
+            assert data["info"]["problems"] == [] and all(data["info"]["informers"].values())
+            assert data["generation"]["inSync"]
 
     run(body)
 
