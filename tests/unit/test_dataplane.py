@@ -177,3 +177,15 @@ def test_adopt_only_when_generation_matches() -> None:
     assert not again.sync(example_state()).script
     stale = DataplaneSync(nft)
     assert not stale.adopt(example_state(), first.generation + 5)
+
+
+def test_adopt_refuses_a_table_with_a_second_generation_element() -> None:
+    """`nft add element inet gatelb generation { 99 }` behind our back: the recorded generation is
+    still in the set, but the table is no longer exactly what we applied."""
+    nft = FakeNft()
+    first = DataplaneSync(nft, indexed=True)
+    first.sync(example_state())
+    nft.apply("add element inet gatelb generation { 99 }\n")
+    assert not DataplaneSync(nft, indexed=True).adopt(example_state(), first.generation)
+    result = DataplaneSync(nft, indexed=True).sync(example_state())
+    assert result.full and nft.generation() == result.generation

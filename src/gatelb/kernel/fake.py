@@ -20,7 +20,7 @@ from gatelb.dataplane.render import ElementAdds, ElementDeletes, element_texts, 
 from gatelb.dataplane.ruleset import FAMILY, TABLE
 
 from .counters import TableCounters
-from .nft import NftError
+from .nft import NO_GENERATION, NftError
 from .nlelements import CODECS
 
 _T = f"{FAMILY} {TABLE}"
@@ -65,6 +65,8 @@ class FakeNft:
         if self.table is None:
             return None
         elems = self.table.sets.get("generation", {})
+        if len(elems) > 1:
+            return NO_GENERATION
         return int(next(iter(elems))) if elems else 0
 
     def list_table_json(self) -> list[dict[str, Any]]:

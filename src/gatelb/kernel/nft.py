@@ -21,6 +21,8 @@ from gatelb.dataplane.ruleset import FAMILY, TABLE
 
 from .counters import TableCounters, parse_table
 
+NO_GENERATION = -1  # Nft.generation() of a table whose generation set holds several elements
+
 
 class NftError(RuntimeError):
     """nft rejected a transaction; the kernel is unchanged (nft transactions are all-or-nothing)."""
@@ -34,7 +36,9 @@ class Nft(Protocol):
     def apply(self, script: str) -> None: ...
 
     def generation(self) -> int | None:
-        """The generation number stored in our table, or None when the table does not exist."""
+        """The generation number stored in our table, or None when the table does not exist.
+        0 when the set holds none and NO_GENERATION when it holds several: a table changed by
+        hand (or an element added to it) must match no record, or a restart would adopt it."""
         ...
 
     def list_table_json(self) -> list[dict[str, Any]]:
@@ -121,7 +125,7 @@ class NftCli:
         for obj in json.loads(proc.stdout).get("nftables", []):
             elems = obj.get("set", {}).get("elem")
             if elems:
-                return int(elems[0])
+                return int(elems[0]) if len(elems) == 1 else NO_GENERATION
         return 0
 
     def read_counters(self) -> TableCounters:
