@@ -189,3 +189,15 @@ def test_adopt_refuses_a_table_with_a_second_generation_element() -> None:
     assert not DataplaneSync(nft, indexed=True).adopt(example_state(), first.generation)
     result = DataplaneSync(nft, indexed=True).sync(example_state())
     assert result.full and nft.generation() == result.generation
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+def test_adopt_refuses_a_table_whose_chains_were_emptied(indexed: bool) -> None:
+    """`nft flush table` (or `flush chain`) empties chains and leaves every set, the generation
+    included: the rules are gone although the generation matches."""
+    nft = FakeNft()
+    first = DataplaneSync(nft, indexed=indexed)
+    first.sync(example_state())
+    assert DataplaneSync(nft, indexed=indexed).adopt(example_state(), first.generation)
+    nft.apply("flush chain inet gatelb services\n")
+    assert not DataplaneSync(nft, indexed=indexed).adopt(example_state(), first.generation)

@@ -69,6 +69,9 @@ class FakeNft:
             return NO_GENERATION
         return int(next(iter(elems))) if elems else 0
 
+    def rule_counts(self) -> dict[str, int] | None:
+        return None if self.table is None else {name: len(rules) for name, rules in self.table.chains.items()}
+
     def list_table_json(self) -> list[dict[str, Any]]:
         raise NftError("FakeNft keeps no counters")
 

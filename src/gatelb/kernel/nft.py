@@ -41,6 +41,12 @@ class Nft(Protocol):
         hand (or an element added to it) must match no record, or a restart would adopt it."""
         ...
 
+    def rule_counts(self) -> dict[str, int] | None:
+        """How many rules each chain of our table holds (None when the table does not exist).
+        Cheap at any scale: set contents are not listed. With the generation, it tells whether the
+        table is still what we applied (`nft flush table` empties the chains, not the sets)."""
+        ...
+
     def list_table_json(self) -> list[dict[str, Any]]:
         """Our table as nft's JSON objects (empty when it does not exist). Slow at scale: not for hot paths."""
         ...
@@ -127,6 +133,19 @@ class NftCli:
             if elems:
                 return int(elems[0]) if len(elems) == 1 else NO_GENERATION
         return 0
+
+    def rule_counts(self) -> dict[str, int] | None:
+        proc = self._run(["-j", "-t", "list", "table", FAMILY, TABLE])  # -t: without set elements
+        if proc.returncode != 0:
+            return None
+        counts: dict[str, int] = {}
+        for obj in json.loads(proc.stdout).get("nftables", []):
+            if "chain" in obj:
+                counts.setdefault(obj["chain"]["name"], 0)
+            elif "rule" in obj:
+                chain = obj["rule"]["chain"]
+                counts[chain] = counts.get(chain, 0) + 1
+        return counts
 
     def read_counters(self) -> TableCounters:
         if self.bulk_elements:  # same condition: our netlink socket is in nft's namespace
