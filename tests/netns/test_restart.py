@@ -3,7 +3,8 @@
 The daemon adopts the table when the kernel's generation (the one element of the set
 `generation` in `table inet gatelb`) equals the one in its state record. Proven here with the
 real kernel, in both modes (`gatelb run -f` and `gatelb run --kubeconfig` against the API
-stand-in), while a paced client keeps opening new connections through the VIPs:
+stand-in, which runs in the gw namespace: tests/k8s_standin/in_netns.py), with health checks on,
+while a paced client keeps opening new connections through the VIPs:
 
 - `nft monitor` in the gw namespace sees no transaction from the stop to the end of the first
   round of the new process, the generation is the same and the table reads the same;
@@ -20,16 +21,20 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, DiscoveryV1Api
 
 from gatelb.lab.procs import stop_process
 from gatelb.lab.results import ClientResult
 from gatelb.lab.running import RunningClient
-from gatelb.lab.topology import Lab
+from gatelb.lab.topology import Lab, backend_v4
+from tests.k8s_standin.client import apply
+from tests.k8s_standin.in_netns import StandinInNetns
+from tests.k8s_standin.server import StandinServer
 
 from .gatelb_helpers import (  # noqa: F401 - fixtures `gl` and `lab`
     Daemon,
@@ -235,3 +240,94 @@ def test_file_mode_restart_over_a_changed_table_loads_it_in_full(gl: Gatelb, lab
         sync = daemon.wait_event("sync", after=mark)
         assert sync["full"] is False, sync
         assert set(lab.connect_many("tcp", VIPS[1], 80, count=24, timeout=TIMEOUT).backends) == {"be1", "be3"}
+
+
+# -- Kubernetes mode ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def cluster(lab: Lab) -> Iterator[StandinInNetns]:
+    """The API stand-in in the gw namespace, set up as docs/kubernetes.md says (CRDs, deploy/rbac.yaml)."""
+    standin = StandinInNetns(lab.gw, crd_init_s=0.0)
+    standin.start()
+    try:
+        standin.call(lambda server, client: apply(client, "rbac.yaml"))
+        yield standin
+    finally:
+        standin.close()
+
+
+def endpoint_slice(svc: str, ready: tuple[int, ...]) -> dict[str, Any]:
+    return {"metadata": {"name": f"{svc}-1", "labels": {"kubernetes.io/service-name": svc}},
+            "addressType": "IPv4", "ports": [{"name": "tcp", "port": 8080, "protocol": "TCP"}],
+            "endpoints": [{"addresses": [backend_v4(i)], "conditions": {"ready": True}} for i in ready]}
+
+
+def create_services(standin: StandinInNetns) -> None:
+    async def make(server: StandinServer, client: ApiClient) -> None:
+        await CustomObjectsApi(client).create_cluster_custom_object("gatelb.io", "v1alpha1", "ippools", {
+            "apiVersion": "gatelb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "public"},
+            "spec": {"addresses": ["203.0.113.10-203.0.113.19"]}})
+        for name, vip in zip(("web", "api"), VIPS, strict=True):
+            await CoreV1Api(client).create_namespaced_service("default", {
+                "metadata": {"name": name, "annotations": {"gatelb.io/loadBalancerIPs": vip}},
+                "spec": {"type": "LoadBalancer", "ports": [{"name": "tcp", "port": 80, "protocol": "TCP"}]}})
+            await DiscoveryV1Api(client).create_namespaced_endpoint_slice("default", endpoint_slice(name, (1, 2, 3)))
+
+    standin.call(make)
+
+
+def ingress(standin: StandinInNetns, name: str) -> list[str]:
+    async def get(server: StandinServer, client: ApiClient) -> list[str]:
+        obj = server.store.objects.get(("v1/services", "default", name)) or {}
+        return [i["ip"] for i in ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress") or []]
+
+    return standin.call(get)
+
+
+def test_kubernetes_mode_restart_adopts_the_table_and_keeps_every_connection(
+        gl: Gatelb, lab: Lab, cluster: StandinInNetns) -> None:
+    create_services(cluster)
+    kubeconfig = gl.config_dir / "kubeconfig.yaml"
+    kubeconfig.write_text(cluster.kubeconfig_yaml())
+    daemon = gl.kube_daemon(kubeconfig, "--backend-mode", "pod", health=True)
+    with started(daemon), NftMonitor(lab, gl.state_dir.parent / "monitor.log") as monitor:
+        assert wait_until(lambda: ingress(cluster, "web") and ingress(cluster, "api"), "Service status",
+                          log=daemon.log)
+        assert (ingress(cluster, "web"), ingress(cluster, "api")) == ([VIPS[0]], [VIPS[1]])
+        for vip in VIPS:
+            served(lab, vip)
+        wait_until(lambda: applied_at(gl.state_dir), "the first state record", log=daemon.log)
+        generation, table = generation_elements(lab), table_text(lab)
+        assert len(generation) == 1
+
+        clients = paced_clients(lab)
+        time.sleep(0.5)
+        down = time.time()
+        daemon.stop()  # SIGTERM: the Lease is handed back, the table stays
+        mark = len(daemon.events())
+        daemon.start()
+        adopted = daemon.wait_event("adopted", after=mark)
+        wait_until(lambda: applied_at(gl.state_dir) > down, "the first round after the restart", log=daemon.log)
+        up = time.time()
+        results = [c.result() for c in clients]
+
+        after = daemon.events()[mark:]
+        assert adopted["generation"] == generation[0] and adopted["services"] == 2, adopted
+        assert [e for e in after if e.get("event") in ("sync", "sync-failed")] == [], after
+        assert monitor.changes() == [], "a transaction during the restart"
+        assert generation_elements(lab) == generation
+        assert table_text(lab) == table
+        check_no_failure(results, down, up)
+
+        # An EndpointSlice event after the restart is an increment of that Service only.
+        mark = len(daemon.events())
+        cluster.call(lambda server, client: DiscoveryV1Api(client).replace_namespaced_endpoint_slice(
+            "api-1", "default", endpoint_slice("api", (1, 3))))
+        sync = daemon.wait_event("sync", after=mark)
+        assert sync["full"] is False and sync["generation"] == generation[0] + 1, sync
+        assert sync["load_balancers"] == 1, sync
+        assert monitor.changes(), "nft monitor saw the increment"
+        assert set(lab.connect_many("tcp", VIPS[1], 80, count=24, timeout=TIMEOUT).backends) == {"be1", "be3"}
+        served(lab, VIPS[0])
+    assert "Traceback" not in daemon.log(), daemon.log()
