@@ -258,3 +258,47 @@ def test_l4lb_objects_get_a_frontend_and_status() -> None:
             assert ingress_of(server, "web") == ["203.0.113.10"]
 
     run(body)
+
+
+def test_one_endpointslice_event_translates_one_service_of_many_and_changes_only_it() -> None:
+    """Work proportional to the change through the real KubeSource and daemon: with 50 Services
+    synced, replacing one Service's EndpointSlice translates that Service once, and the kernel gets
+    one transaction that touches that Service's load balancer only."""
+    count = 50
+
+    async def body(server: StandinServer, client: ApiClient) -> None:
+        await make_pool(client, "public", ["203.0.113.10-203.0.113.99"])
+        for i in range(count):
+            await make_service(client, f"s{i:02d}")
+            await make_slice(client, f"s{i:02d}", f"198.51.100.{10 + i % 5}")
+        async with agent(client) as (a, nft):
+            tracker = a.kube.tracker
+            await wait_for(lambda: all(ingress_of(server, f"s{i:02d}") for i in range(count)))
+            assert len(a.resolved.services) == count
+
+            # Quiet: the status write-backs (Service updates, seen by the informer) are all in.
+            async def settled() -> bool:
+                before = (tracker.translated, len(nft.transactions), a.rounds)
+                await asyncio.sleep(0.3)
+                return before == (tracker.translated, len(nft.transactions), a.rounds)
+
+            await wait_for(settled, timeout=10)
+            translated, transactions = tracker.translated, len(nft.transactions)
+            vip = ingress_of(server, "s17")[0]
+            body = {"metadata": {"name": "s17-1", "labels": {"kubernetes.io/service-name": "s17"}},
+                    "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                    "endpoints": [{"addresses": ["198.51.100.77"], "conditions": {"ready": True}}]}
+            await DiscoveryV1Api(client).replace_namespaced_endpoint_slice("s17-1", "default", body)
+            await wait_for(lambda: len(nft.transactions) > transactions)
+            await wait_for(settled, timeout=10)
+
+            assert tracker.translated - translated == 1
+            assert len(nft.transactions) == transactions + 1
+            script = nft.last_transaction
+            others = {ip for i in range(count) if i != 17 for ip in ingress_of(server, f"s{i:02d}")}
+            assert "198.51.100.77" in script and vip in script
+            assert not [ip for ip in others if f"{ip} " in script], script
+            state = a.daemon.reconciler.last_state
+            assert state is not None and state.changed == {"svc/default/s17/tcp/80/v4"}
+
+    run(body)
