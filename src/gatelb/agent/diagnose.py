@@ -312,8 +312,9 @@ def _causes(report: LBReport, svc: Service, flows: list[inspect.Flow]) -> None:
 
     established = sum(f.established for f in serving)
     if established >= MIN_ESTABLISHED:
-        light = [f for f in serving if _deviates(f.established, established, f.expected)
-                 and f.established < established * f.expected]
+        # Not a binomial test: established connections are not independent draws (they are what
+        # is left of every earlier moment), and a scale-up leaves whole backends empty.
+        light = [f for f in serving if established * f.expected >= 3 and f.established < established * f.expected / 2]
         heavy = [f for f in serving if f.established > established * f.expected and f not in light]
         if light and _tvd([f.established for f in serving], [f.expected for f in serving]) >= 0.2:
             heavy_txt = ", ".join(f"{f.backend} {f.established} (lifetime {f.lifetime} new)" for f in heavy)
