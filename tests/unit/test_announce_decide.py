@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gatelb.announce.decide import Attributes, decide
-from gatelb.announce.frr_config import render
+from gatelb.announce.frr_config import quick_changes, render
 from gatelb.model import (
     AddressRange,
     Backend,
@@ -212,3 +212,22 @@ def test_a_peer_with_nothing_to_announce_denies_everything() -> None:
     assert "route-map gatelb-upstream-out deny 65535" in text
     assert "  network " not in text and "permit" not in text
     assert render(None, "gw2", "/x/frr.log").count("router bgp") == 0
+
+
+def test_a_change_of_servable_vips_is_a_few_vtysh_commands() -> None:
+    def text(*vips: str) -> str:
+        plan, _ = decide(state([service(f"s{i}", v) for i, v in enumerate(vips)]), "gw2")
+        return render(plan.bgp, "gw2", "/x/frr.log")
+
+    old, new = text("203.0.113.10", "203.0.113.11", "203.0.113.12"), text("203.0.113.10", "203.0.113.12")
+    assert quick_changes(old, new) == [
+        "configure terminal",
+        "router bgp 64512", "address-family ipv4 unicast", "no network 203.0.113.11/32", "exit-address-family", "exit",
+        # the entry after the removed one moves up a seq number before the stale one goes
+        "ip prefix-list gatelb-upstream-1-v4 seq 2 permit 203.0.113.12/32",
+        "no ip prefix-list gatelb-upstream-1-v4 seq 3 permit 203.0.113.12/32",
+    ]
+    assert quick_changes(new, old)[-3:] == ["network 203.0.113.11/32", "exit-address-family", "exit"]  # type: ignore[index]
+    assert quick_changes(old, old) == []
+    # anything else (here a new peer's timers) goes through frr-reload.py
+    assert quick_changes(old, old.replace("timers 1 3", "timers 2 6")) is None

@@ -16,6 +16,9 @@ from gatelb.announce.decide import Attributes, BGPPlan, PeerPlan
 from gatelb.model import BFDProfile, IPNetwork
 
 FINAL_DENY_SEQ = 65535
+# FRR shows well-known communities by name; written the same way, a reload sees no difference.
+WELL_KNOWN = {"65535:0": "graceful-shutdown", "65535:666": "blackhole", "65535:65281": "no-export",
+              "65535:65282": "no-advertise", "65535:65283": "local-AS", "65535:65284": "no-peer"}
 
 
 def route_map(peer: str) -> str:
@@ -52,7 +55,7 @@ def _policy(plan: PeerPlan) -> list[str]:
 
 
 def _communities(attrs: Attributes) -> list[str]:
-    standard = [c for c in attrs.communities if not c.startswith("large:")]
+    standard = [WELL_KNOWN.get(c, c) for c in attrs.communities if not c.startswith("large:")]
     large = [c.removeprefix("large:") for c in attrs.communities if c.startswith("large:")]
     parts = []
     if standard:
@@ -81,7 +84,7 @@ def _neighbor(plan: PeerPlan) -> list[str]:
     # unservable and the router knowing it is ours to keep small.
     lines.append(f"{n} advertisement-interval 0")
     if plan.bfd is not None:
-        lines.append(f"{n} bfd profile {plan.bfd.name}")
+        lines += [f"{n} bfd", f"{n} bfd profile {plan.bfd.name}"]
     return lines
 
 
@@ -103,11 +106,20 @@ def _bfd(profiles: tuple[BFDProfile, ...]) -> list[str]:
         return []
     lines = ["bfd"]
     for b in profiles:
-        lines += [f" profile {b.name}", f"  detect-multiplier {b.detect_multiplier}",
-                  f"  receive-interval {b.receive_interval_ms}", f"  transmit-interval {b.transmit_interval_ms}"]
+        # Only what differs from FRR's defaults: its running configuration omits those, and
+        # frr-reload.py compares text, so a default written out would be "added" on every reload.
+        lines.append(f" profile {b.name}")
+        if b.detect_multiplier != 3:
+            lines.append(f"  detect-multiplier {b.detect_multiplier}")
+        if b.receive_interval_ms != 300:
+            lines.append(f"  receive-interval {b.receive_interval_ms}")
+        if b.transmit_interval_ms != 300:
+            lines.append(f"  transmit-interval {b.transmit_interval_ms}")
         if b.echo_mode:
-            lines += ["  echo-mode", f"  echo transmit-interval {b.echo_interval_ms}",
-                      f"  echo receive-interval {b.echo_interval_ms}"]
+            lines.append("  echo-mode")
+            if b.echo_interval_ms != 50:
+                lines += [f"  echo transmit-interval {b.echo_interval_ms}",
+                          f"  echo receive-interval {b.echo_interval_ms}"]
         if b.passive_mode:
             lines.append("  passive-mode")
         if b.minimum_ttl != 254:
@@ -136,3 +148,48 @@ def render(plan: BGPPlan | None, hostname: str, log_file: str) -> str:
         lines += ["exit", "!"]
         lines += _bfd(plan.profiles)
     return "\n".join(lines) + "\nend\n"
+
+
+def quick_changes(old: str, new: str) -> list[str] | None:
+    """The vtysh commands that turn rendered `old` into `new` when they differ only in prefixes
+    (prefix-list entries and `network` lines: a VIP that can or can no longer be served), else
+    None (then frr-reload.py diffs the whole configuration). One vtysh call instead of
+    frr-reload's dozens is what keeps a withdrawal fast.
+
+    Order: withdrawn networks first; prefix-list entries added before stale ones are removed, so
+    an entry renumbered by a removal before it is never missing (a same-seq entry is replaced)."""
+    def split(text: str) -> tuple[list[str], dict[str, str], dict[tuple[str, str], str], str]:
+        rest: list[str] = []
+        lists: dict[str, str] = {}  # "ip prefix-list NAME seq N" -> the line
+        networks: dict[tuple[str, str], str] = {}  # (family line, prefix) -> network line
+        family, asn = "", ""
+        for line in text.splitlines():
+            if line.startswith(("ip prefix-list ", "ipv6 prefix-list ")):
+                lists[" ".join(line.split()[:5])] = line
+                continue
+            if line.startswith("router bgp "):
+                asn = line
+            if line.startswith(" address-family "):
+                family = line.strip()
+            if line.startswith("  network "):
+                networks[(family, line.split()[1])] = line.strip()
+                continue
+            rest.append(line)
+        return rest, lists, networks, asn
+
+    old_rest, old_lists, old_nets, asn = split(old)
+    new_rest, new_lists, new_nets, _ = split(new)
+    if old_rest != new_rest or not asn:
+        return None
+    out: list[str] = ["configure terminal"]
+
+    def networks(keys: list[tuple[str, str]], prefix: str, source: dict[tuple[str, str], str]) -> None:
+        for family in sorted({f for f, _ in keys}):
+            out.extend([asn, family, *(f"{prefix}{source[k]}" for k in keys if k[0] == family), "exit-address-family",
+                        "exit"])
+
+    networks(sorted(old_nets.keys() - new_nets.keys()), "no ", old_nets)
+    out += [line for key, line in new_lists.items() if old_lists.get(key) != line]
+    out += [f"no {line}" for key, line in old_lists.items() if key not in new_lists]
+    networks(sorted(new_nets.keys() - old_nets.keys()), "", new_nets)
+    return out if len(out) > 1 else []
