@@ -136,3 +136,82 @@ class BgpLab(Lab):
                 if pid != os.getpid():
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, 9)
+
+
+# -- the scenario: both gateways get the same file; the router peers with both -----------------
+
+WEB, SOLO, OFF = "203.0.113.10", "203.0.113.11", "203.0.113.12"
+CHECK = "{type: tcp, interval: 100, timeout: 100, fall: 3, rise: 2}"
+
+CONFIG = f"""\
+apiVersion: gatelb.io/v1alpha1
+kind: IPPool
+metadata: {{name: public}}
+spec: {{addresses: ["203.0.113.0/28"]}}
+---
+apiVersion: gatelb.io/v1alpha1
+kind: BFDProfile
+metadata: {{name: fast}}
+spec: {{receiveInterval: 100, transmitInterval: 100, detectMultiplier: 3}}
+---
+apiVersion: gatelb.io/v1alpha1
+kind: BGPPeer
+metadata: {{name: upstream}}
+spec: {{myASN: 64512, peerASN: 64500, peerAddress: {ROUTER}, bfdProfile: fast, holdTime: 3s, keepaliveTime: 1s,
+       connectTime: 1s}}
+---
+apiVersion: gatelb.io/v1alpha1
+kind: BGPAdvertisement
+metadata: {{name: public}}
+spec: {{ipAddressPools: [public]}}
+---
+apiVersion: gatelb.io/v1alpha1
+kind: L4LB
+metadata: {{name: web}}
+spec:
+  frontend: {{ip: {WEB}, port: 80}}
+  backend: ["{backend_v4(1)}:8080", "{backend_v4(2)}:8080"]
+  nat: fullnat
+  check: {CHECK}
+---
+apiVersion: gatelb.io/v1alpha1
+kind: L4LB
+metadata: {{name: solo}}
+spec:
+  frontend: {{ip: {SOLO}, port: 80}}
+  backend: ["{backend_v4(1)}:8080"]
+  nat: fullnat
+  check: {CHECK}
+---
+apiVersion: gatelb.io/v1alpha1
+kind: L4LB
+metadata: {{name: disabled}}
+spec:
+  state: disable
+  frontend: {{ip: {OFF}, port: 80}}
+  backend: ["{backend_v4(2)}:8080"]
+"""
+
+NEIGHBORS = "".join(f""" neighbor {a} remote-as 64512
+ neighbor {a} timers 1 3
+ neighbor {a} timers connect 1
+ neighbor {a} advertisement-interval 0
+ neighbor {a} bfd profile fast
+""" for a in GATEWAYS.values())
+ROUTER_BGPD = f"""router bgp 64500
+ bgp router-id {ROUTER}
+ no bgp ebgp-requires-policy
+ bgp bestpath as-path multipath-relax
+{NEIGHBORS} address-family ipv4 unicast
+  maximum-paths 8
+ exit-address-family
+exit
+"""
+ROUTER_BFDD = """bfd
+ profile fast
+  detect-multiplier 3
+  receive-interval 100
+  transmit-interval 100
+ exit
+exit
+"""
