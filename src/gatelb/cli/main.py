@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ignore Services without spec.loadBalancerClass (only gatelb.io/gatelb ones)")
     k.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "gatelb-system"),
                    help="namespace of the leader-election Lease (default: $POD_NAMESPACE or gatelb-system)")
+    r.add_argument("--node", default="", help="which gateway this is (GatewayGroup members, nodes: lists of "
+                   "BGPPeer and advertisements); default: the host name")
     r.add_argument("--log-format", choices=["text", "json"], default="text")
     r.add_argument("--no-health", action="store_true", help="do not run health checks (all backends count as up)")
 
@@ -95,7 +97,7 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print("gatelb run: -f/--file is required (or --kubeconfig / --in-cluster)", file=sys.stderr)
         return 2
-    return run_daemon(make, state_dir(args), args.log_format, health=not args.no_health)
+    return run_daemon(make, state_dir(args), args.log_format, health=not args.no_health, node=args.node)
 
 
 def _troubleshoot(ctx: object, args: argparse.Namespace) -> int:
