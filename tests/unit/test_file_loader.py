@@ -464,7 +464,7 @@ def test_unknown_kind_names_the_document() -> None:
     bad = lb("x")
     bad["kind"] = "L4LBX"
     assert errors_of(pool(), lb(), bad) == [
-        "document 3: kind: unknown kind 'L4LBX' (expected IPPool or L4LB)"
+        "document 3: kind: unknown kind 'L4LBX' (expected IPPool or L4LB or DNSProvider)"
     ]
 
 
@@ -472,7 +472,7 @@ def test_document_shape_errors() -> None:
     no_kind = lb()
     del no_kind["kind"]
     assert errors_of(no_kind, ["a"], "text") == [
-        "document 1: kind: required (IPPool or L4LB)",
+        "document 1: kind: required (IPPool or L4LB or DNSProvider)",
         "document 2: expected a mapping with apiVersion, kind, metadata and spec, got a list",
         "document 3: expected a mapping with apiVersion, kind, metadata and spec, got 'text'",
     ]

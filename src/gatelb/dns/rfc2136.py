@@ -150,17 +150,18 @@ class Client:
             text = dns.rcode.to_text(rcode)
             if rcode in PREREQUISITE_RCODES:
                 raise PrerequisiteFailed(f"{where}: {text}: a record set is not as expected")
-            err = Rejected(f"{where}: {text}: {_explain(rcode, self.zone, self.key_text)}")
+            rejected = Rejected(f"{where}: {text}: {_explain(rcode, self.zone, self.key_text)}")
             if rcode in NEXT_SERVER_RCODES:
-                refused = refused or err
+                refused = refused or rejected
                 continue
-            raise err
+            raise rejected
         if refused is not None:
             raise refused
         raise Unreachable("no DNS server answered: " + "; ".join(unreachable))
 
-    async def query(self, name: str, rtype: str) -> list[dns.rdata.Rdata]:
-        """The record set `name rtype` on the first server that answers ([] when absent)."""
+    async def query(self, name: str, rtype: str) -> tuple[int, list[dns.rdata.Rdata]]:
+        """The record set `name rtype` on the first server that answers: (TTL, rdatas), with no
+        rdatas when it is absent."""
         q = dns.message.make_query(name, rtype)
         q.flags &= ~dns.flags.RD
         problems: list[str] = []
@@ -179,8 +180,8 @@ class Client:
             wanted = dns.rdatatype.from_text(rtype)
             for rrset in resp.answer:
                 if rrset.rdtype == wanted and rrset.name == _name(name):
-                    return list(rrset)
-            return []
+                    return rrset.ttl, list(rrset)
+            return 0, []
         raise Unreachable("no DNS server answered: " + "; ".join(problems))
 
 
