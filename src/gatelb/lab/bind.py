@@ -142,7 +142,8 @@ zone "{self.zone}" {{
 
     def lookup(self, name: str, rtype: str, timeout: float = 2) -> list[str]:
         """The record set's values as dig +short prints them (TXT with its quotes), sorted."""
-        return sorted(line for line in self.dig("+short", name, rtype, timeout=timeout).splitlines() if line)
+        out = self.dig("+short", name, rtype, timeout=timeout)
+        return sorted(line for line in out.splitlines() if line and not line.startswith(";"))
 
     def txt(self, name: str) -> list[str]:
         return [v.strip('"') for v in self.lookup(name, "TXT")]
