@@ -25,7 +25,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from gatelb.dns.planner import ChangeSet, Conflict, Op, Owned, plan
+from gatelb.dns.planner import Change, ChangeSet, Conflict, Op, Owned, plan
 from gatelb.dns.records import Key, Problem, RRSet, Wanted, desired_records, owner_of, txt_name
 from gatelb.dns.rfc2136 import Client, DNSError, PrerequisiteFailed, txt_of
 from gatelb.model import DNSProvider, ObjectRef, SecretRef, SyncedState
@@ -34,6 +34,9 @@ log = logging.getLogger("gatelb")
 
 BACKOFF_MIN_S, BACKOFF_MAX_S = 0.5, 10.0
 READ_CONCURRENCY = 64
+# A DNS message carries at most 64 KiB: a change (record set, TXT, prerequisites) of a typical
+# name takes about 250 bytes, so larger change sets go as several messages of this many changes.
+CHANGES_PER_MESSAGE = 150
 
 Report = Callable[[ObjectRef, str, str], None]  # (object, reason, message): a Kubernetes Event
 SecretLookup = Callable[[SecretRef], Awaitable[str]]
@@ -127,18 +130,25 @@ class ZoneSync:
         return cs
 
     async def _apply(self, cs: ChangeSet, split: bool = True) -> list[Key]:
-        """Send the change set; on a failed prerequisite, each change alone (the message is all
-        or nothing), so one foreign record costs only its own change. Returns the keys whose
-        prerequisites failed."""
+        """Send the change set (one message, or one per CHANGES_PER_MESSAGE). Returns the keys
+        whose prerequisites failed."""
+        failed: list[Key] = []
+        for i in range(0, len(cs.changes), CHANGES_PER_MESSAGE):
+            failed += await self._apply_message(cs.changes[i:i + CHANGES_PER_MESSAGE], split)
+        return failed
+
+    async def _apply_message(self, changes: tuple[Change, ...], split: bool) -> list[Key]:
+        """On a failed prerequisite, each change alone (the message is all or nothing), so one
+        foreign record costs only its own change."""
         try:
-            server = await self.client.update(cs.changes)
-            self._applied(cs.changes, server)
+            server = await self.client.update(changes)
+            self._applied(changes, server)
             return []
         except PrerequisiteFailed:
-            if not split or len(cs.changes) == 1:
-                return [c.key for c in cs.changes]
+            if not split or len(changes) == 1:
+                return [c.key for c in changes]
         failed = []
-        for change in cs.changes:
+        for change in changes:
             try:
                 server = await self.client.update([change])
                 self._applied([change], server)
@@ -146,12 +156,13 @@ class ZoneSync:
                 failed.append(change.key)
         return failed
 
-    def _applied(self, changes: Iterable[Any], server: str) -> None:
+    def _applied(self, changes: Iterable[Change], server: str) -> None:
         done = list(changes)
         for c in done:
             if c.op is Op.DELETE:
                 self.owned.pop(c.key, None)
             else:
+                assert c.txt is not None  # create and update always carry the registry text
                 self.owned[c.key] = Owned(c.new, (txt_name(c.key), c.txt))
                 self.foreign.pop(c.key, None)
         self.updates += 1
