@@ -215,6 +215,8 @@ class DNSUpdater:
     async def round(self, state: SyncedState) -> None:
         self.rounds += 1
         providers = state.config_of(DNSProvider)
+        if not providers and not self._zones and not self._setup_errors:
+            return  # no DNS configured: nothing to compute on any sync
         desired, problems = desired_records(state, providers)
         self._set_problems(problems)
         for gone in self._zones.keys() - providers.keys():
