@@ -134,6 +134,10 @@ class LoadBalancer:
     no_backend: NoBackendAction = NoBackendAction.REJECT
     # The family the frontend must have; derived from the backends when the IP is allocated.
     family: int = 4
+    # DNS names (lowercase, no trailing dot) that get an A/AAAA record for the frontend address
+    # (gatelb.dns); dns_ttl overrides the DNSProvider's TTL (external-dns's ttl annotation).
+    hostnames: tuple[str, ...] = ()
+    dns_ttl: int | None = None
 
     @property
     def active(self) -> bool:
@@ -258,6 +262,35 @@ class ConfigObject:
 
 
 ConfigT = TypeVar("ConfigT", bound=ConfigObject)
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    """A Kubernetes Secret holding a value (a TSIG secret)."""
+
+    namespace: str
+    name: str
+    key: str = "secret"
+
+
+@dataclass(frozen=True)
+class DNSProvider(ConfigObject):
+    """Where the records of load balancers with hostnames go: one zone on RFC 2136 servers
+    (tried in order), updates signed with TSIG, ownership recorded in external-dns's TXT format.
+    Exactly one of tsig_secret (base64), tsig_secret_file and tsig_secret_ref is set."""
+
+    KIND: ClassVar[str] = "DNSProvider"
+    zone: str = ""  # absolute, lowercase, with the trailing dot: "lb.example."
+    servers: tuple[tuple[str, int], ...] = ()  # (host, port)
+    tsig_key_name: str = ""
+    tsig_algorithm: str = "hmac-sha256"
+    tsig_secret: str | None = None
+    tsig_secret_file: str | None = None
+    tsig_secret_ref: SecretRef | None = None
+    ttl: int = 300
+    owner_id: str = "gatelb"
+    repair_interval_s: float = 60.0  # how often records are read back and repaired
+    timeout_s: float = 2.0  # per server and request
 
 
 @dataclass(frozen=True)

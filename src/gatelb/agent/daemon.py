@@ -27,6 +27,7 @@ from gatelb.agent.reconciler import Consumer, Reconciler, run_sources
 from gatelb.agent.record import RecordWriter
 from gatelb.agent.runtime import event, setup_logging, supervise
 from gatelb.agent.statefile import StateFileError, StateStore
+from gatelb.dns.updater import DNSUpdater, Report, SecretLookup
 from gatelb.health.feed import HealthFeed
 from gatelb.health.monitor import HealthChange, HealthMonitor, TargetKey
 from gatelb.kernel.conntrack import flush_flows
@@ -46,6 +47,9 @@ class Parts:
     info: Callable[[], dict[str, Any]] | None = None  # mode-specific facts for the state record
     on_hup: list[Callable[[], None]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # DNS records: Kubernetes Events for conflicts, and Secrets holding TSIG keys (Kubernetes mode).
+    dns_report: Report | None = None
+    dns_secrets: SecretLookup | None = None
 
 
 class Daemon:
@@ -59,8 +63,16 @@ class Daemon:
             health=HealthFeed(self.monitor) if self.monitor is not None else None,
             flush_udp=flush_flows,
         )
-        self.writer = RecordWriter(store, tuple(s.name for s in parts.sources), self.monitor, parts.info)
-        self.reconciler.consumers += [self.writer, *parts.consumers]
+        # DNS records (gatelb.dns): a consumer with its own task, idle while no DNSProvider exists.
+        self.dns = DNSUpdater(store.path.parent / "dns.json", parts.dns_report, parts.dns_secrets)
+        self.writer = RecordWriter(store, tuple(s.name for s in parts.sources), self.monitor, self._info)
+        self.reconciler.consumers += [self.writer, *parts.consumers, self.dns]
+
+    def _info(self) -> dict[str, Any]:
+        info = dict(self.parts.info()) if self.parts.info is not None else {}
+        if dns := self.dns.info():
+            info["dns"] = dns
+        return info
 
     def _on_health(self, changes: list[HealthChange]) -> None:
         self.reconciler.health_changed({c.key.lb for c in changes})
@@ -90,6 +102,7 @@ class Daemon:
             "reconcile": self.reconciler.run(),
             "sources": run_sources(self.reconciler, self.parts.sources),
             "state-save": self.writer.run(),
+            "dns": self.dns.run(),
             **self.parts.tasks,
         }
         if self.monitor is not None:
@@ -173,6 +186,8 @@ async def kube_parts(kubeconfig: str | None, settings: KubeSettings, files: Sequ
     parts.sources.append(kube)
     parts.consumers.append(kube)
     parts.info = kube.info
+    parts.dns_report = kube.report
+    parts.dns_secrets = kube.read_secret
     parts.closers.append(client.close)
     return parts
 

@@ -56,6 +56,7 @@ from gatelb.sources.schema import (
     L4LBSpec,
     show,
 )
+from gatelb.sources.schema_dns import parse_dns_provider
 from gatelb.validate import check_load_balancer, check_state
 
 KINDS = " or ".join(DOCUMENTS)
@@ -170,7 +171,7 @@ def label(raw: dict[Any, Any], number: int) -> tuple[str, str]:
 # kind -> a parser of the raw document that returns the model object, or None and the problems
 # as (field path, text). Each parser lives in the sources layer next to its pydantic schema.
 ConfigParser = Callable[[dict[str, Any]], tuple[ConfigObject | None, list[tuple[str, str]]]]
-CONFIG_KINDS: dict[str, ConfigParser] = {}
+CONFIG_KINDS: dict[str, ConfigParser] = {"DNSProvider": parse_dns_provider}
 CONFIG_KINDS.update(schema_announce.PARSERS)  # BGPPeer, BFDProfile, BGP/L2Advertisement, GatewayGroup
 
 
@@ -277,6 +278,7 @@ def _load_balancer(doc: L4LBDocument) -> tuple[LoadBalancer, list[tuple[str, str
         check=_check(spec.check, protocol, problems),
         no_backend=NoBackendAction(spec.no_backend),
         family=_family(spec, backends, problems),
+        hostnames=tuple(dict.fromkeys(spec.hostnames)),
     )
     return lb, problems
 
@@ -500,5 +502,8 @@ def _added_by(raw: object, number: int, out: Collected) -> IPPool | LoadBalancer
     kind, name = label(raw, number)
     if out.defined_in.get((kind, name)) != number:
         return None
-    return out.pools.get(name) if kind == "IPPool" else out.lbs.get(name)
+    if kind == "IPPool":
+        return out.pools.get(name)
+    # A configuration kind (DNSProvider web) must not cache the L4LB web under its text.
+    return out.lbs.get(name) if kind == "L4LB" else None
 

@@ -17,6 +17,7 @@ and when leadership changes hands.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import socket
@@ -24,10 +25,19 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from gatelb.ipam.services import AllocationError, Assignment, ServiceAllocator, ServicePool
-from gatelb.model import ConfigObject, IPAddress, IPPool, LoadBalancer, ObjectRef, SyncedState, ValidationError
+from gatelb.model import (
+    ConfigObject,
+    IPAddress,
+    IPPool,
+    LoadBalancer,
+    ObjectRef,
+    SecretRef,
+    SyncedState,
+    ValidationError,
+)
 from gatelb.sources.base import AddressView, Contribution, Notify
 from gatelb.sources.file.loader import ConfigParser
-from gatelb.sources.kubernetes.api import WATCHED, Kind, KubeApi, Obj, describe
+from gatelb.sources.kubernetes.api import GROUP, VERSION, WATCHED, ApiException, Kind, KubeApi, Obj, describe
 from gatelb.sources.kubernetes.changes import IPPOOLS, L4LBS, SERVICES, ChangeTracker
 from gatelb.sources.kubernetes.informer import Informer
 from gatelb.sources.kubernetes.lease import LeaseElector
@@ -42,15 +52,18 @@ from gatelb.sources.kubernetes.translate import (
     is_ours,
     status_addresses,
 )
+from gatelb.sources.schema_dns import parse_dns_provider
 
 log = logging.getLogger("gatelb")
-WRITE_CONCURRENCY = 32
+WRITE_CONCURRENCY = 32  # status writes in flight at once (10,000 Services after a first sync)
 
 # Custom resources that become configuration objects (model.ConfigObject: BGP peers, DNS
 # providers, ...): informer kind name -> (what to watch, how to parse one object). The parser is
 # the file loader's (sources.file.loader.CONFIG_KINDS) applied to the object as a document.
 ConfigResource = tuple[Kind, ConfigParser]
-CONFIG_RESOURCES: dict[str, ConfigResource] = {}  # status writes in flight at once (10,000 Services after a first sync)
+CONFIG_RESOURCES: dict[str, ConfigResource] = {
+    "dnsproviders": (Kind("dnsproviders", "dnsproviders", GROUP, VERSION, namespaced=False), parse_dns_provider),
+}
 
 
 @dataclass(frozen=True)
@@ -90,6 +103,7 @@ class KubeSource:
         self._to_write: set[ObjectRef] = set()  # objects whose status may need writing
         self._state: SyncedState | None = None
         self._wake_writer = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- Source ------------------------------------------------------------------------------
 
@@ -407,6 +421,41 @@ class KubeSource:
         except Exception as err:
             log.warning("write-back failed", extra={"fields": {"event": "write-back-failed",
                                                                 "error": str(describe(err))}})
+
+    # -- for the DNS updater: Events on the objects whose records conflict, TSIG keys in Secrets --
+
+    def report(self, ref: ObjectRef, reason: str, message: str) -> None:
+        """A Warning Event on the Service or L4LB `ref` (leader only, like every write-back)."""
+        if not self._elector.is_leader:
+            return
+        if ref.kind == SERVICE:
+            obj = self._tracker.service(ref.key)
+        elif ref.kind == L4LB:
+            obj = self._tracker.objects(L4LBS).get(ref.key)
+        else:
+            return
+        if obj is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._guard(self._writer.event(obj, ref.kind, "Warning", reason, message)))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def read_secret(self, ref: SecretRef) -> str:
+        """The value of one key of a Secret, decoded (Secrets hold base64 of the bytes)."""
+        try:
+            secret = await self._api.read_secret(ref.namespace, ref.name)
+        except ApiException as err:
+            raise ValueError(f"spec.rfc2136.tsigSecretRef: Secret {ref.namespace}/{ref.name}: "
+                             f"{describe(err)}") from None
+        data = secret.get("data") or {}
+        if ref.key not in data:
+            raise ValueError(f"spec.rfc2136.tsigSecretRef: Secret {ref.namespace}/{ref.name} has no key "
+                             f"{ref.key!r} (has: {', '.join(sorted(data)) or 'none'})")
+        try:
+            return base64.b64decode(data[ref.key]).decode()
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError(f"spec.rfc2136.tsigSecretRef: Secret {ref.namespace}/{ref.name} key {ref.key}: "
+                             "not text") from None
 
     # -- facts for `gatelb status` and readiness ----------------------------------------------
 
