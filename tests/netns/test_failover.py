@@ -119,7 +119,9 @@ def test_killed_backend_gets_no_new_connection_after_the_detection_window(lab: L
         # the dead backend's host, not a timeout).
         assert all(killed - 0.05 <= started(a) <= deadline for a in failed), [started(a) - killed for a in failed]
         assert len(failed) <= len(during)
-        assert {a.error for a in failed} <= {"refused"}
+        # (refused: the SYN met the closed port; reset: a connection accepted just before the
+        # process died. Both fail at once; a timeout would mean traffic into a black hole.)
+        assert {a.error for a in failed} <= {"refused", "reset"}
         assert down["reason"] == f"{FALL}/{FALL} failures: connect refused"
         removed = synced(daemon, after=killed, trigger="health")
         assert float(removed["wall_time"]) - killed <= WINDOW_S + SYNC_MARGIN_S
