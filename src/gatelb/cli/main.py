@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ignore Services without spec.loadBalancerClass (only gatelb.io/gatelb ones)")
     k.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "gatelb-system"),
                    help="namespace of the leader-election Lease (default: $POD_NAMESPACE or gatelb-system)")
+    k.add_argument("--metallb-namespace", default="metallb-system",
+                   help="read MetalLB's metallb.io objects from this namespace (default metallb-system)")
     r.add_argument("--node", default="", help="which gateway this is (GatewayGroup members, nodes: lists of "
                    "BGPPeer and advertisements); default: the host name")
     r.add_argument("--log-format", choices=["text", "json"], default="text")
@@ -87,7 +89,8 @@ def _run(args: argparse.Namespace) -> int:
         from gatelb.sources.kubernetes.translate import BackendMode, Options
 
         opts = Options(BackendMode(args.backend_mode), default_class=not args.no_default_class)
-        settings = KubeSettings(opts, lease_namespace=args.lease_namespace, health=not args.no_health)
+        settings = KubeSettings(opts, lease_namespace=args.lease_namespace, health=not args.no_health,
+                                metallb_namespace=args.metallb_namespace)
 
         async def make() -> Parts:
             return await kube_parts(args.kubeconfig, settings, files)

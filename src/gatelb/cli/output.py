@@ -68,6 +68,8 @@ def print_status(data: dict[str, Any], output: str) -> None:
         waiting = sorted(k for k, ok in synced.items() if not ok)
         console.print(f"kubernetes: {'leader' if info['leader'] else 'follower'}; informers "
                       + (f"not synced: {', '.join(waiting)}" if waiting else "synced"))
+        if info.get("notInstalled"):
+            console.print(f"kubernetes: not installed (not read): {', '.join(info['notInstalled'])}")
     for problem in info.get("problems") or []:
         console.print(f"[red]not ready: {problem}[/red]")
     dns = info.get("dns") or {}

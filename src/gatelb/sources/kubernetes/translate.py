@@ -37,6 +37,7 @@ from gatelb.ipam.services import (
     ServiceRequest,
 )
 from gatelb.model import (
+    API_VERSION,
     Affinity,
     Backend,
     CheckType,
@@ -73,6 +74,7 @@ SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 DEFAULT_AFFINITY_S = 10800
 SERVICE, L4LB, IPPOOL = "Service", "L4LB", "IPPool"
+IPADDRESSPOOL = "IPAddressPool"  # MetalLB's pool kind (metallb.io/v1beta1): the same spec as IPPool
 
 
 class BackendMode(enum.StrEnum):
@@ -96,6 +98,7 @@ class Cluster:
     namespaces: Mapping[str, Obj] = field(default_factory=dict)
     ippools: Mapping[str, Obj] = field(default_factory=dict)
     l4lbs: Mapping[str, Obj] = field(default_factory=dict)
+    ipaddresspools: Mapping[str, Obj] = field(default_factory=dict)  # MetalLB's, "namespace/name"
 
 
 @dataclass(frozen=True)
@@ -207,22 +210,37 @@ def _document(raw: Obj, kind: str) -> Obj:
 
 
 def pools(cluster: Cluster) -> tuple[list[ServicePool], list[ValidationError]]:
+    """gatelb.io IPPools, then MetalLB's IPAddressPools (same fields and meanings: addresses,
+    autoAssign, avoidBuggyIPs, serviceAllocation), as one set of pools by name. A MetalLB pool whose
+    name an IPPool already has is left out with an error on it."""
     errors: list[ValidationError] = []
     found: dict[str, ServicePool] = {}
-    for key, raw in sorted(cluster.ippools.items()):
+    origin: dict[str, tuple[str, str]] = {}  # pool name -> (kind, key) of the object that gave it
+    sources = [(IPPOOL, key, raw) for key, raw in sorted(cluster.ippools.items())]
+    sources += [(IPADDRESSPOOL, key, raw) for key, raw in sorted(cluster.ipaddresspools.items())]
+    for kind, key, raw in sources:
         try:
-            doc = IPPoolDocument.model_validate(_document(raw, IPPOOL))
+            doc = IPPoolDocument.model_validate({**_document(raw, IPPOOL), "apiVersion": API_VERSION})
         except pydantic.ValidationError as exc:
-            errors += [ValidationError(IPPOOL, key, path, text) for path, text in pyd_errors.translate(exc)]
+            errors += [ValidationError(kind, key, path, text) for path, text in pyd_errors.translate(exc)]
+            continue
+        name = doc.metadata.name
+        if name in found:
+            text = f"pool {name!r} is already {' '.join(origin[name])}"
+            errors.append(ValidationError(kind, key, "metadata.name", text))
             continue
         sa = doc.spec.service_allocation
         allocation = None if sa is None else ServiceAllocation(
             sa.priority, frozenset(sa.namespaces), tuple(_selector(s) for s in sa.namespace_selectors),
             tuple(_selector(s) for s in sa.service_selectors))
-        found[key] = ServicePool(_pool(doc), allocation)
-    overlaps = check_pools(p.pool for p in found.values())
-    for err in overlaps:  # an overlapping pool is left out whole: two pools must never share an address
+        found[name] = ServicePool(_pool(doc), allocation)
+        origin[name] = (kind, key)
+    overlaps = []
+    for err in check_pools(p.pool for p in found.values()):
+        # An overlapping pool is left out whole: two pools must never share an address.
         found.pop(err.name, None)
+        kind, key = origin[err.name]
+        overlaps.append(err if kind == IPPOOL else ValidationError(kind, key, err.path, err.problem))
     return [found[k] for k in sorted(found)], errors + overlaps
 
 
