@@ -143,9 +143,12 @@ class BgpDemo:
     def run(self) -> BgpFacts:
         c = self.console
         c.rule("[bold]gatelb demo: two gateways announce the VIPs over BGP with BFD[/bold]")
-        c.print(f"lab {self.lab.lab_id}:\n"
-                f"  client {CLIENT} -- rtr {ROUTER} -- switch -+- gw1 {GATEWAYS['gw1']} -+- be1 198.51.100.11\n"
-                f"  {'':18}(FRR, AS 64500){'':18}+- gw2 {GATEWAYS['gw2']} -+- be2 198.51.100.12\n"
+        top = f"  client {CLIENT} -- rtr {ROUTER} -- switch -+- gw1 {GATEWAYS['gw1']} -+- be1 198.51.100.11"
+        fork = top.index("+- gw1")
+        under_rtr = top.index("rtr")
+        c.print(f"lab {self.lab.lab_id}:\n{top}\n"
+                f"{'(FRR, AS 64500)'.rjust(under_rtr + 15)}{'+- gw2 '.rjust(fork - under_rtr - 15 + 7)}"
+                f"{GATEWAYS['gw2']} -+- be2 198.51.100.12\n"
                 "  both gateways: `gatelb run -f gatelb.yaml --node gw1|gw2` with the same file:\n"
                 "    BGPPeer upstream (AS 64512 -> 64500), BFDProfile fast (100 ms x 3),\n"
                 f"    L4LB web {WEB}:80 -> be1, be2 and L4LB solo {SOLO}:80 -> be1 only,\n"
