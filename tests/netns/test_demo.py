@@ -19,7 +19,7 @@ from rich.console import Console
 
 from gatelb.cli.demo.bgp import BgpFacts, run_bgp_act
 from gatelb.lab import naming
-from gatelb.lab.bgp import GATEWAY_LAN, GATEWAYS, ROUTER
+from gatelb.lab.bgp import GATEWAY_LAN, GATEWAYS
 
 from ..conftest import netns_unavailable
 
