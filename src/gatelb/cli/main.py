@@ -75,7 +75,11 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("flush", help="remove everything gatelb programmed (our table only)")
 
     dm = sub.add_parser("demo", help="build a small network in namespaces and show load balancing live")
-    dm.add_argument("--connections", type=int, default=300, help="new connections per experiment")
+    dm.add_argument("--connections", type=int, default=300, help="new connections per experiment (the bgp act "
+                    "makes a fifth as many, at least 20)")
+    dm.add_argument("--act", choices=["all", "basic", "bgp"], default="all",
+                    help="basic: one gateway (spread, weights, affinity, IPv6, failover); bgp: two gateways "
+                    "announcing over BGP with BFD to an FRR router (ECMP, power loss, withdrawal); default all")
     return p
 
 
@@ -121,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from gatelb.cli.demo import run_demo
 
-        return run_demo(args.connections)
+        return run_demo(args.connections, args.act)
     if args.command == "run":
         return _run(args)
 
