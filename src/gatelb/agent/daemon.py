@@ -15,6 +15,7 @@ import logging
 import os
 import signal
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -74,7 +75,9 @@ class Daemon:
     def adopt_previous(self) -> None:
         """Addresses and the table a previous run left: a restart moves no VIP and reloads nothing."""
         stored = self.store.load()
-        self.reconciler.remember(_addresses(stored.allocations))
+        # Also the addresses of load balancers removed lately: one that comes back gets its own.
+        self.reconciler.remember(_addresses(stored.hints(time.time())))
+        self.writer.seed(stored)
         if stored.applied is not None:
             self.reconciler.adopt(stored.applied.services, stored.applied.generation)
 
@@ -142,11 +145,12 @@ def run_daemon(make_parts: Callable[[], Coroutine[Any, Any, Parts]], state_dir: 
         return 1
 
 
-def file_parts(paths: Sequence[Path]) -> Parts:
-    """`gatelb run -f FILE|DIR`: the file source; SIGHUP re-reads every file."""
+def file_parts(paths: Sequence[Path], allow_empty: bool = False) -> Parts:
+    """`gatelb run -f FILE|DIR`: the file source; SIGHUP re-reads every file. `allow_empty`: a
+    content that lost most of its load balancers is applied without the grace period."""
     from gatelb.sources.file import FileSource
 
-    sources = [FileSource(p) for p in paths]
+    sources = [FileSource(p, hold_s=0.0) if allow_empty else FileSource(p) for p in paths]
     def rescan(source: FileSource) -> Callable[[], None]:
         def hup() -> None:
             changed = source.rescan()
@@ -157,7 +161,8 @@ def file_parts(paths: Sequence[Path]) -> Parts:
     return Parts(sources=list(sources), on_hup=[rescan(s) for s in sources])
 
 
-async def kube_parts(kubeconfig: str | None, settings: KubeSettings, files: Sequence[Path] = ()) -> Parts:
+async def kube_parts(kubeconfig: str | None, settings: KubeSettings, files: Sequence[Path] = (),
+                     allow_empty: bool = False) -> Parts:
     """`gatelb run --kubeconfig K [-f FILE]`: the cluster as a source and as the status
     write-back consumer, plus the standalone files if given."""
     from gatelb.sources.kubernetes.api import KubeApi, connect
@@ -165,7 +170,7 @@ async def kube_parts(kubeconfig: str | None, settings: KubeSettings, files: Sequ
 
     client = await connect(kubeconfig)
     kube = KubeSource(KubeApi(client), settings)
-    parts = file_parts(files)
+    parts = file_parts(files, allow_empty)
     # After the files: their pools are known when the Service IPAM runs in the same round.
     parts.sources.append(kube)
     parts.consumers.append(kube)

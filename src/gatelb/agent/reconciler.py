@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gatelb.agent.engine import DataplaneSync, SyncResult
-from gatelb.agent.runtime import event
+from gatelb.agent.runtime import event, names_or_count
 from gatelb.dataplane.changes import Flow, udp_flows_to_flush
 from gatelb.ipam.lb import LBAllocator
 from gatelb.kernel.nft import NftError
@@ -254,7 +254,8 @@ class Reconciler:
                               result)
         if result is not None and (result.changes or result.full):
             now = time.perf_counter()
-            event(logging.INFO, "sync", trigger=",".join(sorted(reasons)), full=result.full, changes=result.changes,
+            event(logging.INFO, "sync", trigger=",".join(sorted(reasons)), full=result.full,
+                  changed=names_or_count(previous.keys()), changes=result.changes,
                   services=len(self._services), load_balancers=len(upserts) + len(removed),
                   generation=result.generation, prepare_ms=round((t1 - t0) * 1000, 3),
                   compile_ms=round(result.compile_s * 1000, 3), apply_ms=round(result.apply_s * 1000, 3),

@@ -8,7 +8,7 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Iterable
 from typing import Any
 
 log = logging.getLogger("gatelb")
@@ -40,6 +40,19 @@ class TextFormatter(logging.Formatter):
         if "errors" in fields:
             text += "".join(f"\n    {e}" for e in fields["errors"])
         return text
+
+
+FEW = 5
+
+
+def names_or_count(names: Iterable[str], few: int = FEW) -> str:
+    """What changed, for a log line: the names when there are few, else how many."""
+    listed = sorted(names)
+    if not listed:
+        return "nothing"
+    if len(listed) <= few:
+        return ",".join(listed)
+    return f"{len(listed)} load balancers ({','.join(listed[:few])}, ...)"
 
 
 def event(level: int, msg: str, **fields: Any) -> None:

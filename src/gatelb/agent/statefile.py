@@ -27,11 +27,53 @@ class StateFileError(RuntimeError):
     """The state file exists but cannot be used. The message names the file."""
 
 
+RELEASED_KEEP_S = 24 * 3600.0  # how long the address of a removed load balancer is remembered
+
+
+@dataclass(frozen=True)
+class Released:
+    """The address a load balancer had when it went away: it gets it back if it returns within
+    RELEASED_KEEP_S (and nobody took the address meanwhile), across restarts too."""
+
+    ip: str
+    at: float  # UNIX time of the release
+
+
 @dataclass(frozen=True)
 class StoredState:
     allocations: dict[str, str] = field(default_factory=dict)  # load balancer name -> frontend IP
     pools: dict[str, str | None] = field(default_factory=dict)  # load balancer name -> IPPool name
     applied: AppliedRecord | None = None
+    released: dict[str, Released] = field(default_factory=dict)  # removed load balancers' addresses
+
+    def hints(self, now: float, keep_s: float = RELEASED_KEEP_S) -> dict[str, str]:
+        """The addresses to give back: current allocations, and releases younger than keep_s."""
+        out = {n: r.ip for n, r in self.released.items() if now - r.at < keep_s}
+        out.update(self.allocations)
+        return out
+
+
+def released_after(before: Mapping[str, str], released: Mapping[str, Released], now: Mapping[str, object],
+                   at: float, keep_s: float = RELEASED_KEEP_S) -> dict[str, Released]:
+    """The releases to record after a sync that left `now` allocated, when `before` was: the
+    earlier ones not expired and not back, plus every name that lost its address now."""
+    out = {n: r for n, r in released.items() if n not in now and at - r.at < keep_s}
+    for name, ip in before.items():
+        if name not in now:
+            out[name] = Released(ip, at)
+    return out
+
+
+def _released(value: Any, path: Path) -> dict[str, Released]:
+    if not isinstance(value, dict):
+        raise StateFileError(f"{path}: 'released' must map names to {{ip, at}}")
+    out: dict[str, Released] = {}
+    for name, item in value.items():
+        ok = isinstance(item, dict) and isinstance(item.get("ip"), str) and isinstance(item.get("at"), int | float)
+        if not ok:
+            raise StateFileError(f"{path}: 'released' must map names to {{ip, at}} ({name!r} does not)")
+        out[str(name)] = Released(item["ip"], float(item["at"]))
+    return out
 
 
 def state_dir(cli_value: str | os.PathLike[str] | None, env: Mapping[str, str] | None = None) -> Path:
@@ -70,6 +112,7 @@ def _decode(data: Any, path: Path) -> StoredState:
         allocations=_str_map(data.get("allocations", {}), "allocations", path, nullable=False),
         pools=_str_map(data.get("pools", {}), "pools", path, nullable=True),
         applied=applied,
+        released=_released(data.get("released", {}), path),
     )
 
 
@@ -103,6 +146,7 @@ class StateStore:
             "allocations": dict(sorted(state.allocations.items())),
             "pools": dict(sorted(state.pools.items())),
             "applied": state.applied.to_json() if state.applied is not None else None,
+            "released": {n: {"ip": r.ip, "at": r.at} for n, r in sorted(state.released.items())},
         }
         try:
             # No indent: only then does json use its C encoder (10x faster at 10,000 services).
