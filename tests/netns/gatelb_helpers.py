@@ -124,8 +124,8 @@ class Gatelb:
         out = self.nft(*flags, "list", "table", "inet", "gatelb")
         return out.stdout if out.code == 0 else ""
 
-    def daemon(self, config: Path, *extra: str) -> Daemon:
-        return Daemon(self, config, list(extra))
+    def daemon(self, config: Path, *extra: str, health: bool = False) -> Daemon:
+        return Daemon(self, config, list(extra), health)
 
 
 class Daemon:
@@ -135,18 +135,18 @@ class Daemon:
     tier has its own tests; with them on, a busy machine could mark a backend down mid-test.
     """
 
-    def __init__(self, gatelb: Gatelb, config: Path, extra: list[str]) -> None:
+    def __init__(self, gatelb: Gatelb, config: Path, extra: list[str], health: bool = False) -> None:
         self.gatelb = gatelb
         self.config = config
         self.log_path = gatelb.state_dir.parent / "daemon.log"
-        self._extra = extra
+        self._extra = extra if health else ["--no-health", *extra]
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Daemon:
         if self._proc is not None:
             raise RuntimeError("gatelb run: already started")
         argv = [sys.executable, "-m", "gatelb.cli.main", "--state-dir", str(self.gatelb.state_dir), "run",
-                "-f", str(self.config), "--log-format", "json", "--no-health", *self._extra]
+                "-f", str(self.config), "--log-format", "json", *self._extra]
         with open(self.log_path, "ab") as log:
             self._proc = self.gatelb.lab.popen("gw", argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         return self

@@ -25,7 +25,7 @@ from gatelb.agent.engine import DataplaneSync
 from gatelb.agent.lock import StateLocked, state_lock
 from gatelb.agent.reconciler import Consumer, Reconciler, run_sources
 from gatelb.agent.record import RecordWriter
-from gatelb.agent.runtime import event, setup_logging, supervise
+from gatelb.agent.runtime import SHUTDOWN_S, event, exit_after, raise_nofile, setup_logging, supervise
 from gatelb.agent.statefile import StateFileError, StateStore
 from gatelb.health.feed import HealthFeed
 from gatelb.health.monitor import HealthChange, HealthMonitor, TargetKey
@@ -78,6 +78,8 @@ class Daemon:
         # Also the addresses of load balancers removed lately: one that comes back gets its own.
         self.reconciler.remember(_addresses(stored.hints(time.time())))
         self.writer.seed(stored)
+        if self.monitor is not None and stored.applied is not None:
+            self.monitor.seed(recorded_down(stored.applied.health))
         if stored.applied is not None:
             self.reconciler.adopt(stored.applied.services, stored.applied.generation)
 
@@ -97,8 +99,24 @@ class Daemon:
         if self.monitor is not None:
             tasks["health"] = self.monitor.run()
         healthy = await supervise(tasks, stop)
+        exit_after(SHUTDOWN_S)  # whatever hangs from here on (a thread in a system call) ends too
         self.writer.save_now()
         return healthy
+
+
+def recorded_down(health: dict[str, Any]) -> dict[TargetKey, str]:
+    """The targets the record shows down (keys `lb|address|port`, record.health_key), and why."""
+    import ipaddress
+
+    out: dict[TargetKey, str] = {}
+    for key, row in health.items():
+        try:
+            lb, address, port = key.rsplit("|", 2)
+            if isinstance(row, dict) and row.get("state") == "down":
+                out[TargetKey(lb, ipaddress.ip_address(address), int(port))] = str(row.get("reason", ""))
+        except ValueError:
+            continue  # a damaged row only loses its state
+    return out
 
 
 def _addresses(recorded: dict[str, str]) -> dict[str, IPAddress]:
@@ -116,8 +134,21 @@ def _addresses(recorded: dict[str, str]) -> dict[str, IPAddress]:
 async def _main(make_parts: Callable[[], Coroutine[Any, Any, Parts]], store: StateStore, health: bool) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # SIGTERM always ends the process. A plain signal handler (not loop.add_signal_handler)
+        # runs between bytecodes even while the event loop is busy; the first signal stops in
+        # order with a deadline (exit_after), a second one ends the process at once.
+        if stopping:
+            os._exit(1)
+        stopping.append(signum)
+        exit_after(SHUTDOWN_S * 2)
+        loop.call_soon_threadsafe(stop.set)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, on_signal)
     parts = await make_parts()
     daemon = Daemon(parts, store, NftCli(), health)
     loop.add_signal_handler(signal.SIGHUP, daemon.hup)
@@ -127,13 +158,16 @@ async def _main(make_parts: Callable[[], Coroutine[Any, Any, Parts]], store: Sta
     finally:
         for close in parts.closers:
             await close()
-    event(logging.INFO, "stopped")
+    event(logging.INFO, "stopped", signal=signal.Signals(stopping[0]).name if stopping else None)
     return 0 if healthy else 1
 
 
 def run_daemon(make_parts: Callable[[], Coroutine[Any, Any, Parts]], state_dir: Path, log_format: str,
                health: bool = True) -> int:
     setup_logging(log_format)
+    before, after = raise_nofile()
+    if after != before:
+        event(logging.INFO, "nofile-raised", before=before, after=after)
     try:
         with state_lock(state_dir):
             return asyncio.run(_main(make_parts, StateStore(state_dir), health))
