@@ -15,6 +15,7 @@ import asyncio
 import ipaddress
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from gatelb.agent.status import build_status
 from gatelb.dataplane import compile_full
 from gatelb.dataplane.changes import describe_changes
 from gatelb.dataplane.render import render_delete
+from gatelb.kernel.addresses import HostAddresses
 from gatelb.kernel.conntrack import flush_flows
 from gatelb.kernel.nft import Nft, NftCli, NftError
 from gatelb.model import DesiredState, IPAddress, ResolvedState, ValidationError, ValidationErrors, printable
@@ -46,10 +48,11 @@ class CommandError(Exception):
 class Context:
     store: StateStore
     nft: Nft
+    host_address: Callable[[IPAddress], bool] | None = None  # None: any address may be a VIP
 
     @classmethod
-    def create(cls, state_dir: Path) -> Context:
-        return cls(StateStore(state_dir), NftCli())
+    def create(cls, state_dir: Path, allow_host_addresses: bool = False) -> Context:
+        return cls(StateStore(state_dir), NftCli(), None if allow_host_addresses else HostAddresses())
 
 
 def _addresses(stored: StoredState) -> dict[str, IPAddress]:
@@ -79,7 +82,8 @@ def apply_source(ctx: Context, source: Source, dry_run: bool = False, want_nft_t
     t0 = time.perf_counter()
     stored = ctx.store.load()
     reconciler = Reconciler([source], DataplaneSync(ctx.nft, indexed=True),
-                            flush_udp=None if dry_run else flush_flows, recorded=_addresses(stored))
+                            flush_udp=None if dry_run else flush_flows, recorded=_addresses(stored),
+                            host_address=ctx.host_address)
     previous = stored.applied
     adopted = previous is not None and reconciler.adopt(previous.services, previous.generation)
     round_report, load_s = asyncio.run(one_round(reconciler, [source], dry_run=dry_run))

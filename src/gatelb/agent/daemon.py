@@ -29,6 +29,7 @@ from gatelb.agent.runtime import SHUTDOWN_S, event, exit_after, raise_nofile, se
 from gatelb.agent.statefile import StateFileError, StateStore
 from gatelb.health.feed import HealthFeed
 from gatelb.health.monitor import HealthChange, HealthMonitor, TargetKey
+from gatelb.kernel.addresses import HostAddresses
 from gatelb.kernel.conntrack import flush_flows
 from gatelb.kernel.nft import Nft, NftCli
 from gatelb.model import Backend, IPAddress
@@ -49,7 +50,8 @@ class Parts:
 
 
 class Daemon:
-    def __init__(self, parts: Parts, store: StateStore, nft: Nft, health: bool = True) -> None:
+    def __init__(self, parts: Parts, store: StateStore, nft: Nft, health: bool = True,
+                 host_address: Callable[[IPAddress], bool] | None = None) -> None:
         self.parts = parts
         self.store = store
         self.monitor = HealthMonitor(self._on_health) if health else None
@@ -57,7 +59,7 @@ class Daemon:
             parts.sources, DataplaneSync(nft, indexed=True),
             usable=self._usable if self.monitor is not None else None,
             health=HealthFeed(self.monitor) if self.monitor is not None else None,
-            flush_udp=flush_flows,
+            flush_udp=flush_flows, host_address=host_address,
         )
         self.writer = RecordWriter(store, tuple(s.name for s in parts.sources), self.monitor, parts.info)
         self.reconciler.consumers += [self.writer, *parts.consumers]
@@ -99,7 +101,6 @@ class Daemon:
         if self.monitor is not None:
             tasks["health"] = self.monitor.run()
         healthy = await supervise(tasks, stop)
-        exit_after(SHUTDOWN_S)  # whatever hangs from here on (a thread in a system call) ends too
         self.writer.save_now()
         return healthy
 
@@ -131,7 +132,8 @@ def _addresses(recorded: dict[str, str]) -> dict[str, IPAddress]:
     return out
 
 
-async def _main(make_parts: Callable[[], Coroutine[Any, Any, Parts]], store: StateStore, health: bool) -> int:
+async def _main(make_parts: Callable[[], Coroutine[Any, Any, Parts]], store: StateStore, health: bool,
+                allow_host_addresses: bool = False) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -150,11 +152,15 @@ async def _main(make_parts: Callable[[], Coroutine[Any, Any, Parts]], store: Sta
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, on_signal)
     parts = await make_parts()
-    daemon = Daemon(parts, store, NftCli(), health)
+    host = None if allow_host_addresses else HostAddresses()
+    daemon = Daemon(parts, store, NftCli(), health, host)
+    if host is not None:
+        parts.on_hup.insert(0, host.refresh)  # SIGHUP also reads the host's addresses again
     loop.add_signal_handler(signal.SIGHUP, daemon.hup)
     event(logging.INFO, "started", pid=os.getpid(), sources=[s.name for s in parts.sources])
     try:
         healthy = await daemon.run(stop)
+        exit_after(SHUTDOWN_S)  # whatever hangs from here on (a closer, a thread in a system call) ends too
     finally:
         for close in parts.closers:
             await close()
@@ -163,14 +169,14 @@ async def _main(make_parts: Callable[[], Coroutine[Any, Any, Parts]], store: Sta
 
 
 def run_daemon(make_parts: Callable[[], Coroutine[Any, Any, Parts]], state_dir: Path, log_format: str,
-               health: bool = True) -> int:
+               health: bool = True, allow_host_addresses: bool = False) -> int:
     setup_logging(log_format)
     before, after = raise_nofile()
     if after != before:
         event(logging.INFO, "nofile-raised", before=before, after=after)
     try:
         with state_lock(state_dir):
-            return asyncio.run(_main(make_parts, StateStore(state_dir), health))
+            return asyncio.run(_main(make_parts, StateStore(state_dir), health, allow_host_addresses))
     except StateLocked as err:
         print(f"gatelb run: {err}", file=sys.stderr)
         return 1

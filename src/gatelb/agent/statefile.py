@@ -3,12 +3,21 @@
 One JSON file, `<state-dir>/state.json`, versioned. It is replaced atomically (temp file in the
 same directory, fsync, rename, fsync of the directory), so a crash leaves either the old or the
 new file, never a torn one.
+
+Hardening: the directory is created 0700 and must be owned by this user (or root) and writable
+by nobody else; state files are opened with O_NOFOLLOW (a symbolic link planted at
+`<state-dir>/state.json` or `lock` is refused, never followed) and created 0600: the record
+shows the whole configuration, and every reader (`status`, `plan`) needs the privileges that
+reading nftables takes anyway.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -116,6 +125,43 @@ def _decode(data: Any, path: Path) -> StoredState:
     )
 
 
+def check_directory(directory: Path, create: bool = False) -> None:
+    """Refuse a state directory another user could tamper with: owned by someone other than us
+    (or root), or writable by group or others. `create`: make it (0700) when missing."""
+    if create:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        with contextlib.suppress(FileExistsError):
+            os.mkdir(directory, 0o700)
+    try:
+        st = os.stat(directory)
+    except FileNotFoundError:
+        return
+    except OSError as err:
+        raise StateFileError(f"{directory}: cannot use as state directory: {err.strerror}") from err
+    if not stat.S_ISDIR(st.st_mode):
+        raise StateFileError(f"{directory}: not a directory")
+    if st.st_uid not in (os.geteuid(), 0):
+        raise StateFileError(f"{directory}: owned by uid {st.st_uid}, not by this user ({os.geteuid()}) or root; "
+                             "refusing a state directory someone else controls")
+    if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH) and not st.st_mode & stat.S_ISVTX:
+        raise StateFileError(f"{directory}: writable by group or others (mode {stat.S_IMODE(st.st_mode):o}); "
+                             f"chmod go-w {directory}")
+
+
+def read_private(path: Path) -> bytes | None:
+    """The content of a state file, never through a symbolic link; None when it does not exist."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise StateFileError(f"{path}: is a symbolic link; refusing to follow it (remove it)") from err
+        raise StateFileError(f"{path}: cannot read: {err.strerror}") from err
+    with os.fdopen(fd, "rb") as f:
+        return f.read()
+
+
 class StateStore:
     def __init__(self, directory: str | os.PathLike[str]) -> None:
         self.directory = Path(directory)
@@ -123,10 +169,12 @@ class StateStore:
 
     def load(self) -> StoredState:
         """The stored state; an empty one when there is no file yet (first run)."""
+        check_directory(self.directory)
         try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            return StoredState()
+            data = read_private(self.path)
+            if data is None:
+                return StoredState()
+            text = data.decode("utf-8")
         except (OSError, UnicodeDecodeError) as err:
             raise StateFileError(f"{self.path}: cannot read: {err}") from err
         try:
@@ -153,7 +201,7 @@ class StateStore:
             text = json.dumps(document, allow_nan=False, separators=(",", ":")) + "\n"
         except (TypeError, ValueError) as err:
             raise TypeError(f"state for {self.path} is not JSON-serialisable: {err}") from err
-        self.directory.mkdir(parents=True, exist_ok=True)
+        check_directory(self.directory, create=True)
         self._replace(text.encode())
 
     def _replace(self, data: bytes) -> None:
@@ -162,7 +210,6 @@ class StateStore:
             with os.fdopen(fd, "wb") as f:
                 f.write(data)
                 f.flush()
-                os.fchmod(f.fileno(), 0o644)  # mkstemp makes 0600; `gatelb status` may read it unprivileged
                 os.fsync(f.fileno())
             os.replace(tmp, self.path)
         except BaseException:

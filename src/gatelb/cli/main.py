@@ -99,6 +99,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     _sub(sub, "flush", "remove everything gatelb programmed (our table only)")
 
+    for parser in (a, pl, r, d):
+        parser.add_argument("--allow-host-addresses", action="store_true",
+                            help="let a VIP be an address this host holds (refused by default: it would take over "
+                                 "the host's own services)")
+
     dm = sub.add_parser("demo", help="build a small network in namespaces and show load balancing live")
     dm.add_argument("--connections", type=int, default=300, help="new connections per experiment")
     return p
@@ -124,7 +129,8 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print("gatelb run: -f/--file is required (or --kubeconfig / --in-cluster)", file=sys.stderr)
         return 2
-    return run_daemon(make, state_dir(args), args.log_format, health=not args.no_health)
+    return run_daemon(make, state_dir(args), args.log_format, health=not args.no_health,
+                      allow_host_addresses=args.allow_host_addresses)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -138,10 +144,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from gatelb.agent import commands
     from gatelb.agent.lock import StateLocked, state_lock
+    from gatelb.agent.statefile import StateFileError
     from gatelb.cli.output import print_report, print_status
 
     try:
-        ctx = commands.Context.create(state_dir(args))
+        ctx = commands.Context.create(state_dir(args), getattr(args, "allow_host_addresses", False))
         if args.command == "status":
             print_status(commands.status(ctx), args.output)
             return commands.EXIT_OK
@@ -170,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
             elif args.command == "flush":
                 commands.flush(ctx)
                 print("flushed: table inet gatelb removed")
-    except StateLocked as err:
+    except (StateLocked, StateFileError) as err:
         print(f"gatelb {args.command}: {err}", file=sys.stderr)
         return commands.EXIT_FAILED
     except commands.CommandError as err:

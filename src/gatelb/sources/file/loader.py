@@ -238,6 +238,12 @@ def _check(check: CheckSpec | None, protocol: Protocol, problems: list[tuple[str
                 )
     if check.request_path is not None and not check.request_path.startswith("/"):
         problems.append(("spec.check.requestPath", f"{check.request_path!r} must start with /"))
+    # Both go onto the wire in the request: a CR/LF would inject headers (or a second request).
+    if check.request_path is not None and any(c.isspace() or not c.isprintable() for c in check.request_path):
+        problems.append(("spec.check.requestPath",
+                         f"{check.request_path!r} contains whitespace or control characters (encode them: %20)"))
+    if check.host is not None and (not check.host or any(c.isspace() or not c.isprintable() for c in check.host)):
+        problems.append(("spec.check.host", f"{check.host!r} is not a host name (whitespace or control characters)"))
     d = HealthCheck()
     return HealthCheck(
         type=ctype,

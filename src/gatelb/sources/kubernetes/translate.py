@@ -52,7 +52,7 @@ from gatelb.model import (
 from gatelb.sources import errors as pyd_errors
 from gatelb.sources.schema import IPPoolDocument, L4LBDocument, LabelSelectorSpec
 from gatelb.sources.standalone import _load_balancer, _pool
-from gatelb.validate import check_pools
+from gatelb.validate import check_pools, special_address
 
 Obj = dict[str, Any]
 
@@ -242,9 +242,13 @@ def _requested(svc: Obj, key: str) -> tuple[tuple[IPAddress, ...], list[Validati
         if not part:
             continue
         try:
-            out.append(ipaddress.ip_address(part))
+            ip = ipaddress.ip_address(part)
         except ValueError:
             return (), [ValidationError(SERVICE, key, path, f"{part!r} is not an IP address")]
+        why = special_address(ip)
+        if why is not None:
+            return (), [ValidationError(SERVICE, key, path, why)]
+        out.append(ip)
     return tuple(out), []
 
 
