@@ -358,9 +358,18 @@ class CheckSpec(Strict):
     expect: str | None = None
 
 
+def _kubernetes_protocol(value: Any) -> Any:
+    # `TCP` and `UDP` as a Kubernetes Service spells them; nothing else changes case.
+    return value.lower() if value in ("TCP", "UDP") else value
+
+
+ProtocolField = Annotated[Literal["tcp", "udp"], BeforeValidator(_kubernetes_protocol),
+                          WithJsonSchema({"type": "string", "enum": ["tcp", "udp", "TCP", "UDP"]})]
+
+
 class L4LBSpec(Strict):
     state: Literal["active", "disable"] = "active"
-    protocol: Literal["tcp", "udp"] = "tcp"
+    protocol: ProtocolField = "tcp"
     frontend: FrontendSpec
     pool: Name | None = None
     backend: Annotated[list[BackendEntry], BeforeValidator(_none_is_empty)] = []
