@@ -64,6 +64,7 @@ def test_silent_backends_under_ulimit_1024_stay_bounded_and_sigterm_ends_it(gl: 
             assert proc.poll() is None, log.read_text()
             peak = max(peak, open_fds(proc.pid))
             time.sleep(0.05)
+        print(f"peak descriptors: {peak}")
         assert peak < 400, f"{peak} descriptors open"  # 55 x 3 probes in flight at most, and the rest
         assert not [e for e in events(log) if e.get("event") == "task-died"], log.read_text()
         # Still working: a change is applied.
