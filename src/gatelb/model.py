@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, TypeVar
@@ -18,6 +19,23 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 API_VERSION = "gatelb.io/v1alpha1"
+
+
+# C0 and C1 controls, DEL, and the bidirectional overrides that can make text read differently
+# from what it is: never shown raw in a message or a log line.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = m.group()
+    return _ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped (\\n, \\x1b, \\u202e), so that input cannot forge log
+    lines or hide itself in messages."""
+    return _UNPRINTABLE.sub(_escape, text) if _UNPRINTABLE.search(text) else text
 
 
 class ValidationError(ValueError):
@@ -32,7 +50,8 @@ class ValidationError(ValueError):
         self.name = name
         self.path = path
         self.problem = problem
-        super().__init__(f"{kind} {name}: {path}: {problem}" if path else f"{kind} {name}: {problem}")
+        text = f"{kind} {name}: {path}: {problem}" if path else f"{kind} {name}: {problem}"
+        super().__init__(printable(text))
 
 
 class ValidationErrors(ValueError):

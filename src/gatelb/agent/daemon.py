@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,12 @@ from gatelb.agent.engine import DataplaneSync
 from gatelb.agent.lock import StateLocked, state_lock
 from gatelb.agent.reconciler import Consumer, Reconciler, run_sources
 from gatelb.agent.record import RecordWriter
-from gatelb.agent.runtime import event, setup_logging, supervise
+from gatelb.agent.runtime import SHUTDOWN_S, event, exit_after, raise_nofile, setup_logging, supervise
 from gatelb.agent.statefile import StateFileError, StateStore
 from gatelb.dns.updater import DNSUpdater, Report, SecretLookup
 from gatelb.health.feed import HealthFeed
 from gatelb.health.monitor import HealthChange, HealthMonitor, TargetKey
+from gatelb.kernel.addresses import HostAddresses
 from gatelb.kernel.conntrack import flush_flows
 from gatelb.kernel.nft import Nft, NftCli
 from gatelb.model import Backend, IPAddress
@@ -53,7 +55,8 @@ class Parts:
 
 
 class Daemon:
-    def __init__(self, parts: Parts, store: StateStore, nft: Nft, health: bool = True) -> None:
+    def __init__(self, parts: Parts, store: StateStore, nft: Nft, health: bool = True,
+                 host_address: Callable[[IPAddress], bool] | None = None) -> None:
         self.parts = parts
         self.store = store
         self.monitor = HealthMonitor(self._on_health) if health else None
@@ -61,7 +64,7 @@ class Daemon:
             parts.sources, DataplaneSync(nft, indexed=True),
             usable=self._usable if self.monitor is not None else None,
             health=HealthFeed(self.monitor) if self.monitor is not None else None,
-            flush_udp=flush_flows,
+            flush_udp=flush_flows, host_address=host_address,
         )
         # DNS records (gatelb.dns): a consumer with its own task, idle while no DNSProvider exists.
         self.dns = DNSUpdater(store.path.parent / "dns.json", parts.dns_report, parts.dns_secrets)
@@ -87,7 +90,11 @@ class Daemon:
     def adopt_previous(self) -> None:
         """Addresses and the table a previous run left: a restart moves no VIP and reloads nothing."""
         stored = self.store.load()
-        self.reconciler.remember(_addresses(stored.allocations))
+        # Also the addresses of load balancers removed lately: one that comes back gets its own.
+        self.reconciler.remember(_addresses(stored.hints(time.time())))
+        self.writer.seed(stored)
+        if self.monitor is not None and stored.applied is not None:
+            self.monitor.seed(recorded_down(stored.applied.health))
         if stored.applied is not None:
             self.reconciler.adopt(stored.applied.services, stored.applied.generation)
 
@@ -112,6 +119,21 @@ class Daemon:
         return healthy
 
 
+def recorded_down(health: dict[str, Any]) -> dict[TargetKey, str]:
+    """The targets the record shows down (keys `lb|address|port`, record.health_key), and why."""
+    import ipaddress
+
+    out: dict[TargetKey, str] = {}
+    for key, row in health.items():
+        try:
+            lb, address, port = key.rsplit("|", 2)
+            if isinstance(row, dict) and row.get("state") == "down":
+                out[TargetKey(lb, ipaddress.ip_address(address), int(port))] = str(row.get("reason", ""))
+        except ValueError:
+            continue  # a damaged row only loses its state
+    return out
+
+
 def _addresses(recorded: dict[str, str]) -> dict[str, IPAddress]:
     import ipaddress
 
@@ -125,31 +147,52 @@ def _addresses(recorded: dict[str, str]) -> dict[str, IPAddress]:
 
 
 async def _main(make_parts: Callable[[], Coroutine[Any, Any, Parts]], store: StateStore, health: bool,
-                node: str) -> int:
+                node: str, allow_host_addresses: bool = False) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # SIGTERM always ends the process. A plain signal handler (not loop.add_signal_handler)
+        # runs between bytecodes even while the event loop is busy; the first signal stops in
+        # order with a deadline (exit_after), a second one ends the process at once.
+        if stopping:
+            os._exit(1)
+        stopping.append(signum)
+        exit_after(SHUTDOWN_S * 2)
+        loop.call_soon_threadsafe(stop.set)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, on_signal)
     parts = await make_parts()
     add_announcer(parts, node, store.directory)
-    daemon = Daemon(parts, store, NftCli(), health)
+    host = None if allow_host_addresses else HostAddresses()
+    daemon = Daemon(parts, store, NftCli(), health, host)
+    if host is not None:
+        parts.on_hup.insert(0, host.refresh)  # SIGHUP also reads the host's addresses again
     loop.add_signal_handler(signal.SIGHUP, daemon.hup)
     event(logging.INFO, "started", pid=os.getpid(), sources=[s.name for s in parts.sources])
     try:
         healthy = await daemon.run(stop)
+        exit_after(SHUTDOWN_S)  # whatever hangs from here on (a closer, a thread in a system call) ends too
     finally:
         for close in parts.closers:
             await close()
-    event(logging.INFO, "stopped")
+    event(logging.INFO, "stopped", signal=signal.Signals(stopping[0]).name if stopping else None)
     return 0 if healthy else 1
 
 
 def run_daemon(make_parts: Callable[[], Coroutine[Any, Any, Parts]], state_dir: Path, log_format: str,
-               health: bool = True, node: str = "") -> int:
+               health: bool = True, node: str = "", allow_host_addresses: bool = False) -> int:
     setup_logging(log_format)
+    before, after = raise_nofile()
+    if after != before:
+        event(logging.INFO, "nofile-raised", before=before, after=after)
     try:
         with state_lock(state_dir):
-            return asyncio.run(_main(make_parts, StateStore(state_dir), health, node or socket.gethostname()))
+            return asyncio.run(_main(make_parts, StateStore(state_dir), health, node or socket.gethostname(),
+                                     allow_host_addresses))
     except StateLocked as err:
         print(f"gatelb run: {err}", file=sys.stderr)
         return 1
@@ -158,11 +201,12 @@ def run_daemon(make_parts: Callable[[], Coroutine[Any, Any, Parts]], state_dir: 
         return 1
 
 
-def file_parts(paths: Sequence[Path]) -> Parts:
-    """`gatelb run -f FILE|DIR`: the file source; SIGHUP re-reads every file."""
+def file_parts(paths: Sequence[Path], allow_empty: bool = False) -> Parts:
+    """`gatelb run -f FILE|DIR`: the file source; SIGHUP re-reads every file. `allow_empty`: a
+    content that lost most of its load balancers is applied without the grace period."""
     from gatelb.sources.file import FileSource
 
-    sources = [FileSource(p) for p in paths]
+    sources = [FileSource(p, hold_s=0.0) if allow_empty else FileSource(p) for p in paths]
     def rescan(source: FileSource) -> Callable[[], None]:
         def hup() -> None:
             changed = source.rescan()
@@ -173,7 +217,8 @@ def file_parts(paths: Sequence[Path]) -> Parts:
     return Parts(sources=list(sources), on_hup=[rescan(s) for s in sources])
 
 
-async def kube_parts(kubeconfig: str | None, settings: KubeSettings, files: Sequence[Path] = ()) -> Parts:
+async def kube_parts(kubeconfig: str | None, settings: KubeSettings, files: Sequence[Path] = (),
+                     allow_empty: bool = False) -> Parts:
     """`gatelb run --kubeconfig K [-f FILE]`: the cluster as a source and as the status
     write-back consumer, plus the standalone files if given."""
     from gatelb.sources.kubernetes.api import KubeApi, connect
@@ -181,7 +226,7 @@ async def kube_parts(kubeconfig: str | None, settings: KubeSettings, files: Sequ
 
     client = await connect(kubeconfig)
     kube = KubeSource(KubeApi(client), settings)
-    parts = file_parts(files)
+    parts = file_parts(files, allow_empty)
     # After the files: their pools are known when the Service IPAM runs in the same round.
     parts.sources.append(kube)
     parts.consumers.append(kube)

@@ -34,6 +34,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from gatelb.model import AddressRange, IPAddress, IPNetwork
+from gatelb.validate import special_address, special_range
 
 # Tags of the two shapes a backend entry may take. They show up in pydantic's error locations and
 # are dropped from the paths we print (errors.TAGS), so they must never collide with a field name.
@@ -147,7 +148,26 @@ def parse_cidr(value: Any) -> IPNetwork:
     return _network(_require_str(value, "a CIDR"))
 
 
+def parse_vip(value: Any) -> IPAddress:
+    """A load balancer's own address: any IP but loopback, unspecified, link-local, multicast,
+    broadcast (validate.SPECIAL_NETWORKS)."""
+    ip = parse_ip(value)
+    why = special_address(ip)
+    if why is not None:
+        raise problem(why)
+    return ip
+
+
 def parse_pool_entry(value: Any) -> AddressRange:
+    """A pool range without special addresses (validate.SPECIAL_NETWORKS)."""
+    r = _parse_pool_entry(value)
+    why = special_range(r)
+    if why is not None:
+        raise problem(why)
+    return r
+
+
+def _parse_pool_entry(value: Any) -> AddressRange:
     """'203.0.113.0/28', '203.0.113.100-203.0.113.110' or one address."""
     text = _require_str(value, "an address range").strip()
     if "-" in text:
@@ -250,6 +270,7 @@ AffinitySeconds = Annotated[int, _ranged(1, AFFINITY_MAX_S, None, " seconds"), _
 Millis = Annotated[int, _ranged(CHECK_MS_MIN, CHECK_MS_MAX, None, " ms"), _bounds(CHECK_MS_MIN, CHECK_MS_MAX)]
 Count = Annotated[int, _ranged(1, RISE_FALL_MAX, None), _bounds(1, RISE_FALL_MAX)]
 IPField = Annotated[IPAddress, PlainValidator(parse_ip), WithJsonSchema({"type": "string"})]
+VIPField = Annotated[IPAddress, PlainValidator(parse_vip), WithJsonSchema({"type": "string"})]
 CIDRField = Annotated[IPNetwork, PlainValidator(parse_cidr), WithJsonSchema({"type": "string"})]
 PoolEntry = Annotated[AddressRange, PlainValidator(parse_pool_entry), WithJsonSchema({"type": "string"})]
 Statuses = Annotated[
@@ -321,7 +342,7 @@ class IPPoolDocument(Strict):
 
 
 class FrontendSpec(Strict):
-    ip: IPField | None = None
+    ip: VIPField | None = None
     port: Port
     # Which family to allocate when `ip` is absent and the backends do not tell (e.g. none yet).
     ip_family: Literal["IPv4", "IPv6"] | None = None
@@ -365,9 +386,18 @@ class CheckSpec(Strict):
     expect: str | None = None
 
 
+def _kubernetes_protocol(value: Any) -> Any:
+    # `TCP` and `UDP` as a Kubernetes Service spells them; nothing else changes case.
+    return value.lower() if value in ("TCP", "UDP") else value
+
+
+ProtocolField = Annotated[Literal["tcp", "udp"], BeforeValidator(_kubernetes_protocol),
+                          WithJsonSchema({"type": "string", "enum": ["tcp", "udp", "TCP", "UDP"]})]
+
+
 class L4LBSpec(Strict):
     state: Literal["active", "disable"] = "active"
-    protocol: Literal["tcp", "udp"] = "tcp"
+    protocol: ProtocolField = "tcp"
     frontend: FrontendSpec
     pool: Name | None = None
     backend: Annotated[list[BackendEntry], BeforeValidator(_none_is_empty)] = []

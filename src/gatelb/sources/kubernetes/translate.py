@@ -59,7 +59,7 @@ from gatelb.sources.schema import (
     normal_hostname,
 )
 from gatelb.sources.standalone import _load_balancer, _pool
-from gatelb.validate import check_pools
+from gatelb.validate import check_pools, special_address
 
 Obj = dict[str, Any]
 
@@ -268,9 +268,13 @@ def _requested(svc: Obj, key: str) -> tuple[tuple[IPAddress, ...], list[Validati
         if not part:
             continue
         try:
-            out.append(ipaddress.ip_address(part))
+            ip = ipaddress.ip_address(part)
         except ValueError:
             return (), [ValidationError(SERVICE, key, path, f"{part!r} is not an IP address")]
+        why = special_address(ip)
+        if why is not None:
+            return (), [ValidationError(SERVICE, key, path, why)]
+        out.append(ip)
     return tuple(out), []
 
 
