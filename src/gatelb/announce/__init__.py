@@ -145,6 +145,8 @@ class Announcer:
             if parsed is None:
                 continue
             name, state, priority = parsed
+            if state == "MASTER_RX_LOWER_PRI":  # a notice while MASTER (a lower advert was seen)
+                state = "MASTER"
             if self.l2_states.get(name) == state:
                 continue
             self.l2_states[name] = state
