@@ -5,7 +5,8 @@ One scenario, in order (each step depends on the state the previous one left):
 the VIPs are spread (web and web6 owned by gw1, api by gw2); only the owner's MAC answers ARP
 (arping) and NDP (ndisc6) for a VIP; the client reaches the backends through every VIP; gatelb
 status says where each VIP is owned; a gateway that can no longer serve (its backend link down,
-health checks fail) hands its VIPs over and takes them back when it can again; the owner's power
+health checks fail) hands its VIPs over and takes them back when it can again; SIGTERM hands over
+at once and a restarted gateway takes its own VIPs back; the owner's power
 loss moves its VIPs to the other within 1 s, the client's neighbour entry follows (gratuitous
 ARP) and its new connections succeed again.
 """
@@ -13,6 +14,7 @@ ARP) and its new connections succeed again.
 from __future__ import annotations
 
 import shutil
+import signal
 import time
 from collections.abc import Iterator
 
@@ -76,6 +78,18 @@ def test_one_owner_answers_arp_and_ndp_and_power_loss_moves_the_vips(lab: L2Lab)
     lab.wait_holder(WEB6, "gw1", 5.0)
     assert lab.connect_many("tcp", WEB, 80, count=10).ok == 10
     assert lab.client_neighbour(WEB) == macs["gw1"]
+
+    # SIGTERM: gw2's keepalived stops with priority-0 adverts, gw1 takes api over at once; a new
+    # gw2 takes its own instance back (preemption)
+    t0 = time.monotonic()
+    gws["gw2"].signal(signal.SIGTERM)
+    lab.wait_holder(API, "gw1", 1.0)
+    print(f"SIGTERM -> VIP held by the other: {time.monotonic() - t0:.3f} s")
+    assert gws["gw2"].stop(timeout=10) == 0, gws["gw2"].log_text()[-3000:]
+    assert gws["gw2"].events("keepalived-stopped")
+    gws["gw2"] = LabDaemon(lab, CONFIG, name="gw2-again", ns="gw2", extra_args=("--node", "gw2")).start()
+    lab.wait_holder(API, "gw2", 5.0)
+    assert lab.connect_many("tcp", API, 80, count=10).ok == 10
 
     # gw1 loses power: gw2 takes web over within 1 s, the client follows its gratuitous ARP
     t0 = time.monotonic()
