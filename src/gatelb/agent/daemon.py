@@ -241,11 +241,18 @@ async def kube_parts(kubeconfig: str | None, settings: KubeSettings, files: Sequ
 
 
 def add_announcer(parts: Parts, node: str, state_dir: Path) -> None:
-    """BGP/BFD through gatelb's own FRR (under <state-dir>/frr), ARP/NDP: a consumer of the synced
-    state with its own task. FRR starts only once the configuration asks for BGP; stopping the
-    task withdraws every route first."""
+    """BGP/BFD through gatelb's own FRR (under <state-dir>/frr), ARP/NDP through its own keepalived
+    (<state-dir>/keepalived): a consumer of the synced state with its own task. Each starts only
+    once the configuration asks for it; stopping the task withdraws every route first. Where the
+    L2 VIPs are owned goes to the state record (`info`, key "l2")."""
     from gatelb.announce import Announcer
 
-    announcer = Announcer(node, state_dir / "frr")
+    announcer = Announcer(node, state_dir / "frr", l2_directory=state_dir / "keepalived")
     parts.consumers.append(announcer)
     parts.tasks["announce"] = announcer.run()
+    mode_info = parts.info
+
+    def info() -> dict[str, Any]:
+        return {**(mode_info() if mode_info else {}), **announcer.info()}
+
+    parts.info = info
