@@ -307,6 +307,8 @@ class Reconciler:
             ValidationError, ...]:
         """Merge one contribution. For a strict source returns its problems and changes nothing
         when there are any."""
+        for name, ip in c.recorded.items():
+            self._recorded.setdefault(name, ip)  # what this process allocated itself comes first
         # A source may hand over an object equal to what it gave before (a Kubernetes Service
         # whose status we just wrote): nothing to allocate or resolve for it.
         lb_changes: dict[str, LoadBalancer | None] = {
