@@ -281,10 +281,10 @@ def test_l4lb_keeps_the_address_its_status_names_across_a_restart_and_followers_
             assert await wait_for(lambda: frontend("web")) == "203.0.113.10"
         # A new leader with an empty state directory; "api" sorts first and would take .10 afresh.
         await l4lb("api")
-        async with agent(client, identity="gw1") as (leader, _):
+        async with agent(client, identity="gw1") as (_leader, _):
             assert await wait_for(lambda: frontend("api")) == "203.0.113.11"
             assert frontend("web") == "203.0.113.10"
-            async with agent(client, identity="gw2") as (follower, nft2):
+            async with agent(client, identity="gw2") as (follower, _nft2):
                 await wait_for(lambda: {"l4lb/ops/web", "l4lb/ops/api"} <= set(follower.daemon.reconciler.services))
                 assert not follower.is_leader
                 served = follower.daemon.reconciler.services
