@@ -60,9 +60,7 @@ def _lb_status(
         flow = Counter()
         new = 0
         if svc is not None:
-            key = (str(svc.vip), svc.protocol.value, str(b.address), b.port)
-            flow = counters.flows.get(key, Counter())
-            new = counters.new_connections.get(key, 0)
+            flow, new = counters.lookup(svc.vip, svc.protocol, b.address, b.port)
         total.add(flow)
         record = health.get(health_key(lb.name, str(b.address), b.port), {})
         if b.weight == 0 or b.drain:
