@@ -20,7 +20,7 @@ from typing import Any
 from gatelb.agent.engine import DataplaneSync
 from gatelb.agent.reconciler import Reconciler, one_round
 from gatelb.agent.record import stored_state
-from gatelb.agent.statefile import StateStore, StoredState
+from gatelb.agent.statefile import SOCKET_NAME, StateStore, StoredState
 from gatelb.agent.status import build_status
 from gatelb.dataplane import compile_full
 from gatelb.dataplane.changes import describe_changes
@@ -163,13 +163,59 @@ def flush(ctx: Context) -> None:
     ctx.store.save(StoredState(allocations=stored.allocations, pools=stored.pools, applied=None))
 
 
-def status(ctx: Context) -> dict[str, Any]:
+def daemon_status(state_dir: Path, name: str | None = None, timeout_s: float = 10.0) -> dict[str, Any] | None:
+    """The running daemon's answer over <state-dir>/gatelb.sock; None when no daemon listens there.
+    CommandError for a name it does not know."""
+    import http.client
+    import json
+    import socket
+    from urllib.parse import quote
+
+    path = state_dir / SOCKET_NAME
+    if not path.exists():
+        return None
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout_s)
+    try:
+        sock.connect(str(path))
+    except OSError:
+        sock.close()
+        return None  # a socket file left by a daemon that was killed
+    conn = http.client.HTTPConnection("gatelb")
+    conn.sock = sock
+    try:
+        conn.request("GET", "/status" + (f"?name={quote(name)}" if name is not None else ""))
+        response = conn.getresponse()
+        body = response.read()
+    finally:
+        conn.close()
+    if response.status == 404:
+        raise CommandError(f"no load balancer named {name!r}", EXIT_FAILED)
+    if response.status != 200:
+        raise CommandError(f"the daemon answered {response.status}: {body[:300]!r}", EXIT_FAILED)
+    data: dict[str, Any] = json.loads(body)
+    return data
+
+
+def status(ctx: Context, name: str | None = None) -> dict[str, Any]:
+    """From the running daemon when there is one (its memory and one counter read), else from the
+    state record and the kernel's counter sets."""
+    live = daemon_status(ctx.store.directory, name)
+    if live is not None:
+        return live
     stored = ctx.store.load()
     applied = stored.applied
     counters = ctx.nft.read_counters()
     if applied is None:
+        if name is not None:
+            raise CommandError(f"no load balancer named {name!r} (nothing is applied)", EXIT_FAILED)
         return build_status(DesiredState(), {}, ResolvedState(), counters, None, {})
-    desired = DesiredState(applied.pools, applied.load_balancers)
+    lbs = applied.load_balancers
+    if name is not None:
+        lbs = tuple(lb for lb in lbs if lb.name == name)
+        if not lbs:
+            raise CommandError(f"no load balancer named {name!r}", EXIT_FAILED)
+    desired = DesiredState(applied.pools, lbs)
     data = build_status(desired, stored.allocations, applied.services, counters, applied.generation,
                         applied.health)
     data["sources"] = list(applied.sources)

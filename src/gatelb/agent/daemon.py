@@ -22,15 +22,19 @@ from typing import Any
 
 from gatelb.agent.engine import DataplaneSync
 from gatelb.agent.lock import StateLocked, state_lock
+from gatelb.agent.metrics import DEFAULT_HEALTHZ_TIMEOUT_S, Metrics
 from gatelb.agent.reconciler import Consumer, Reconciler, run_sources
-from gatelb.agent.record import RecordWriter
+from gatelb.agent.record import RecordWriter, health_records
 from gatelb.agent.runtime import event, setup_logging, supervise
-from gatelb.agent.statefile import StateFileError, StateStore
+from gatelb.agent.server import Server
+from gatelb.agent.statefile import SOCKET_NAME, StateFileError, StateStore
+from gatelb.agent.status import live_status
 from gatelb.health.feed import HealthFeed
 from gatelb.health.monitor import HealthChange, HealthMonitor, TargetKey
+from gatelb.health.probes import probe
 from gatelb.kernel.conntrack import flush_flows
 from gatelb.kernel.nft import Nft, NftCli
-from gatelb.model import Backend, IPAddress
+from gatelb.model import Backend, IPAddress, SyncedState
 from gatelb.sources.base import Source
 from gatelb.sources.kubernetes.source import KubeSettings
 
@@ -47,11 +51,27 @@ class Parts:
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
+@dataclass(frozen=True)
+class Endpoints:
+    """The daemon's HTTP endpoints (agent/server.py): the metrics address (None: off), the local
+    status socket (None: none; tests that drive a Daemon in-process), the /healthz limit."""
+
+    metrics: tuple[str, int] | None = None
+    socket: Path | None = None
+    healthz_timeout_s: float = DEFAULT_HEALTHZ_TIMEOUT_S
+
+
 class Daemon:
-    def __init__(self, parts: Parts, store: StateStore, nft: Nft, health: bool = True) -> None:
+    def __init__(self, parts: Parts, store: StateStore, nft: Nft, health: bool = True,
+                 endpoints: Endpoints | None = None) -> None:
         self.parts = parts
         self.store = store
-        self.monitor = HealthMonitor(self._on_health) if health else None
+        self.nft = nft
+        self.endpoints = endpoints or Endpoints()
+        info = parts.info
+        self.metrics = Metrics(problems=(lambda: list(info().get("problems") or [])) if info else None,
+                               healthz_timeout_s=self.endpoints.healthz_timeout_s)
+        self.monitor = HealthMonitor(self._on_health, prober=self.metrics.timed(probe)) if health else None
         self.reconciler = Reconciler(
             parts.sources, DataplaneSync(nft, indexed=True),
             usable=self._usable if self.monitor is not None else None,
@@ -60,9 +80,25 @@ class Daemon:
         )
         self.writer = RecordWriter(store, tuple(s.name for s in parts.sources), self.monitor, parts.info)
         self.reconciler.consumers += [self.writer, *parts.consumers]
+        self.metrics.attach(self.reconciler, self.monitor)
 
     def _on_health(self, changes: list[HealthChange]) -> None:
+        self.metrics.health_changed(changes)
         self.reconciler.health_changed({c.key.lb for c in changes})
+
+    async def status(self, name: str | None) -> dict[str, Any] | None:
+        """`gatelb status [NAME]` answered from memory plus one kernel counter read (None: no
+        such load balancer)."""
+        state = self.reconciler.last_state
+        if state is None:
+            state = SyncedState(0, {}, {}, {}, (), {}, {}, {})
+        if name is not None and name not in state.load_balancers:
+            return None
+        health = health_records(self.monitor, name)  # on the loop: the monitor changes there
+        info = self.parts.info() if self.parts.info else {}
+        counters = await asyncio.to_thread(self.nft.read_counters)
+        return await asyncio.to_thread(live_status, state, counters, health,
+                                       tuple(s.name for s in self.parts.sources), info, name)
 
     def _usable(self, lb: str, backend: Backend) -> bool:
         assert self.monitor is not None
@@ -93,6 +129,8 @@ class Daemon:
         }
         if self.monitor is not None:
             tasks["health"] = self.monitor.run()
+        if self.endpoints.metrics is not None or self.endpoints.socket is not None:
+            tasks["http"] = Server(self.metrics, self.status, self.endpoints.metrics, self.endpoints.socket).run()
         healthy = await supervise(tasks, stop)
         self.writer.save_now()
         return healthy
@@ -110,13 +148,14 @@ def _addresses(recorded: dict[str, str]) -> dict[str, IPAddress]:
     return out
 
 
-async def _main(make_parts: Callable[[], Coroutine[Any, Any, Parts]], store: StateStore, health: bool) -> int:
+async def _main(make_parts: Callable[[], Coroutine[Any, Any, Parts]], store: StateStore, health: bool,
+                endpoints: Endpoints) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     parts = await make_parts()
-    daemon = Daemon(parts, store, NftCli(), health)
+    daemon = Daemon(parts, store, NftCli(), health, endpoints)
     loop.add_signal_handler(signal.SIGHUP, daemon.hup)
     event(logging.INFO, "started", pid=os.getpid(), sources=[s.name for s in parts.sources])
     try:
@@ -129,11 +168,13 @@ async def _main(make_parts: Callable[[], Coroutine[Any, Any, Parts]], store: Sta
 
 
 def run_daemon(make_parts: Callable[[], Coroutine[Any, Any, Parts]], state_dir: Path, log_format: str,
-               health: bool = True) -> int:
+               health: bool = True, metrics_address: tuple[str, int] | None = None,
+               healthz_timeout_s: float = DEFAULT_HEALTHZ_TIMEOUT_S) -> int:
     setup_logging(log_format)
+    endpoints = Endpoints(metrics_address, state_dir / SOCKET_NAME, healthz_timeout_s)
     try:
         with state_lock(state_dir):
-            return asyncio.run(_main(make_parts, StateStore(state_dir), health))
+            return asyncio.run(_main(make_parts, StateStore(state_dir), health, endpoints))
     except StateLocked as err:
         print(f"gatelb run: {err}", file=sys.stderr)
         return 1

@@ -8,7 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from gatelb.kernel.counters import Counter, TableCounters
-from gatelb.model import DesiredState, LoadBalancer, ResolvedState, Service
+from gatelb.model import DesiredState, LoadBalancer, ResolvedState, Service, SyncedState
 
 HealthRecord = dict[str, Any]
 
@@ -96,3 +96,19 @@ def _lb_status(
         "counters": _counter_json(total, new_total),
         "backends": backends,
     }
+
+
+def live_status(state: SyncedState, counters: TableCounters, health: dict[str, HealthRecord],
+                sources: tuple[str, ...], info: dict[str, Any], name: str | None = None) -> dict[str, Any]:
+    """The daemon's answer to `gatelb status [NAME]`: the same document, from its memory."""
+    lbs = state.load_balancers
+    chosen = tuple(lbs.values()) if name is None else (lbs[name],)
+    services = state.services if name is None else {n: s for n, s in state.services.items() if n == name}
+    data = build_status(DesiredState(state.pools, chosen), {n: str(ip) for n, ip in state.addresses.items()},
+                        ResolvedState(tuple(services.values())), counters, state.generation, health)
+    data["sources"] = list(sources)
+    data["errors"] = [str(e) for errs in state.errors.values() for e in errs]
+    if info:
+        data["info"] = info
+    data["from"] = "daemon"
+    return data

@@ -17,6 +17,7 @@ def state_dir(args: argparse.Namespace) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gatelb", description="Layer-4 load balancers on the nftables data path.")
+    p.add_argument("--version", action="version", version=f"gatelb {_version()}")
     p.add_argument("--state-dir", help=f"state directory (default: $GATELB_STATE_DIR or {DEFAULT_STATE_DIR})")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -46,9 +47,19 @@ def build_parser() -> argparse.ArgumentParser:
                    help="namespace of the leader-election Lease (default: $POD_NAMESPACE or gatelb-system)")
     r.add_argument("--log-format", choices=["text", "json"], default="text")
     r.add_argument("--no-health", action="store_true", help="do not run health checks (all backends count as up)")
+    r.add_argument("--metrics-address", default="127.0.0.1:9469", metavar="HOST:PORT",
+                   help="serve /metrics (Prometheus) and /healthz here; 'off' disables (default: 127.0.0.1:9469)")
+    r.add_argument("--healthz-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="/healthz answers 503 once a change has waited this long for a sync (default: 30)")
 
     s = sub.add_parser("status", help="load balancers, backends, health and counters")
+    s.add_argument("name", nargs="?", help="only this load balancer")
     s.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    s.add_argument("-w", "--watch", action="store_true", help="refresh until interrupted (Ctrl-C)")
+    s.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="with -w: seconds between refreshes")
+
+    c = sub.add_parser("completion", help="print a shell completion script (bash)")
+    c.add_argument("shell", choices=["bash"])
 
     d = sub.add_parser("delete", help="remove the L4LBs (and IPPools) named in a file")
     d.add_argument("-f", "--file", required=True)
@@ -80,7 +91,24 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print("gatelb run: -f/--file is required (or --kubeconfig / --in-cluster)", file=sys.stderr)
         return 2
-    return run_daemon(make, state_dir(args), args.log_format, health=not args.no_health)
+    from gatelb.agent.server import parse_address
+
+    try:
+        metrics_address = parse_address(args.metrics_address)
+    except ValueError as err:
+        print(f"gatelb run: {err}", file=sys.stderr)
+        return 2
+    return run_daemon(make, state_dir(args), args.log_format, health=not args.no_health,
+                      metrics_address=metrics_address, healthz_timeout_s=args.healthz_timeout)
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("gatelb")
+    except PackageNotFoundError:
+        return "unknown (not installed)"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -91,6 +119,11 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(args.connections)
     if args.command == "run":
         return _run(args)
+    if args.command == "completion":
+        from gatelb.cli.completion import bash_script
+
+        print(bash_script(build_parser()), end="")
+        return 0
 
     from gatelb.agent import commands
     from gatelb.agent.lock import StateLocked, state_lock
@@ -99,7 +132,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ctx = commands.Context.create(state_dir(args))
         if args.command == "status":
-            print_status(commands.status(ctx), args.output)
+            if args.watch:
+                from gatelb.cli.output import watch
+
+                return watch(lambda: commands.status(ctx, args.name), args.output, args.interval)
+            print_status(commands.status(ctx, args.name), args.output)
             return commands.EXIT_OK
         with state_lock(state_dir(args)):
             if args.command in ("apply", "plan"):

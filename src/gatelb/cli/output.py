@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import yaml
@@ -128,3 +128,18 @@ def _print_plain(rows: list[tuple[tuple[str, ...], str]]) -> None:
                         for c, w, j in zip(cells, widths, JUSTIFY, strict=True)).rstrip()
     out = [line(COLUMNS)] + [line(r) for r, _ in rows]
     sys.stdout.write("\n".join(out) + "\n")
+
+
+def watch(fetch: Callable[[], dict[str, Any]], output: str, interval: float) -> int:
+    """`gatelb status -w`: clear the terminal and print again every `interval` seconds."""
+    try:
+        while True:
+            data = fetch()
+            if sys.stdout.isatty():
+                sys.stdout.write("\033[H\033[2J")
+            print(f"every {interval:g}s: {time.strftime('%H:%M:%S')}  (Ctrl-C to stop)")
+            print_status(data, output)
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0
