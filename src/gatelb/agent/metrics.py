@@ -34,7 +34,7 @@ from gatelb.kernel.nlcounters import RawDump, dump_raw
 from gatelb.model import HealthCheck, IPAddress, LoadBalancer, Service, SyncedState
 
 # The `*_created` series double every counter's size and say nothing a restart counter would not.
-disable_created_metrics()
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # /healthz turns 503 when a change has waited longer than this for a successful sync.
 DEFAULT_HEALTHZ_TIMEOUT_S = 30.0

@@ -35,7 +35,7 @@ def _subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.Argument
 
 
 def bash_script(parser: argparse.ArgumentParser) -> str:
-    top, top_choices, top_files = _options(parser)
+    top, _choices, top_files = _options(parser)
     subs = _subcommands(parser)
     cases = []
     for name, sub in subs.items():
