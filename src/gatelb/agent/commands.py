@@ -163,7 +163,8 @@ def flush(ctx: Context) -> None:
     ctx.store.save(StoredState(allocations=stored.allocations, pools=stored.pools, applied=None))
 
 
-def daemon_status(state_dir: Path, name: str | None = None, timeout_s: float = 10.0) -> dict[str, Any] | None:
+def daemon_status(state_dir: Path, name: str | None = None, backends: bool | None = True,
+                  timeout_s: float = 10.0) -> dict[str, Any] | None:
     """The running daemon's answer over <state-dir>/gatelb.sock; None when no daemon listens there.
     CommandError for a name it does not know."""
     import http.client
@@ -184,7 +185,8 @@ def daemon_status(state_dir: Path, name: str | None = None, timeout_s: float = 1
     conn = http.client.HTTPConnection("gatelb")
     conn.sock = sock
     try:
-        conn.request("GET", "/status" + (f"?name={quote(name)}" if name is not None else ""))
+        query = f"backends={ {True: '1', False: '0', None: 'auto'}[backends] }"
+        conn.request("GET", f"/status?{query}" + (f"&name={quote(name)}" if name is not None else ""))
         response = conn.getresponse()
         body = response.read()
     finally:
@@ -197,10 +199,10 @@ def daemon_status(state_dir: Path, name: str | None = None, timeout_s: float = 1
     return data
 
 
-def status(ctx: Context, name: str | None = None) -> dict[str, Any]:
+def status(ctx: Context, name: str | None = None, backends: bool | None = True) -> dict[str, Any]:
     """From the running daemon when there is one (its memory and one counter read), else from the
-    state record and the kernel's counter sets."""
-    live = daemon_status(ctx.store.directory, name)
+    state record and the kernel's counter sets. `backends`: see build_status."""
+    live = daemon_status(ctx.store.directory, name, backends)
     if live is not None:
         return live
     stored = ctx.store.load()
@@ -217,7 +219,7 @@ def status(ctx: Context, name: str | None = None) -> dict[str, Any]:
             raise CommandError(f"no load balancer named {name!r}", EXIT_FAILED)
     desired = DesiredState(applied.pools, lbs)
     data = build_status(desired, stored.allocations, applied.services, counters, applied.generation,
-                        applied.health)
+                        applied.health, True if name is not None else backends)
     data["sources"] = list(applied.sources)
     data["errors"] = list(applied.errors)
     if applied.info:

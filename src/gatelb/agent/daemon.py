@@ -86,7 +86,7 @@ class Daemon:
         self.metrics.health_changed(changes)
         self.reconciler.health_changed({c.key.lb for c in changes})
 
-    async def status(self, name: str | None) -> dict[str, Any] | None:
+    async def status(self, name: str | None, backends: bool | None = True) -> dict[str, Any] | None:
         """`gatelb status [NAME]` answered from memory plus one kernel counter read (None: no
         such load balancer)."""
         state = self.reconciler.last_state
@@ -98,7 +98,7 @@ class Daemon:
         info = self.parts.info() if self.parts.info else {}
         counters = await asyncio.to_thread(self.nft.read_counters)
         return await asyncio.to_thread(live_status, state, counters, health,
-                                       tuple(s.name for s in self.parts.sources), info, name)
+                                       tuple(s.name for s in self.parts.sources), info, name, backends)
 
     def _usable(self, lb: str, backend: Backend) -> bool:
         assert self.monitor is not None

@@ -4,7 +4,7 @@
         /metrics   Prometheus text format (agent/metrics.py)
         /healthz   200 or 503 with a JSON body (kube-proxy's semantics)
     <state-dir>/gatelb.sock (unix socket, mode 0600: root's, like the state directory)
-        the same, plus /status[?name=NAME]: what `gatelb status` prints, from the daemon's memory
+        the same, plus /status[?name=NAME][&backends=1|0|auto]: what `gatelb status` prints, from the daemon's memory
 
 The TCP listener binds exactly the address asked and nothing else; `gatelb status` finds the
 daemon through the state directory, so it works with the metrics port off.
@@ -29,7 +29,8 @@ from gatelb.agent.runtime import event
 
 DEFAULT_METRICS_ADDRESS = "127.0.0.1:9469"
 
-StatusFn = Callable[[str | None], Awaitable[dict[str, Any] | None]]
+StatusFn = Callable[[str | None, bool | None], Awaitable[dict[str, Any] | None]]
+_BACKENDS = {"1": True, "0": False, "auto": None}
 
 
 def parse_address(text: str) -> tuple[str, int] | None:
@@ -73,7 +74,7 @@ class Server:
 
     async def _status_page(self, request: web.Request) -> web.Response:
         name = request.query.get("name")
-        data = await self._status(name)
+        data = await self._status(name, _BACKENDS.get(request.query.get("backends", "1"), True))
         if data is None:
             return web.Response(status=404, text=json.dumps({"error": f"no load balancer named {name!r}"}),
                                 content_type="application/json")

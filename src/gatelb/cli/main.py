@@ -55,6 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
     s = sub.add_parser("status", help="load balancers, backends, health and counters")
     s.add_argument("name", nargs="?", help="only this load balancer")
     s.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    s.add_argument("--backends", action="store_true",
+                   help="table: list every backend even above 200 load balancers (json/yaml always do)")
     s.add_argument("-w", "--watch", action="store_true", help="refresh until interrupted (Ctrl-C)")
     s.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="with -w: seconds between refreshes")
 
@@ -132,11 +134,12 @@ def main(argv: list[str] | None = None) -> int:
     try:
         ctx = commands.Context.create(state_dir(args))
         if args.command == "status":
+            backends = True if args.backends or args.output != "table" else None
             if args.watch:
                 from gatelb.cli.output import watch
 
-                return watch(lambda: commands.status(ctx, args.name), args.output, args.interval)
-            print_status(commands.status(ctx, args.name), args.output)
+                return watch(lambda: commands.status(ctx, args.name, backends), args.output, args.interval)
+            print_status(commands.status(ctx, args.name, backends), args.output)
             return commands.EXIT_OK
         with state_lock(state_dir(args)):
             if args.command in ("apply", "plan"):

@@ -73,6 +73,9 @@ def print_status(data: dict[str, Any], output: str) -> None:
     for error in data.get("errors") or []:
         console.print(f"[yellow]{error}[/yellow]")
     rows = list(_status_rows(data["loadBalancers"]))
+    if any(lb.get("backendsOmitted") for lb in data["loadBalancers"]):
+        console.print(f"{len(data['loadBalancers'])} load balancers: one line each (`gatelb status NAME` or "
+                      "--backends for their backends)")
     if len(rows) > RICH_MAX_ROWS:
         # rich lays out every cell of every row (about 90 s for 110,000 rows): plain columns instead.
         _print_plain(rows)
@@ -109,8 +112,10 @@ def _status_rows(lbs: list[dict[str, Any]]) -> Iterator[tuple[tuple[str, ...], s
             mode.append("from " + ",".join(lb["sourceRanges"]))
         c = lb["counters"]
         state = lb["state"] if lb["programmed"] or lb["state"] != "active" else "active (not programmed)"
+        counts = lb.get("backendStates") or {}
+        summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n) if lb.get("backendsOmitted") else ""
         yield (lb["name"], front, state, " ".join(mode), str(c["newConnections"]), _human(c["packets"]),
-               _human(c["bytes"]), ""), "lb"
+               _human(c["bytes"]), f"backends: {summary or 'none'}" if lb.get("backendsOmitted") else ""), "lb"
         for b in lb["backends"]:
             style = {"up": "green", "down": "red", "draining": "yellow"}.get(b["state"], "white")
             bc = b["counters"]
