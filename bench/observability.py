@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -66,8 +66,6 @@ def _scrape(ns: str) -> tuple[float, int, int]:
 
 def _wait_ready(ns: str, timeout_s: float = 300.0) -> None:
     """Until /healthz says a round succeeded (the daemon adopted the table and went over it)."""
-    import subprocess
-
     probe = ("import json, urllib.request; "
              f"print(json.load(urllib.request.urlopen('http://{ADDRESS}/healthz', timeout=5))['lastUpdated'])")
     deadline = time.monotonic() + timeout_s
@@ -80,8 +78,6 @@ def _wait_ready(ns: str, timeout_s: float = 300.0) -> None:
 
 
 def measure(n: int, rounds: int, results: Results) -> dict[str, Any]:
-    import subprocess
-
     out: dict[str, Any] = {"n": n}
     with tempfile.TemporaryDirectory(prefix="glbb-obs-") as tmp, scratch_netns() as ns:
         work = Path(tmp)

@@ -143,3 +143,32 @@ def test_bash_completion_completes_commands_and_choices() -> None:
     assert complete("gatelb", "st") == "status"
     assert complete("gatelb", "status", "-o", "") == "table json yaml"
     assert complete("gatelb", "run", "--metrics-a") == "--metrics-address"
+
+
+def test_the_dashboard_and_docs_use_only_series_the_daemon_serves() -> None:
+    import re
+    from pathlib import Path
+
+    from gatelb.health.monitor import HealthChange, TargetKey
+    from gatelb.health.state import Status
+
+    async def go() -> set[str]:
+        src = StaticSource("file", desired(lb("web", 11)))
+        r, _nft, _rec = make(src)
+        metrics = Metrics(read_kernel=RawDump)
+        metrics.attach(r, None)
+        await start(r, src)
+        assert await r.round()
+        metrics.health_changed([HealthChange(TargetKey("web", ip("198.51.100.11"), 8080), Status.DOWN, Status.UP,
+                                             0.0, "test")])
+        metrics.probe_duration.labels("tcp", "success").observe(0.001)
+        metrics.round_failed("x", 0.1)
+        families = list(text_string_to_metric_families(metrics.render().decode()))
+        return {f.name for f in families} | {s.name for f in families for s in f.samples}
+
+    served = asyncio.run(go())
+    root = Path(__file__).resolve().parents[2]
+    for doc in ("deploy/grafana-dashboard.json", "docs/observability.md"):
+        used = set(re.findall(r"\bgatelb_[a-z_]+[a-z]", (root / doc).read_text()))
+        assert used, doc
+        assert used <= served, (doc, sorted(used - served))
