@@ -21,7 +21,7 @@ from gatelb.agent.engine import DataplaneSync
 from gatelb.agent.reconciler import Reconciler, one_round
 from gatelb.agent.record import stored_state
 from gatelb.agent.statefile import SOCKET_NAME, StateStore, StoredState
-from gatelb.agent.status import build_status
+from gatelb.agent.status import build_status, counters_for
 from gatelb.dataplane import compile_full
 from gatelb.dataplane.changes import describe_changes
 from gatelb.dataplane.render import render_delete
@@ -207,7 +207,8 @@ def status(ctx: Context, name: str | None = None, backends: bool | None = True) 
         return live
     stored = ctx.store.load()
     applied = stored.applied
-    counters = ctx.nft.read_counters()
+    chosen = None if name is None or applied is None else [s for s in applied.services.services if s.name == name]
+    counters = counters_for(ctx.nft, chosen)
     if applied is None:
         if name is not None:
             raise CommandError(f"no load balancer named {name!r} (nothing is applied)", EXIT_FAILED)

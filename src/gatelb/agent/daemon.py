@@ -28,7 +28,7 @@ from gatelb.agent.record import RecordWriter, health_records
 from gatelb.agent.runtime import event, setup_logging, supervise
 from gatelb.agent.server import Server
 from gatelb.agent.statefile import SOCKET_NAME, StateFileError, StateStore
-from gatelb.agent.status import live_status
+from gatelb.agent.status import counters_for, live_status
 from gatelb.health.feed import HealthFeed
 from gatelb.health.monitor import HealthChange, HealthMonitor, TargetKey
 from gatelb.health.probes import probe
@@ -96,7 +96,8 @@ class Daemon:
             return None
         health = health_records(self.monitor, name)  # on the loop: the monitor changes there
         info = self.parts.info() if self.parts.info else {}
-        counters = await asyncio.to_thread(self.nft.read_counters)
+        chosen = None if name is None else [s for n, s in state.services.items() if n == name]
+        counters = await asyncio.to_thread(counters_for, self.nft, chosen)
         return await asyncio.to_thread(live_status, state, counters, health,
                                        tuple(s.name for s in self.parts.sources), info, name, backends)
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from gatelb.kernel.counters import Counter, TableCounters
+from gatelb.kernel.nft import Nft
 from gatelb.model import DesiredState, LoadBalancer, ResolvedState, Service, SyncedState
 
 HealthRecord = dict[str, Any]
@@ -134,3 +135,14 @@ def live_status(state: SyncedState, counters: TableCounters, health: dict[str, H
         data["info"] = info
     data["from"] = "daemon"
     return data
+
+
+def counters_for(nft: Nft, services: list[Service] | None) -> TableCounters:
+    """The kernel's counters: of these services' backends only (None: all of them), asked by
+    key over netlink when we can, else the whole table."""
+    if services is None or not nft.bulk_elements:
+        return nft.read_counters()
+    from gatelb.kernel.nlcounters import read_counters_for
+
+    return read_counters_for([(s.vip, s.protocol, b.address, b.port)
+                              for s in services for b in (*s.backends, *s.idle_backends)])

@@ -11,14 +11,15 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import cast
 
-from gatelb.dataplane.layout import COUNTER_SETS, GENERATION, FieldType, Role, SetLayout
+from gatelb.dataplane.layout import COUNTER_SETS, FAMILY_SETS, GENERATION, FieldType, Role, SetLayout
+from gatelb.model import IPAddress, Protocol
 
-from .counters import Counter, FlowKey, RawCounts, TableCounters
+from .counters import Counter, FlowKey, RawCounts, TableCounters, counter_key
 from .nlelements import (
     NETLINK_NETFILTER,
     NFNL_SUBSYS_NFTABLES,
@@ -29,6 +30,7 @@ from .nlelements import (
     NFTA_SET_ELEM_LIST_ELEMENTS,
     NFTA_SET_ELEM_LIST_SET,
     NFTA_SET_ELEM_LIST_TABLE,
+    NLM_F_ACK,
     NLM_F_REQUEST,
     NLMSG_ERROR,
     PROTOCOL_NUMBERS,
@@ -265,3 +267,59 @@ def read_counters_raw(table: str = "gatelb") -> TableCounters:
     """The same as read_counters with the kernel's raw keys (TableCounters.lookup reads them)."""
     raw = dump_raw(table)
     return TableCounters(generation=raw.generation, raw=raw.sets)
+
+
+def read_counters_for(keys: Iterable[tuple[IPAddress, Protocol, IPAddress, int]],
+                      table: str = "gatelb") -> TableCounters:
+    """The counters of just these backends (frontend address, protocol, backend address, port):
+    one GETSETELEM request per set naming the keys, answered element by element, instead of a
+    dump of the whole set (`gatelb status NAME` at 10,000 services). A key the kernel does not
+    hold fails the request (ENOENT): then the whole sets are dumped instead."""
+    wanted: dict[str, list[bytes]] = {}
+    for vip, protocol, address, port in keys:
+        sets = FAMILY_SETS[vip.version]
+        raw = counter_key(vip, protocol, address, port)
+        wanted.setdefault(sets.flows, []).append(raw)
+        wanted.setdefault(sets.conns, []).append(raw)
+    out = TableCounters()
+    with _open() as sock:
+        generation = ElementCodec(GENERATION)
+        try:
+            gens = [generation.decode_key(key)[0] for key, _ in _dump(sock, table, GENERATION.name, 1)]
+        except TableMissing:
+            return out
+        out.generation = cast(int, gens[0]) if gens else 0
+        try:
+            for seq, (name, raws) in enumerate(wanted.items(), 2):
+                out.raw[name] = _get(sock, table, name, raws, seq)
+        except TableMissing:
+            return read_counters_raw(table)
+    return out
+
+
+def _get(sock: socket.socket, table: str, set_name: str, keys: list[bytes], seq: int) -> RawCounts:
+    elements = b"".join(nla(NFTA_LIST_ELEM, nla(NFTA_SET_ELEM_KEY, nla(NFTA_DATA_VALUE, k))) for k in keys)
+    payload = (nla(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+               + nla(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
+               + nla(NFTA_SET_ELEM_LIST_ELEMENTS, elements))
+    sock.send(nl_message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM, NLM_F_REQUEST | NLM_F_ACK, seq,
+                         NFPROTO_INET, 0, payload))
+    counts: RawCounts = {}
+    key_length = len(keys[0]) if keys else 0
+    while True:
+        data = sock.recv(1 << 20)
+        offset = 0
+        while offset + 16 <= len(data):
+            length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, offset)
+            body = data[offset + 16 : offset + length]
+            offset += (length + 3) & ~3
+            if kind == NLMSG_ERROR:
+                (code,) = struct.unpack_from("=i", body, 0)
+                if code == -errno.ENOENT:
+                    raise TableMissing(set_name)
+                if code != 0:
+                    raise OSError(-code, f"reading elements of set {set_name}")
+                return counts  # the ACK: every element has been answered
+            for attr, value in attrs(body[4:]):
+                if attr == NFTA_SET_ELEM_LIST_ELEMENTS:
+                    _scan(value, key_length, counts)
