@@ -111,7 +111,9 @@ def test_counters_on_metrics_equal_the_connections_made(fresh: Lab) -> None:
             assert backend_value(after, "gatelb_backend_up", i) == 1
         assert sum(result.per_backend.values()) == 90 and len(result.per_backend) == 3
         labels = dict(next(iter(after["gatelb_backend_up"])))
-        assert labels == {"lb": "web", "backend": f"{backend_v4(1)}:8080", "frontend": f"{VIP}:80/tcp"}
+        assert labels == {"lb": "web", "backend": f"{backend_v4(1)}:8080"}
+        info = dict(next(iter(after["gatelb_lb_info"])))
+        assert info == {"lb": "web", "frontend": f"{VIP}:80", "protocol": "tcp", "algorithm": "random", "pool": "lab"}
         assert after["gatelb_sync_duration_seconds_count"][(("kind", "full"),)] >= 1
         assert after["gatelb_pool_addresses_total"][(("pool", "lab"),)] == 16
         assert after["gatelb_pool_addresses_in_use"][(("pool", "lab"),)] == 1

@@ -41,7 +41,7 @@ def kernel(counts: dict[tuple[str, int], tuple[int, int, int]]) -> RawDump:
 
 
 def labels(lb_name: str, backend: str) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted({"lb": lb_name, "backend": backend, "frontend": "203.0.113.1:80/tcp"}.items()))
+    return tuple(sorted({"lb": lb_name, "backend": backend}.items()))
 
 
 def test_backend_series_carry_the_kernel_counters_and_follow_changes() -> None:
@@ -59,6 +59,13 @@ def test_backend_series_carry_the_kernel_counters_and_follow_changes() -> None:
         assert m["gatelb_backend_packets_total"] == {a: 40, b: 20}
         assert m["gatelb_backend_bytes_total"] == {a: 5000, b: 900}
         assert m["gatelb_backend_up"] == {a: 1, b: 1}
+        assert m["gatelb_backend_serving"] == {a: 1, b: 1}
+        info = {"lb": "web", "frontend": "203.0.113.1:80", "protocol": "tcp", "algorithm": "random", "pool": "public"}
+        assert m["gatelb_lb_info"] == {tuple(sorted(info.items())): 1}
+        # A second scrape with moved counters shows the new numbers (lines are cached per value).
+        dump.sets["conns4"][counter_key(ip("203.0.113.1"), Protocol.TCP, ip("198.51.100.11"), 8080)] = (9, 0)
+        m = parse(metrics.render())
+        assert m["gatelb_backend_new_connections_total"] == {a: 9, b: 3}
         assert m["gatelb_sync_duration_seconds_count"] == {(("kind", "full"),): 1}
         assert m["gatelb_pool_addresses_total"] == {(("pool", "public"),): 100}
         assert m["gatelb_pool_addresses_in_use"] == {(("pool", "public"),): 1}

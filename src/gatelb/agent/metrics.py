@@ -7,9 +7,9 @@
 
 Series about the daemon itself (sync, pools, health checks) are prometheus-client metrics in our
 own registry. The per-backend series are written by `_BackendSeries` in the same text format:
-at 10,000 load balancers x 10 backends they are 400,000 samples, which prometheus-client's
-generic exposition formats in about 4 s; here each backend's label text is built once when it
-changes and a scrape only joins numbers to it (docs/observability.md).
+at 10,000 load balancers x 10 backends they are 500,000 samples, which prometheus-client's
+generic exposition formats in about 4 s; here each backend's label text is built once when a
+sync changes it, and a scrape formats only the numbers that moved (docs/observability.md).
 """
 
 from __future__ import annotations
@@ -49,16 +49,25 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class _Row:
-    """One backend of one load balancer: its label text and where to find its numbers."""
+    """One backend of one load balancer: its label text, where to find its numbers, and the
+    lines of the last scrape (most backends' numbers do not change between two scrapes: their
+    lines are reused, not formatted again)."""
 
-    labels: str  # lb="...",backend="...",frontend="..."
+    labels: str  # lb="...",backend="..."
     flows: str  # counter set names (family)
     conns: str
     key: bytes  # raw counter key
     target: TargetKey
     serving: bool
+    new: int = -1
+    flow: tuple[int, int] = (-1, -1)
+    up: int = -1
+    new_line: str = ""
+    packets_line: str = ""
+    bytes_line: str = ""
+    up_line: str = ""
 
 
 def _rows(name: str, lb: LoadBalancer, svc: Service | None) -> list[_Row]:
@@ -66,35 +75,49 @@ def _rows(name: str, lb: LoadBalancer, svc: Service | None) -> list[_Row]:
         return []  # not programmed: the kernel has no counters for it
     serving = {b.key for b in svc.backends}
     sets = FAMILY_SETS[svc.vip.version]
+    lb_label = _escape(name)
+    return [_Row(f'lb="{lb_label}",backend="{b}"', sets.flows, sets.conns,
+                 counter_key(svc.vip, svc.protocol, b.address, b.port), TargetKey(name, b.address, b.port),
+                 b.key in serving) for b in lb.backends]
+
+
+def _info_line(name: str, svc: Service, pool: str | None) -> str:
     vip = f"[{svc.vip}]" if svc.vip.version == 6 else str(svc.vip)
-    frontend = f"{vip}:{svc.port}/{svc.protocol.value}"
-    out = []
-    for b in lb.backends:
-        labels = f'lb="{_escape(name)}",backend="{b}",frontend="{frontend}"'
-        out.append(_Row(labels, sets.flows, sets.conns, counter_key(svc.vip, svc.protocol, b.address, b.port),
-                        TargetKey(name, b.address, b.port), b.key in serving))
-    return out
+    return (f'gatelb_lb_info{{lb="{_escape(name)}",frontend="{vip}:{svc.port}",protocol="{svc.protocol.value}",'
+            f'algorithm="{svc.algorithm.value}",pool="{_escape(pool or "")}"}} 1\n')
 
 
-_FAMILIES = (
-    ("gatelb_backend_up", "gauge", "1 while the backend passes its health check (or is not checked), else 0"),
-    ("gatelb_backend_serving", "gauge",
-     "1 while the backend takes new connections (up, weight > 0, not draining), else 0"),
-    ("gatelb_backend_new_connections_total", "counter", "New connections sent to the backend (kernel counter)"),
-    ("gatelb_backend_packets_total", "counter",
-     "Packets of the backend's connections, both directions (kernel counter)"),
-    ("gatelb_backend_bytes_total", "counter", "Bytes of the backend's connections, both directions (kernel counter)"),
-)
+_HEADERS = {
+    "up": ("gatelb_backend_up", "gauge",
+           "1 while the backend passes its health check (or is not checked), else 0"),
+    "serving": ("gatelb_backend_serving", "gauge",
+                "1 while the backend takes new connections (up, weight > 0, not draining), else 0"),
+    "new": ("gatelb_backend_new_connections_total", "counter", "New connections sent to the backend (kernel counter)"),
+    "packets": ("gatelb_backend_packets_total", "counter",
+                "Packets of the backend's connections, both directions (kernel counter)"),
+    "bytes": ("gatelb_backend_bytes_total", "counter",
+              "Bytes of the backend's connections, both directions (kernel counter)"),
+    "info": ("gatelb_lb_info", "gauge", "One per programmed load balancer: its frontend, protocol, algorithm, pool"),
+}
+
+
+def _header(kind: str) -> str:
+    name, typ, text = _HEADERS[kind]
+    return f"# HELP {name} {text}\n# TYPE {name} {typ}\n"
 
 
 class _BackendSeries:
-    """The per-backend rows, rebuilt only for the load balancers a sync changed."""
+    """The per-backend rows, rebuilt only for the load balancers a sync changed; a scrape
+    formats only the numbers that moved since the previous one."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._state: SyncedState | None = None
         self._dirty: set[str] | None = None  # None: everything
         self._rows: dict[str, list[_Row]] = {}
+        self._flat: list[_Row] = []
+        # Text that changes only with a sync: the serving and info series.
+        self._static = ""
 
     def set(self, state: SyncedState) -> None:
         with self._lock:
@@ -104,41 +127,53 @@ class _BackendSeries:
                 self._dirty |= state.changed
             self._state = state
 
-    def _current(self) -> list[list[_Row]]:
-        with self._lock:
-            state, dirty = self._state, self._dirty
-            self._dirty = set()
-            if state is None:
-                return []
-            names = state.load_balancers.keys() if dirty is None else dirty
-            if dirty is None:
-                self._rows = {}
-            for name in names:
-                lb = state.load_balancers.get(name)
-                if lb is None:
-                    self._rows.pop(name, None)
-                else:
-                    self._rows[name] = _rows(name, lb, state.services.get(name))
-            return [self._rows[n] for n in sorted(self._rows)]
+    def _current(self) -> list[_Row]:
+        """Called with the lock held."""
+        state, dirty = self._state, self._dirty
+        if state is None or (dirty is not None and not dirty):
+            return self._flat
+        self._dirty = set()
+        if dirty is None:
+            self._rows = {}
+        for name in state.load_balancers.keys() if dirty is None else dirty:
+            lb = state.load_balancers.get(name)
+            if lb is None:
+                self._rows.pop(name, None)
+            else:
+                self._rows[name] = _rows(name, lb, state.services.get(name))
+        names = sorted(self._rows)
+        self._flat = [r for n in names for r in self._rows[n]]
+        serving = "".join(f"gatelb_backend_serving{{{r.labels}}} {1 if r.serving else 0}\n" for r in self._flat)
+        info = "".join(_info_line(n, state.services[n], state.pool_of.get(n)) for n in names if n in state.services)
+        self._static = _header("serving") + serving + _header("info") + info
+        return self._flat
 
-    def render(self, counters: RawDump, up: Callable[[TargetKey], bool]) -> Iterator[str]:
-        groups = self._current()
-        raw = counters.sets
-        empty: RawCounts = {}
-        up_lines, serving_lines, new_lines, packet_lines, byte_lines = [], [], [], [], []
-        for rows in groups:
+    def render(self, counters: RawDump, up: Callable[[TargetKey], bool]) -> str:
+        with self._lock:  # one scrape at a time updates the rows' cached lines
+            rows = self._current()
+            raw = counters.sets
+            empty: RawCounts = {}
+            zero = (0, 0)
+            by_set = {name: raw.get(name, empty) for name in {r.flows for r in rows} | {r.conns for r in rows}}
             for r in rows:
-                flows = raw.get(r.flows, empty).get(r.key, (0, 0))
-                conns = raw.get(r.conns, empty).get(r.key, (0, 0))
-                up_lines.append(f"gatelb_backend_up{{{r.labels}}} {1 if up(r.target) else 0}\n")
-                serving_lines.append(f"gatelb_backend_serving{{{r.labels}}} {1 if r.serving else 0}\n")
-                new_lines.append(f"gatelb_backend_new_connections_total{{{r.labels}}} {conns[0]}\n")
-                packet_lines.append(f"gatelb_backend_packets_total{{{r.labels}}} {flows[0]}\n")
-                byte_lines.append(f"gatelb_backend_bytes_total{{{r.labels}}} {flows[1]}\n")
-        for (name, kind, text), lines in zip(_FAMILIES, (up_lines, serving_lines, new_lines, packet_lines,
-                                                         byte_lines), strict=True):
-            yield f"# HELP {name} {text}\n# TYPE {name} {kind}\n"
-            yield "".join(lines)
+                new = by_set[r.conns].get(r.key, zero)[0]
+                if new != r.new:
+                    r.new = new
+                    r.new_line = f"gatelb_backend_new_connections_total{{{r.labels}}} {new}\n"
+                flow = by_set[r.flows].get(r.key, zero)
+                if flow != r.flow:
+                    r.flow = flow
+                    r.packets_line = f"gatelb_backend_packets_total{{{r.labels}}} {flow[0]}\n"
+                    r.bytes_line = f"gatelb_backend_bytes_total{{{r.labels}}} {flow[1]}\n"
+                is_up = 1 if up(r.target) else 0
+                if is_up != r.up:
+                    r.up = is_up
+                    r.up_line = f"gatelb_backend_up{{{r.labels}}} {is_up}\n"
+            return "".join((
+                _header("up"), "".join([r.up_line for r in rows]), self._static,
+                _header("new"), "".join([r.new_line for r in rows]),
+                _header("packets"), "".join([r.packets_line for r in rows]),
+                _header("bytes"), "".join([r.bytes_line for r in rows])))
 
 
 class _PoolCollector(Collector):
@@ -263,8 +298,7 @@ class Metrics:
     def render(self) -> bytes:
         """The /metrics body. Blocking (a kernel dump): call it in a thread."""
         counters = self._read_kernel()
-        parts = list(self._backends.render(counters, self._up))
-        return "".join(parts).encode() + generate_latest(self.registry)
+        return self._backends.render(counters, self._up).encode() + generate_latest(self.registry)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """kube-proxy's /healthz: healthy while the last round succeeded and no change has waited
