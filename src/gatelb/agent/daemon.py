@@ -1,8 +1,9 @@
 """`gatelb run`: the daemon for every mode, composed around the one reconciler.
 
     sources (file/directory, Kubernetes, or both) -> Reconciler -> kernel
-                                                  -> consumers: state record, Kubernetes status, ...
+                                                  -> consumers: state record, Kubernetes status, metrics
     health monitor <-> Reconciler (fed before backends are resolved; transitions trigger a round)
+    http task: /metrics, /healthz (--metrics-address), /status on <state-dir>/gatelb.sock
 
 This module only wires things together and runs them under one supervisor: a task that dies ends
 the process (exit 1) so that the service manager restarts it, and SIGTERM/SIGINT always end it.
