@@ -111,7 +111,9 @@ class _BackendSeries:
     formats only the numbers that moved since the previous one."""
 
     def __init__(self) -> None:
-        self._lock = threading.Lock()
+        # Two locks: set() runs on the event loop and must never wait for a scrape in progress.
+        self._handoff = threading.Lock()  # guards _state and _dirty, held for an assignment
+        self._lock = threading.Lock()  # one scrape at a time updates the rows and their lines
         self._state: SyncedState | None = None
         self._dirty: set[str] | None = None  # None: everything
         self._rows: dict[str, list[_Row]] = {}
@@ -120,7 +122,7 @@ class _BackendSeries:
         self._static = ""
 
     def set(self, state: SyncedState) -> None:
-        with self._lock:
+        with self._handoff:
             if state.changed is None or self._state is None:
                 self._dirty = None
             elif self._dirty is not None:
@@ -149,7 +151,7 @@ class _BackendSeries:
         return self._flat
 
     def render(self, counters: RawDump, up: Callable[[TargetKey], bool]) -> str:
-        with self._lock:  # one scrape at a time updates the rows' cached lines
+        with self._lock:
             rows = self._current()
             raw = counters.sets
             empty: RawCounts = {}

@@ -32,13 +32,14 @@ def build_status(
     applied_generation: int | None,
     health: dict[str, HealthRecord],
     backends: bool | None = True,
+    unchecked: str = "not health-checked (no running agent)",
 ) -> dict[str, Any]:
     """`backends`: list every backend (True), only count them (False, `backendsOmitted` is then
     set on each load balancer), or decide by size (None: up to DETAIL_MAX load balancers)."""
     services = resolved.by_name()
     detail = backends if backends is not None else len(desired.load_balancers) <= DETAIL_MAX
     lbs = [
-        _lb_status(lb, allocations.get(lb.name), services.get(lb.name), counters, health, detail)
+        _lb_status(lb, allocations.get(lb.name), services.get(lb.name), counters, health, detail, unchecked)
         for lb in sorted(desired.load_balancers, key=lambda x: x.name)
     ]
     return {
@@ -64,6 +65,7 @@ def _lb_status(
     counters: TableCounters,
     health: dict[str, HealthRecord],
     detail: bool = True,
+    unchecked: str = "",
 ) -> dict[str, Any]:
     usable = {b.key for b in svc.backends} if svc else set()
     backends: list[dict[str, Any]] = []
@@ -82,7 +84,7 @@ def _lb_status(
             state, reason = "draining", "weight 0" if b.weight == 0 else "drain: true"
         else:
             state = record.get("state", "up" if b.key in usable else "down")
-            reason = record.get("reason", "not health-checked (no running agent)" if not record else "")
+            reason = record.get("reason", unchecked if not record else "")
         states[state] = states.get(state, 0) + 1
         if not detail:
             continue
@@ -128,7 +130,7 @@ def live_status(state: SyncedState, counters: TableCounters, health: dict[str, H
     services = state.services if name is None else {n: s for n, s in state.services.items() if n == name}
     data = build_status(DesiredState(state.pools, chosen), {n: str(ip) for n, ip in state.addresses.items()},
                         ResolvedState(tuple(services.values())), counters, state.generation, health,
-                        True if name is not None else backends)
+                        True if name is not None else backends, unchecked="not health-checked")
     data["sources"] = list(sources)
     data["errors"] = [str(e) for errs in state.errors.values() for e in errs]
     if info:
