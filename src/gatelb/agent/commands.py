@@ -17,10 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gatelb.agent.client import DaemonError, daemon_status
 from gatelb.agent.engine import DataplaneSync
 from gatelb.agent.reconciler import Reconciler, one_round
 from gatelb.agent.record import stored_state
-from gatelb.agent.statefile import SOCKET_NAME, StateStore, StoredState
+from gatelb.agent.statefile import StateStore, StoredState
 from gatelb.agent.status import build_status, counters_for
 from gatelb.dataplane import compile_full
 from gatelb.dataplane.changes import describe_changes
@@ -163,46 +164,13 @@ def flush(ctx: Context) -> None:
     ctx.store.save(StoredState(allocations=stored.allocations, pools=stored.pools, applied=None))
 
 
-def daemon_status(state_dir: Path, name: str | None = None, backends: bool | None = True,
-                  timeout_s: float = 10.0) -> dict[str, Any] | None:
-    """The running daemon's answer over <state-dir>/gatelb.sock; None when no daemon listens there.
-    CommandError for a name it does not know."""
-    import http.client
-    import json
-    import socket
-    from urllib.parse import quote
-
-    path = state_dir / SOCKET_NAME
-    if not path.exists():
-        return None
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    sock.settimeout(timeout_s)
-    try:
-        sock.connect(str(path))
-    except OSError:
-        sock.close()
-        return None  # a socket file left by a daemon that was killed
-    conn = http.client.HTTPConnection("gatelb")
-    conn.sock = sock
-    try:
-        query = f"backends={ {True: '1', False: '0', None: 'auto'}[backends] }"
-        conn.request("GET", f"/status?{query}" + (f"&name={quote(name)}" if name is not None else ""))
-        response = conn.getresponse()
-        body = response.read()
-    finally:
-        conn.close()
-    if response.status == 404:
-        raise CommandError(f"no load balancer named {name!r}", EXIT_FAILED)
-    if response.status != 200:
-        raise CommandError(f"the daemon answered {response.status}: {body[:300]!r}", EXIT_FAILED)
-    data: dict[str, Any] = json.loads(body)
-    return data
-
-
 def status(ctx: Context, name: str | None = None, backends: bool | None = True) -> dict[str, Any]:
     """From the running daemon when there is one (its memory and one counter read), else from the
     state record and the kernel's counter sets. `backends`: see build_status."""
-    live = daemon_status(ctx.store.directory, name, backends)
+    try:
+        live = daemon_status(ctx.store.directory, name, backends)
+    except DaemonError as err:
+        raise CommandError(str(err), EXIT_FAILED) from err
     if live is not None:
         return live
     stored = ctx.store.load()

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gatelb.agent.client import SOCKET_NAME
 from gatelb.agent.engine import DataplaneSync
 from gatelb.agent.lock import StateLocked, state_lock
 from gatelb.agent.metrics import DEFAULT_HEALTHZ_TIMEOUT_S, Metrics
@@ -28,7 +29,7 @@ from gatelb.agent.reconciler import Consumer, Reconciler, run_sources
 from gatelb.agent.record import RecordWriter, health_records
 from gatelb.agent.runtime import event, setup_logging, supervise
 from gatelb.agent.server import Server
-from gatelb.agent.statefile import SOCKET_NAME, StateFileError, StateStore
+from gatelb.agent.statefile import StateFileError, StateStore
 from gatelb.agent.status import counters_for, live_status
 from gatelb.health.feed import HealthFeed
 from gatelb.health.monitor import HealthChange, HealthMonitor, TargetKey

@@ -23,11 +23,6 @@ DEFAULT_STATE_DIR = "/var/lib/gatelb"
 ENV_STATE_DIR = "GATELB_STATE_DIR"
 
 
-# The running daemon's local endpoint (agent/server.py), beside its state file: `gatelb status`
-# asks it first.
-SOCKET_NAME = "gatelb.sock"
-
-
 class StateFileError(RuntimeError):
     """The state file exists but cannot be used. The message names the file."""
 

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 DEFAULT_STATE_DIR = "/var/lib/gatelb"
 
@@ -17,7 +18,7 @@ def state_dir(args: argparse.Namespace) -> Path:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gatelb", description="Layer-4 load balancers on the nftables data path.")
-    p.add_argument("--version", action="version", version=f"gatelb {_version()}")
+    p.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     p.add_argument("--state-dir", help=f"state directory (default: $GATELB_STATE_DIR or {DEFAULT_STATE_DIR})")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -104,13 +105,49 @@ def _run(args: argparse.Namespace) -> int:
                       metrics_address=metrics_address, healthz_timeout_s=args.healthz_timeout)
 
 
-def _version() -> str:
-    from importlib.metadata import PackageNotFoundError, version
+class _Version(argparse.Action):
+    """--version, looked up only when asked (importlib.metadata costs every command 70 ms)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("gatelb")
+        except PackageNotFoundError:
+            text = "unknown (not installed)"
+        parser.exit(message=f"gatelb {text}\n")
+
+
+def _status(args: argparse.Namespace) -> int:
+    """`gatelb status`: the daemon's answer when one runs (without importing the one-shot
+    commands: most of the command's time at 1,000 load balancers was imports), else the record."""
+    from gatelb.agent.client import DaemonError, daemon_status
+    from gatelb.cli.output import print_status, watch
+
+    backends = True if args.backends or args.output != "table" else None
+
+    def fetch() -> dict[str, Any]:
+        live = daemon_status(state_dir(args), args.name, backends)
+        if live is not None:
+            return live
+        from gatelb.agent import commands
+
+        return commands.status(commands.Context.create(state_dir(args)), args.name, backends)
 
     try:
-        return version("gatelb")
-    except PackageNotFoundError:
-        return "unknown (not installed)"
+        if args.watch:
+            return watch(fetch, args.output, args.interval)
+        print_status(fetch(), args.output)
+    except DaemonError as err:
+        print(f"gatelb status: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        code = getattr(err, "code", None)
+        if os.environ.get("GATELB_DEBUG"):
+            raise
+        print(f"gatelb status: {err if code else f'{type(err).__name__}: {err}'}", file=sys.stderr)
+        return code if isinstance(code, int) else 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -121,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(args.connections)
     if args.command == "run":
         return _run(args)
+    if args.command == "status":
+        return _status(args)
     if args.command == "completion":
         from gatelb.cli.completion import bash_script
 
@@ -129,18 +168,10 @@ def main(argv: list[str] | None = None) -> int:
 
     from gatelb.agent import commands
     from gatelb.agent.lock import StateLocked, state_lock
-    from gatelb.cli.output import print_report, print_status
+    from gatelb.cli.output import print_report
 
     try:
         ctx = commands.Context.create(state_dir(args))
-        if args.command == "status":
-            backends = True if args.backends or args.output != "table" else None
-            if args.watch:
-                from gatelb.cli.output import watch
-
-                return watch(lambda: commands.status(ctx, args.name, backends), args.output, args.interval)
-            print_status(commands.status(ctx, args.name, backends), args.output)
-            return commands.EXIT_OK
         with state_lock(state_dir(args)):
             if args.command in ("apply", "plan"):
                 report = commands.apply_path(ctx, args.file, dry_run=args.command == "plan",
