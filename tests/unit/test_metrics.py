@@ -179,3 +179,20 @@ def test_the_dashboard_and_docs_use_only_series_the_daemon_serves() -> None:
         used = set(re.findall(r"\bgatelb_[a-z_]+[a-z]", (root / doc).read_text()))
         assert used, doc
         assert used <= served, (doc, sorted(used - served))
+
+
+def test_the_daemon_reports_its_mode_s_problems_on_healthz(tmp_path: object) -> None:
+    """Kubernetes mode: KubeSource.info()["problems"] (Lease, informers) make /healthz 503."""
+    from pathlib import Path
+
+    from gatelb.agent.daemon import Daemon, Parts
+    from gatelb.agent.statefile import StateStore
+    from gatelb.kernel.fake import FakeNft
+
+    problems: list[str] = []
+    daemon = Daemon(Parts(info=lambda: {"leader": False, "problems": list(problems)}),
+                    StateStore(Path(str(tmp_path))), FakeNft(), health=False)
+    assert daemon.metrics.health()[0]
+    problems.append("Lease gatelb-system/gatelb-ipam: 403 Forbidden: lacks `update` on leases")
+    ok, body = daemon.metrics.health()
+    assert not ok and body["problems"] == problems
