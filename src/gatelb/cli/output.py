@@ -8,9 +8,8 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import yaml
-from rich.console import Console
-from rich.table import Table
+# yaml and rich are imported where they are used: `gatelb status` answered by the daemon as JSON
+# or above RICH_MAX_ROWS needs neither (each costs tens of ms of start-up).
 
 
 def print_report(report: dict[str, Any], applied: bool, show_nft: bool = False) -> None:
@@ -52,9 +51,14 @@ def print_status(data: dict[str, Any], output: str) -> None:
         print(json.dumps(data, indent=2 if len(data["loadBalancers"]) <= PRETTY_MAX else None))
         return
     if output == "yaml":
+        import yaml
+
         print(yaml.safe_dump(data, sort_keys=False), end="")
         return
     # Not a terminal (a pipe, a log): rich would wrap at 80 columns; this table wants more.
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console(width=None if Console().is_terminal else 150)
     gen = data["generation"]
     if not gen["inSync"]:
