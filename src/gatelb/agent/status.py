@@ -69,15 +69,13 @@ def _lb_status(
 ) -> dict[str, Any]:
     usable = {b.key for b in svc.backends} if svc else set()
     backends: list[dict[str, Any]] = []
-    total = Counter()
-    new_total = 0
+    packets_total = bytes_total = new_total = 0
     states = {"up": 0, "down": 0, "draining": 0}
-    for b in lb.backends:
-        flow = Counter()
-        new = 0
-        if svc is not None:
-            flow, new = counters.lookup(svc.vip, svc.protocol, b.address, b.port)
-        total.add(flow)
+    counts = (counters.backends(svc.vip, svc.protocol, tuple(b.key for b in lb.backends)) if svc is not None
+              else [(0, 0, 0)] * len(lb.backends))
+    for b, (packets, nbytes, new) in zip(lb.backends, counts, strict=True):
+        packets_total += packets
+        bytes_total += nbytes
         new_total += new
         record = health.get(health_key(lb.name, str(b.address), b.port), {}) if health else {}
         if b.weight == 0 or b.drain:
@@ -96,9 +94,10 @@ def _lb_status(
                 "state": state,
                 "since": record.get("since"),
                 "reason": reason,
-                "counters": _counter_json(flow, new),
+                "counters": {"newConnections": new, "packets": packets, "bytes": nbytes},
             }
         )
+    total = Counter(packets_total, bytes_total)
     out = {
         "name": lb.name,
         "state": lb.state.value,

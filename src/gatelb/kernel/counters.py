@@ -59,6 +59,24 @@ class TableCounters:
         return Counter(packets, nbytes), self.raw.get(sets.conns, {}).get(raw, (0, 0))[0]
 
 
+    def backends(self, vip: IPAddress, protocol: Protocol,
+                 backends: tuple[tuple[IPAddress, int], ...]) -> list[tuple[int, int, int]]:
+        """(packets, bytes, new connections) of each backend (address, port) of one frontend
+        address: `lookup` for a whole load balancer, its key prefix encoded once."""
+        if not self.raw:
+            return [(c.packets, c.bytes, n) for c, n in (self.lookup(vip, protocol, a, p) for a, p in backends)]
+        sets = FAMILY_SETS[vip.version]
+        flows, conns = self.raw.get(sets.flows, {}), self.raw.get(sets.conns, {})
+        head = vip.packed + _PROTO_BYTES[protocol]
+        zero = (0, 0)
+        out = []
+        for address, port in backends:
+            raw = head + address.packed + _PORT.pack(port) + b"\0\0"
+            packets, nbytes = flows.get(raw, zero)
+            out.append((packets, nbytes, conns.get(raw, zero)[0]))
+        return out
+
+
 def counter_key(vip: IPAddress, protocol: Protocol, address: IPAddress, port: int) -> bytes:
     """The raw key of a backend's elements in the counter sets (layout: frontend address,
     protocol, backend address, backend port; every field padded to 4 bytes)."""
