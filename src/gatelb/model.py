@@ -12,6 +12,7 @@ import enum
 import ipaddress
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import ClassVar, TypeVar
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -133,6 +134,10 @@ class LoadBalancer:
     no_backend: NoBackendAction = NoBackendAction.REJECT
     # The family the frontend must have; derived from the backends when the IP is allocated.
     family: int = 4
+    # DNS names (lowercase, no trailing dot) that get an A/AAAA record for the frontend address
+    # (gatelb.dns); dns_ttl overrides the DNSProvider's TTL (external-dns's ttl annotation).
+    hostnames: tuple[str, ...] = ()
+    dns_ttl: int | None = None
 
     @property
     def active(self) -> bool:
@@ -243,6 +248,52 @@ class ObjectRef:
 
 
 @dataclass(frozen=True)
+class ConfigObject:
+    """Base of the configuration kinds that are neither load balancers nor pools (BGP peers, BFD
+    profiles, advertisements, gateway groups, DNS providers...). Each subclass sets KIND (the
+    document kind) and is a frozen dataclass; sources hand them over by ObjectRef(KIND, name)."""
+
+    KIND: ClassVar[str] = ""
+    name: str
+
+    @property
+    def ref(self) -> ObjectRef:
+        return ObjectRef(self.KIND, self.name)
+
+
+ConfigT = TypeVar("ConfigT", bound=ConfigObject)
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    """A Kubernetes Secret holding a value (a TSIG secret)."""
+
+    namespace: str
+    name: str
+    key: str = "secret"
+
+
+@dataclass(frozen=True)
+class DNSProvider(ConfigObject):
+    """Where the records of load balancers with hostnames go: one zone on RFC 2136 servers
+    (tried in order), updates signed with TSIG, ownership recorded in external-dns's TXT format.
+    Exactly one of tsig_secret (base64), tsig_secret_file and tsig_secret_ref is set."""
+
+    KIND: ClassVar[str] = "DNSProvider"
+    zone: str = ""  # absolute, lowercase, with the trailing dot: "lb.example."
+    servers: tuple[tuple[str, int], ...] = ()  # (host, port)
+    tsig_key_name: str = ""
+    tsig_algorithm: str = "hmac-sha256"
+    tsig_secret: str | None = None
+    tsig_secret_file: str | None = None
+    tsig_secret_ref: SecretRef | None = None
+    ttl: int = 300
+    owner_id: str = "gatelb"
+    repair_interval_s: float = 60.0  # how often records are read back and repaired
+    timeout_s: float = 2.0  # per server and request
+
+
+@dataclass(frozen=True)
 class SyncedState:
     """What every consumer (health monitor, state record, status write-back, metrics, announcers,
     DNS) receives after each successful sync: the complete state, never a delta.
@@ -262,6 +313,93 @@ class SyncedState:
     errors: Mapping[ObjectRef, tuple[ValidationError, ...]]
     changed: frozenset[str] | None = None
     full: bool = False  # this sync reloaded the whole table
+    config: Mapping[ObjectRef, ConfigObject] = field(default_factory=dict)  # every other kind
+    config_changed: bool = True  # whether `config` differs from the previous SyncedState
 
     def resolved(self) -> ResolvedState:
         return ResolvedState(tuple(self.services[n] for n in sorted(self.services)))
+
+    def config_of(self, cls: type[ConfigT]) -> dict[str, ConfigT]:
+        """The configuration objects of one kind, by name."""
+        return {ref.key: obj for ref, obj in self.config.items() if isinstance(obj, cls)}
+
+
+# --- announcement configuration (gatelb.announce): MetalLB's kinds and field meanings ----------
+
+
+@dataclass(frozen=True)
+class BFDProfile(ConfigObject):
+    """BFD timers for the BGP sessions that name this profile (MetalLB's BFDProfile)."""
+
+    KIND: ClassVar[str] = "BFDProfile"
+    receive_interval_ms: int = 300
+    transmit_interval_ms: int = 300
+    detect_multiplier: int = 3
+    echo_interval_ms: int = 50
+    echo_mode: bool = False
+    passive_mode: bool = False
+    minimum_ttl: int = 254
+
+
+@dataclass(frozen=True)
+class BGPPeer(ConfigObject):
+    """A BGP session from the gateways (all, or `nodes`) to one router."""
+
+    KIND: ClassVar[str] = "BGPPeer"
+    my_asn: int = 0
+    peer_asn: int = 0
+    peer_address: IPAddress = field(default_factory=lambda: ipaddress.IPv4Address(0))
+    peer_port: int = 179
+    source_address: IPAddress | None = None
+    router_id: ipaddress.IPv4Address | None = None
+    hold_time_s: int = 90
+    keepalive_time_s: int | None = None  # None: a third of the hold time, as BGP and MetalLB do
+    connect_time_s: int | None = None  # None: FRR's default (120 s)
+    password: str | None = None
+    bfd_profile: str | None = None
+    ebgp_multihop: bool = False
+    nodes: tuple[str, ...] = ()  # standalone: only these gateways peer; empty: every gateway
+
+    @property
+    def keepalive_s(self) -> int:
+        return self.keepalive_time_s if self.keepalive_time_s is not None else self.hold_time_s // 3
+
+
+@dataclass(frozen=True)
+class BGPAdvertisement(ConfigObject):
+    """Which pools' VIPs are announced over BGP, to which peers (empty: all), with what attributes."""
+
+    KIND: ClassVar[str] = "BGPAdvertisement"
+    ip_address_pools: tuple[str, ...] = ()  # empty: every pool
+    peers: tuple[str, ...] = ()
+    aggregation_length: int = 32
+    aggregation_length_v6: int = 128
+    local_pref: int | None = None
+    communities: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()  # standalone: only these gateways announce; empty: every gateway
+
+
+@dataclass(frozen=True)
+class L2Advertisement(ConfigObject):
+    """VIPs of these pools are answered for with ARP/NDP by one gateway of the segment."""
+
+    KIND: ClassVar[str] = "L2Advertisement"
+    ip_address_pools: tuple[str, ...] = ()  # empty: every pool
+    interfaces: tuple[str, ...] = ()  # empty: the interface whose subnet holds the VIP
+    nodes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayMember:
+    name: str
+    address: IPAddress
+
+
+@dataclass(frozen=True)
+class GatewayGroup(ConfigObject):
+    """The gateways that serve one configuration together (standalone): who they are and the
+    link they share for coordination (L2 election; high availability builds on it)."""
+
+    KIND: ClassVar[str] = "GatewayGroup"
+    interface: str = ""
+    members: tuple[GatewayMember, ...] = ()

@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from gatelb.sources.schema import IPPoolSpec, L4LBSpec
+from gatelb.sources.schema_dns import DNSProviderSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = {d["spec"]["names"]["kind"]: d for d in yaml.safe_load_all((ROOT / "deploy" / "crds.yaml").read_text())}
@@ -84,7 +85,7 @@ def test_bad_documents_are_rejected(kind: str, spec: dict[str, Any], needle: str
 
 
 def test_crd_fields_match_the_pydantic_schema() -> None:
-    for kind, model in (("IPPool", IPPoolSpec), ("L4LB", L4LBSpec)):
+    for kind, model in (("IPPool", IPPoolSpec), ("L4LB", L4LBSpec), ("DNSProvider", DNSProviderSpec)):
         ours = set(model.model_json_schema(by_alias=True)["properties"])
         crd = set(schema(kind)["properties"]["spec"]["properties"])
         assert crd == ours, kind

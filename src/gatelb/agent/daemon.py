@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +32,7 @@ from gatelb.agent.runtime import event, setup_logging, supervise
 from gatelb.agent.server import Server
 from gatelb.agent.statefile import StateFileError, StateStore
 from gatelb.agent.status import counters_for, live_status
+from gatelb.dns.updater import DNSUpdater, Report, SecretLookup
 from gatelb.health.feed import HealthFeed
 from gatelb.health.monitor import HealthChange, HealthMonitor, TargetKey
 from gatelb.health.probes import probe
@@ -51,6 +53,9 @@ class Parts:
     info: Callable[[], dict[str, Any]] | None = None  # mode-specific facts for the state record
     on_hup: list[Callable[[], None]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # DNS records: Kubernetes Events for conflicts, and Secrets holding TSIG keys (Kubernetes mode).
+    dns_report: Report | None = None
+    dns_secrets: SecretLookup | None = None
 
 
 @dataclass(frozen=True)
@@ -80,9 +85,17 @@ class Daemon:
             health=HealthFeed(self.monitor) if self.monitor is not None else None,
             flush_udp=flush_flows,
         )
-        self.writer = RecordWriter(store, tuple(s.name for s in parts.sources), self.monitor, parts.info)
-        self.reconciler.consumers += [self.writer, *parts.consumers]
+        # DNS records (gatelb.dns): a consumer with its own task, idle while no DNSProvider exists.
+        self.dns = DNSUpdater(store.path.parent / "dns.json", parts.dns_report, parts.dns_secrets)
+        self.writer = RecordWriter(store, tuple(s.name for s in parts.sources), self.monitor, self._info)
+        self.reconciler.consumers += [self.writer, *parts.consumers, self.dns]
         self.metrics.attach(self.reconciler, self.monitor)
+
+    def _info(self) -> dict[str, Any]:
+        info = dict(self.parts.info()) if self.parts.info is not None else {}
+        if dns := self.dns.info():
+            info["dns"] = dns
+        return info
 
     def _on_health(self, changes: list[HealthChange]) -> None:
         self.metrics.health_changed(changes)
@@ -97,7 +110,7 @@ class Daemon:
         if name is not None and name not in state.load_balancers:
             return None
         health = health_records(self.monitor, name)  # on the loop: the monitor changes there
-        info = self.parts.info() if self.parts.info else {}
+        info = self._info()
         chosen = None if name is None else [s for n, s in state.services.items() if n == name]
         counters = await asyncio.to_thread(counters_for, self.nft, chosen)
         return await asyncio.to_thread(live_status, state, counters, health,
@@ -128,6 +141,7 @@ class Daemon:
             "reconcile": self.reconciler.run(),
             "sources": run_sources(self.reconciler, self.parts.sources),
             "state-save": self.writer.run(),
+            "dns": self.dns.run(),
             **self.parts.tasks,
         }
         if self.monitor is not None:
@@ -152,12 +166,13 @@ def _addresses(recorded: dict[str, str]) -> dict[str, IPAddress]:
 
 
 async def _main(make_parts: Callable[[], Coroutine[Any, Any, Parts]], store: StateStore, health: bool,
-                endpoints: Endpoints) -> int:
+                node: str, endpoints: Endpoints) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     parts = await make_parts()
+    add_announcer(parts, node, store.directory)
     daemon = Daemon(parts, store, NftCli(), health, endpoints)
     loop.add_signal_handler(signal.SIGHUP, daemon.hup)
     event(logging.INFO, "started", pid=os.getpid(), sources=[s.name for s in parts.sources])
@@ -171,13 +186,14 @@ async def _main(make_parts: Callable[[], Coroutine[Any, Any, Parts]], store: Sta
 
 
 def run_daemon(make_parts: Callable[[], Coroutine[Any, Any, Parts]], state_dir: Path, log_format: str,
-               health: bool = True, metrics_address: tuple[str, int] | None = None,
+               health: bool = True, node: str = "", metrics_address: tuple[str, int] | None = None,
                healthz_timeout_s: float = DEFAULT_HEALTHZ_TIMEOUT_S) -> int:
     setup_logging(log_format)
     endpoints = Endpoints(metrics_address, state_dir / SOCKET_NAME, healthz_timeout_s)
     try:
         with state_lock(state_dir):
-            return asyncio.run(_main(make_parts, StateStore(state_dir), health, endpoints))
+            return asyncio.run(_main(make_parts, StateStore(state_dir), health, node or socket.gethostname(),
+                                     endpoints))
     except StateLocked as err:
         print(f"gatelb run: {err}", file=sys.stderr)
         return 1
@@ -214,5 +230,21 @@ async def kube_parts(kubeconfig: str | None, settings: KubeSettings, files: Sequ
     parts.sources.append(kube)
     parts.consumers.append(kube)
     parts.info = kube.info
+    parts.dns_report = kube.report
+    parts.dns_secrets = kube.read_secret
     parts.closers.append(client.close)
     return parts
+
+
+# -- announcements (gatelb.announce) -------------------------------------------------------------
+
+
+def add_announcer(parts: Parts, node: str, state_dir: Path) -> None:
+    """BGP/BFD through gatelb's own FRR (under <state-dir>/frr), ARP/NDP: a consumer of the synced
+    state with its own task. FRR starts only once the configuration asks for BGP; stopping the
+    task withdraws every route first."""
+    from gatelb.announce import Announcer
+
+    announcer = Announcer(node, state_dir / "frr")
+    parts.consumers.append(announcer)
+    parts.tasks["announce"] = announcer.run()

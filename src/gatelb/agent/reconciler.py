@@ -35,6 +35,7 @@ from gatelb.dataplane.changes import Flow, udp_flows_to_flush
 from gatelb.ipam.lb import LBAllocator
 from gatelb.kernel.nft import NftError
 from gatelb.model import (
+    ConfigObject,
     IPAddress,
     IPPool,
     LoadBalancer,
@@ -84,6 +85,7 @@ class _Slot:
     names: set[str] = field(default_factory=set)
     pools: tuple[IPPool, ...] = ()
     errors: dict[ObjectRef, tuple[ValidationError, ...]] = field(default_factory=dict)
+    config: set[ObjectRef] = field(default_factory=set)  # configuration objects it gave
     rejected: tuple[ValidationError, ...] = ()  # strict: why the newest content is not applied
     news: bool = True
     committed: bool = False  # a first contribution was accepted
@@ -123,6 +125,9 @@ class Reconciler:
         self._alloc = LBAllocator(())
         self._alloc_errors: dict[str, tuple[ValidationError, ...]] = {}
         self._services: dict[str, Service] = {}
+        self._config: dict[ObjectRef, ConfigObject] = {}
+        self._config_owner: dict[ObjectRef, _Slot] = {}
+        self._config_changed = True
         self._health_dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._failures = 0
@@ -343,13 +348,27 @@ class Reconciler:
             for name, lb in lb_changes.items()
             if lb is not None and name in self._owner and self._owner[name] is not slot
         ]
+        config: dict[ObjectRef, ConfigObject | None] = dict(c.config)
+        if c.full:
+            for ref in slot.config - config.keys():
+                config[ref] = None
+        clashes += [
+            ValidationError(ref.kind, ref.key, "metadata.name",
+                            f"already defined by {self._config_owner[ref].source.name}")
+            for ref, obj in config.items()
+            if obj is not None and ref in self._config_owner and self._config_owner[ref] is not slot
+        ]
         if slot.source.strict:
             problems = tuple(e for errs in errors.values() for e in errs) + tuple(clashes)
             if problems:
                 return problems
         for err in clashes:  # non-strict: that object is left out, the rest proceeds
-            lb_changes.pop(err.name, None)
-            ref = c.origins.get(err.name, ObjectRef(OriginKind.L4LB, err.name))
+            if err.kind == "L4LB":
+                lb_changes.pop(err.name, None)
+                ref = c.origins.get(err.name, ObjectRef(OriginKind.L4LB, err.name))
+            else:
+                ref = ObjectRef(err.kind, err.name)
+                config.pop(ref, None)
             errors[ref] = (*errors.get(ref, ()), err)
         pools = self._merged_pools(slot, c.pools) if c.pools is not None else None
         if pools is not None and pools != self._pools:
@@ -380,6 +399,16 @@ class Reconciler:
                 slot.errors[ref] = errs
             else:
                 slot.errors.pop(ref, None)
+        for ref, obj in config.items():
+            if obj is None:
+                if self._config_owner.get(ref) is slot:
+                    del self._config[ref], self._config_owner[ref]
+                    self._config_changed = True
+                slot.config.discard(ref)
+            elif self._config.get(ref) != obj:
+                self._config[ref], self._config_owner[ref] = obj, slot
+                slot.config.add(ref)
+                self._config_changed = True
         return ()
 
     def _merged_pools(self, slot: _Slot, pools: tuple[IPPool, ...]) -> tuple[IPPool, ...]:
@@ -484,7 +513,10 @@ class Reconciler:
             errors=errors,
             changed=None if everything or self.last_state is None else frozenset(touched),
             full=result is not None and result.full,
+            config=dict(self._config) if self._config_changed or self.last_state is None else self.last_state.config,
+            config_changed=self._config_changed,
         )
+        self._config_changed = False
         self.last_state = state
         return state
 

@@ -74,6 +74,12 @@ def print_status(data: dict[str, Any], output: str) -> None:
                       + (f"not synced: {', '.join(waiting)}" if waiting else "synced"))
     for problem in info.get("problems") or []:
         console.print(f"[red]not ready: {problem}[/red]")
+    dns = info.get("dns") or {}
+    for name, provider in (dns.get("providers") or {}).items():
+        state = "in sync" if provider.get("inSync") else f"[red]{provider.get('lastError') or 'not synced yet'}[/red]"
+        console.print(f"dns {name} ({provider.get('zone', '?')}): {provider.get('records', 0)} records, {state}")
+    for text in [*(dns.get("conflicts") or []), *(dns.get("problems") or [])]:
+        console.print(f"[yellow]dns: {text}[/yellow]")
     for error in data.get("errors") or []:
         console.print(f"[yellow]{error}[/yellow]")
     rows = list(_status_rows(data["loadBalancers"]))

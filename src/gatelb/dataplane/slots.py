@@ -62,3 +62,20 @@ def _slot_sequence(weights: tuple[int, ...], max_slots: int) -> tuple[int, ...]:
         current[best] -= total
         sequence.append(best)
     return tuple(sequence)
+
+
+def slot_tolerance(weights: Sequence[int], max_slots: int = MAX_SLOTS) -> float:
+    """How far a backend's share of slots may be from its share of the weights (absolute, as a
+    fraction of all new connections).
+
+    0 when the reduced weights fit in `max_slots` (the shares are exact). Otherwise a backend
+    gets floor(e)+1 or floor(e)+2 slots with e = w * (B - L) / W (B slots, L live backends, W the
+    weight total), while its exact share is w * B / W = e + w * L / W slots: it differs by at
+    most max(2, L) slots, i.e. max(2, L) / B of the connections.
+    """
+    counts = slot_counts(weights, max_slots)
+    total = sum(counts)
+    positive = [w for w in weights if w > 0]
+    if not positive or total == sum(w // reduce(gcd, positive) for w in weights):
+        return 0.0
+    return max(2, len(positive)) / total

@@ -26,7 +26,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Protocol
 
-from gatelb.model import IPAddress, IPPool, LoadBalancer, ObjectRef, ValidationError
+from gatelb.model import ConfigObject, IPAddress, IPPool, LoadBalancer, ObjectRef, ValidationError
 
 Notify = Callable[[str], None]
 
@@ -43,6 +43,8 @@ class Contribution:
       objects not named keep theirs. With `full`, objects not named have none.
     - `origins`: which object each load balancer in `load_balancers` came from (for status,
       events and error attribution); a name missing here is its own origin in the source.
+    - `config`: other configuration objects (model.ConfigObject: BGP peers, DNS providers...)
+      added or changed, or None for removed, by ObjectRef(kind, name); with `full`, all of them.
     """
 
     load_balancers: Mapping[str, LoadBalancer | None] = field(default_factory=dict)
@@ -50,10 +52,11 @@ class Contribution:
     errors: Mapping[ObjectRef, tuple[ValidationError, ...]] = field(default_factory=dict)
     origins: Mapping[str, ObjectRef] = field(default_factory=dict)
     full: bool = False
+    config: Mapping[ObjectRef, ConfigObject | None] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:
-        return not (self.load_balancers or self.errors or self.full) and self.pools is None
+        return not (self.load_balancers or self.errors or self.full or self.config) and self.pools is None
 
 
 class AddressView(Protocol):

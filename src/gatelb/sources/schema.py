@@ -1,4 +1,4 @@
-"""The raw documents (IPPool, L4LB) as pydantic models: the one schema of our API.
+"""The raw documents (IPPool, L4LB; DNSProvider in schema_dns.py) as pydantic models: the one schema of our API.
 
 The standalone YAML file uses it today; the Kubernetes CRDs will be derived from it later
 (`model_json_schema(by_alias=True)`), so every field is declared here with its camelCase name,
@@ -186,6 +186,33 @@ def parse_statuses(value: Any) -> tuple[tuple[int, int], ...]:
     return tuple(ranges)
 
 
+_LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+HOSTNAME_MAX = 253
+
+
+def hostname_problem(text: str) -> str | None:
+    """Why `text` (already lowercased, trailing dot removed) is not a DNS name we write, or None."""
+    labels = text.split(".")
+    if labels and labels[0] == "*":  # a wildcard record (*.apps.lb.example), as external-dns allows
+        labels = labels[1:]
+    if not text or len(text) > HOSTNAME_MAX or len(labels) < 2 or not all(_LABEL_RE.fullmatch(x) for x in labels):
+        return (f"{text!r} is not a valid DNS name (dot-separated labels of letters, digits and '-', "
+                f"1-63 characters each, at least two labels, at most {HOSTNAME_MAX} characters)")
+    return None
+
+
+def normal_hostname(text: str) -> str:
+    return text.strip().lower().removesuffix(".")
+
+
+def parse_hostname(value: Any) -> str:
+    name = normal_hostname(_require_str(value, "a DNS name"))
+    why = hostname_problem(name)
+    if why:
+        raise problem(why)
+    return name
+
+
 def _check_name(value: str) -> str:
     if len(value) > _NAME_MAX or not _NAME_RE.fullmatch(value):
         raise problem(
@@ -230,6 +257,7 @@ Statuses = Annotated[
     PlainValidator(parse_statuses),
     WithJsonSchema({"x-kubernetes-int-or-string": True}),
 ]
+Hostname = Annotated[str, PlainValidator(parse_hostname), WithJsonSchema({"type": "string"})]
 HostPort = Annotated[
     tuple[IPAddress, int],
     PlainValidator(parse_host_port),
@@ -349,6 +377,8 @@ class L4LBSpec(Strict):
     nat: Literal["dnat", "fullnat"] = "dnat"
     no_backend: Literal["reject", "drop"] = "reject"
     check: CheckSpec | None = None
+    # A/AAAA records for the frontend address, written through the DNSProvider whose zone holds them.
+    hostnames: Annotated[list[Hostname], BeforeValidator(_none_is_empty)] = []
 
 
 class L4LBDocument(Strict):

@@ -6,15 +6,16 @@ last committed, exactly like the file and Kubernetes sources do.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 
-from gatelb.model import DesiredState, IPPool, LoadBalancer, ObjectRef, OriginKind, ValidationError
+from gatelb.model import ConfigObject, DesiredState, IPPool, LoadBalancer, ObjectRef, OriginKind, ValidationError
 from gatelb.sources.base import AddressView, Contribution, Notify
 
 
 class StaticSource:
     def __init__(self, name: str, desired: DesiredState | None = None, *, strict: bool = True,
-                 errors: Mapping[ObjectRef, tuple[ValidationError, ...]] | None = None) -> None:
+                 errors: Mapping[ObjectRef, tuple[ValidationError, ...]] | None = None,
+                 config: Iterable[ConfigObject] = ()) -> None:
         self._name = name
         self._strict = strict
         self._lbs: dict[str, LoadBalancer] = {}
@@ -23,10 +24,12 @@ class StaticSource:
         self._committed_lbs: dict[str, LoadBalancer] = {}
         self._committed_pools: tuple[IPPool, ...] | None = None
         self._committed_errors: dict[ObjectRef, tuple[ValidationError, ...]] = {}
+        self._config: dict[ObjectRef, ConfigObject] = {}
+        self._committed_config: dict[ObjectRef, ConfigObject] = {}
         self._notify: Notify | None = None
         self._synced = False
         self.collects = 0
-        self.set(desired or DesiredState(), errors)
+        self.set(desired or DesiredState(), errors, config)
 
     @property
     def name(self) -> str:
@@ -41,10 +44,12 @@ class StaticSource:
         return self._synced
 
     def set(self, desired: DesiredState,
-            errors: Mapping[ObjectRef, tuple[ValidationError, ...]] | None = None) -> None:
+            errors: Mapping[ObjectRef, tuple[ValidationError, ...]] | None = None,
+            config: Iterable[ConfigObject] = ()) -> None:
         self._lbs = {lb.name: lb for lb in desired.load_balancers}
         self._pools = desired.pools
         self._errors = dict(errors or {})
+        self._config = {obj.ref: obj for obj in config}
         if self._notify is not None:
             self._notify("set")
 
@@ -61,7 +66,10 @@ class StaticSource:
         errors = {ref: errs for ref, errs in self._errors.items() if self._committed_errors.get(ref) != errs}
         errors.update({ref: () for ref in self._committed_errors if ref not in self._errors})
         pools = self._pools if self._pools != self._committed_pools else None
-        c = Contribution(lbs, pools, errors, {n: ObjectRef(OriginKind.FILE, n) for n in lbs})
+        config: dict[ObjectRef, ConfigObject | None] = {
+            ref: obj for ref, obj in self._config.items() if self._committed_config.get(ref) != obj}
+        config.update({ref: None for ref in self._committed_config if ref not in self._config})
+        c = Contribution(lbs, pools, errors, {n: ObjectRef(OriginKind.FILE, n) for n in lbs}, config=config)
         return None if c.empty else c
 
     def commit(self, contribution: Contribution) -> None:
@@ -77,3 +85,8 @@ class StaticSource:
                 self._committed_errors[ref] = errs
             else:
                 self._committed_errors.pop(ref, None)
+        for ref, obj in contribution.config.items():
+            if obj is None:
+                self._committed_config.pop(ref, None)
+            else:
+                self._committed_config[ref] = obj

@@ -30,7 +30,16 @@ import os
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 
-from gatelb.model import DesiredState, IPPool, LoadBalancer, ObjectRef, OriginKind, ValidationError, ValidationErrors
+from gatelb.model import (
+    ConfigObject,
+    DesiredState,
+    IPPool,
+    LoadBalancer,
+    ObjectRef,
+    OriginKind,
+    ValidationError,
+    ValidationErrors,
+)
 from gatelb.sources.base import AddressView, Contribution, Notify
 from gatelb.sources.file.index import FileContent, Index
 from gatelb.sources.file.loader import CachedLoader
@@ -87,6 +96,7 @@ class FileSource:
         self._synced = False
         self._committed: dict[str, tuple[LoadBalancer, str]] = {}  # name -> (object, file)
         self._committed_pools: tuple[IPPool, ...] = ()
+        self._committed_config: dict[ObjectRef, ConfigObject] = {}
         self._committed_once = False
         self._dirty: set[str] = set()  # L4LB names that may differ from the committed ones
         self._pools_dirty = False
@@ -174,9 +184,10 @@ class FileSource:
             self._pools_dirty = False
             self._reported |= idx.error_files
             names = sorted(idx.lbs)
+            idx.config_touched = False
             return Contribution(
                 load_balancers={n: idx.lbs[n] for n in names}, pools=idx.pool_tuple(), errors=errors,
-                origins={n: file_ref(idx.lb_file[n]) for n in names}, full=True)
+                origins={n: file_ref(idx.lb_file[n]) for n in names}, full=True, config=dict(idx.config))
         changed: dict[str, LoadBalancer | None] = {}
         origins: dict[str, ObjectRef] = {}
         for name in sorted(self._dirty):
@@ -200,7 +211,14 @@ class FileSource:
         for f in self._reported - idx.error_files:
             errors[file_ref(f)] = ()
         self._reported |= idx.error_files
-        contribution = Contribution(load_balancers=changed, pools=pools, errors=errors, origins=origins)
+        config: dict[ObjectRef, ConfigObject | None] = {}
+        if idx.config_touched:
+            config = {ref: obj for ref, obj in idx.config.items() if self._committed_config.get(ref) != obj}
+            config.update({ref: None for ref in self._committed_config if ref not in idx.config})
+            if not config:
+                idx.config_touched = False
+        contribution = Contribution(load_balancers=changed, pools=pools, errors=errors, origins=origins,
+                                    config=config)
         return None if contribution.empty else contribution
 
     def commit(self, contribution: Contribution) -> None:
@@ -216,6 +234,13 @@ class FileSource:
                 self._committed[name] = (lb, origin.key if origin is not None else "")
         if contribution.pools is not None:
             self._committed_pools = contribution.pools
+        if contribution.full:
+            self._committed_config = {}
+        for ref, obj in contribution.config.items():
+            if obj is None:
+                self._committed_config.pop(ref, None)
+            else:
+                self._committed_config[ref] = obj
         for ref, errs in contribution.errors.items():
             if errs:
                 self._reported.add(ref.key)
@@ -332,7 +357,7 @@ class FileSource:
         if loader.documents >= CACHE_MIN_DOCUMENTS:
             self._caches[key] = loader
         names = frozenset(k for k in out.defined_in if k[0] != "document")
-        return FileContent(lbs=out.lbs, pools=out.pools, names=names, errors=tuple(out.errors))
+        return FileContent(lbs=out.lbs, pools=out.pools, names=names, errors=tuple(out.errors), config=out.config)
 
     def _absorb(self) -> None:
         idx = self._index

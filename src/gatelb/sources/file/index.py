@@ -22,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import TypeVar, cast
 
-from gatelb.model import IPAddress, IPPool, LoadBalancer, Protocol, ValidationError
+from gatelb.model import ConfigObject, IPAddress, IPPool, LoadBalancer, ObjectRef, Protocol, ValidationError
 from gatelb.validate import IPPOOL, L4LB, check_pools, frontend_text
 
 FrontendKey = tuple[IPAddress, Protocol, int]
@@ -42,6 +42,7 @@ class FileContent:
     pools: dict[str, IPPool] = field(default_factory=dict)
     names: frozenset[tuple[str, str]] = frozenset()  # (kind, name), including broken documents
     errors: tuple[ValidationError, ...] = ()
+    config: dict[ObjectRef, ConfigObject] = field(default_factory=dict)  # other kinds (BGPPeer...)
 
 
 def _frontend(lb: LoadBalancer) -> FrontendKey | None:
@@ -68,6 +69,11 @@ class Index:
         # whether any pool did.
         self.touched: set[str] = set()
         self.pools_touched = False
+        # Configuration objects of other kinds: few, so merged afresh whenever a file with any
+        # changes (the first file in name order wins a name defined twice, which is an error).
+        self.config: dict[ObjectRef, ConfigObject] = {}
+        self.config_touched = False
+        self._config_files: set[str] = set()
 
     # -- updates ----------------------------------------------------------------------------
 
@@ -99,6 +105,21 @@ class Index:
         for check in sorted(suspects, key=_order):
             self._recheck(check)
         self._settle_errors(file)
+        if (old is not None and old.config) or (content is not None and content.config):
+            self._merge_config(file, content)
+
+    def _merge_config(self, file: str, content: FileContent | None) -> None:
+        if content is not None and content.config:
+            self._config_files.add(file)
+        else:
+            self._config_files.discard(file)
+        merged: dict[ObjectRef, ConfigObject] = {}
+        for f in sorted(self._config_files):
+            for ref, obj in self.files[f].config.items():
+                merged.setdefault(ref, obj)
+        if merged != self.config:
+            self.config = merged
+            self.config_touched = True
 
     def _first_with(self, kind: str, name: str, objects: str) -> str | None:
         best: str | None = None
@@ -171,7 +192,7 @@ class Index:
 
     def _check(self, key: CheckKey) -> Iterable[tuple[str, ValidationError]]:
         what, arg = key
-        if what in (L4LB, IPPOOL):
+        if what not in ("frontend", "ref", "overlap"):  # a kind: its name in one file only
             assert isinstance(arg, str)
             files = sorted(self._defs.get((what, arg), ()))
             if len(files) > 1:
@@ -220,4 +241,4 @@ class Index:
 
 
 def _order(key: CheckKey) -> tuple[int, str]:
-    return (_CHECK_ORDER[key[0]], str(key[1]))
+    return (_CHECK_ORDER.get(key[0], len(_CHECK_ORDER)), str(key[1]))

@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ from gatelb.model import (
     Algorithm,
     Backend,
     CheckType,
+    ConfigObject,
     DesiredState,
     HealthCheck,
     IPPool,
@@ -38,11 +40,13 @@ from gatelb.model import (
     LoadBalancer,
     NatMode,
     NoBackendAction,
+    ObjectRef,
     Protocol,
     ValidationError,
     ValidationErrors,
 )
 from gatelb.sources import errors as pyd_errors
+from gatelb.sources import schema_announce
 from gatelb.sources.schema import (
     DOCUMENTS,
     BackendSpec,
@@ -52,6 +56,7 @@ from gatelb.sources.schema import (
     L4LBSpec,
     show,
 )
+from gatelb.sources.schema_dns import parse_dns_provider
 from gatelb.validate import check_load_balancer, check_state
 
 KINDS = " or ".join(DOCUMENTS)
@@ -147,6 +152,7 @@ def _parse_yaml(text: str, source_name: str) -> list[Any]:
 class Collected:
     pools: dict[str, IPPool] = field(default_factory=dict)
     lbs: dict[str, LoadBalancer] = field(default_factory=dict)
+    config: dict[ObjectRef, ConfigObject] = field(default_factory=dict)  # CONFIG_KINDS
     defined_in: dict[tuple[str, str], int] = field(default_factory=dict)
     broken_pools: set[str] = field(default_factory=set)
     errors: list[ValidationError] = field(default_factory=list)
@@ -156,19 +162,32 @@ def label(raw: dict[Any, Any], number: int) -> tuple[str, str]:
     """How errors name a document: `L4LB web` when it says so, else `document 3`."""
     kind, metadata = raw.get("kind"), raw.get("metadata")
     name = metadata.get("name") if isinstance(metadata, dict) else None
-    if kind in DOCUMENTS and isinstance(name, str) and name:
+    if (kind in DOCUMENTS or kind in CONFIG_KINDS) and isinstance(name, str) and name:
         return kind, name
     return "document", str(number)
+
+
+# The configuration kinds that are neither IPPool nor L4LB (announcements, DNS providers...):
+# kind -> a parser of the raw document that returns the model object, or None and the problems
+# as (field path, text). Each parser lives in the sources layer next to its pydantic schema.
+ConfigParser = Callable[[dict[str, Any]], tuple[ConfigObject | None, list[tuple[str, str]]]]
+CONFIG_KINDS: dict[str, ConfigParser] = {"DNSProvider": parse_dns_provider}
+CONFIG_KINDS.update(schema_announce.PARSERS)  # BGPPeer, BFDProfile, BGP/L2Advertisement, GatewayGroup
 
 
 def _kind_problem(raw: Any) -> tuple[str, str] | None:
     if not isinstance(raw, dict):
         return "", f"expected a mapping with apiVersion, kind, metadata and spec, got {show(raw)}"
     if "kind" not in raw:
-        return "kind", f"required ({KINDS})"
-    if raw["kind"] not in DOCUMENTS:
-        return "kind", f"unknown kind {show(raw['kind'])} (expected {KINDS})"
+        return "kind", f"required ({kinds_text()})"
+    if raw["kind"] not in DOCUMENTS and raw["kind"] not in CONFIG_KINDS:
+        return "kind", f"unknown kind {show(raw['kind'])} (expected {kinds_text()})"
     return None
+
+
+def kinds_text() -> str:
+    kinds = [*DOCUMENTS, *sorted(CONFIG_KINDS)]
+    return " or ".join(kinds) if len(kinds) < 3 else f"one of {', '.join(kinds)}"
 
 
 def _pool(doc: IPPoolDocument) -> IPPool:
@@ -259,6 +278,7 @@ def _load_balancer(doc: L4LBDocument) -> tuple[LoadBalancer, list[tuple[str, str
         check=_check(spec.check, protocol, problems),
         no_backend=NoBackendAction(spec.no_backend),
         family=_family(spec, backends, problems),
+        hostnames=tuple(dict.fromkeys(spec.hostnames)),
     )
     return lb, problems
 
@@ -277,6 +297,13 @@ def add_document(raw: Any, number: int, out: Collected) -> None:
                 kind, name, "metadata.name", f"{kind} {name} is already defined in document {first}"
             )
         )
+    if raw["kind"] in CONFIG_KINDS:
+        obj, problems = CONFIG_KINDS[raw["kind"]](raw)
+        for path, text in problems:
+            fail(ValidationError(kind, name, path, text))
+        if obj is not None and not problems and first == number:
+            out.config[obj.ref] = obj
+        return
     try:
         doc = DOCUMENTS[raw["kind"]].model_validate(raw)
     except pydantic.ValidationError as exc:
@@ -475,5 +502,8 @@ def _added_by(raw: object, number: int, out: Collected) -> IPPool | LoadBalancer
     kind, name = label(raw, number)
     if out.defined_in.get((kind, name)) != number:
         return None
-    return out.pools.get(name) if kind == "IPPool" else out.lbs.get(name)
+    if kind == "IPPool":
+        return out.pools.get(name)
+    # A configuration kind (DNSProvider web) must not cache the L4LB web under its text.
+    return out.lbs.get(name) if kind == "L4LB" else None
 

@@ -338,6 +338,10 @@ class KubeApi:
         await _json(await self._core.create_namespaced_event(namespace, body, _preload_content=False),
                     Request("create", "events", "", namespace))
 
+    async def read_secret(self, namespace: str, name: str) -> Obj:
+        return await _json(await self._core.read_namespaced_secret(name, namespace, _preload_content=False),
+                           Request("get", "secrets", "", namespace, name))
+
     async def read_lease(self, namespace: str, name: str) -> Obj | None:
         """The Lease, or None when there is none (also when its namespace is missing: the API server
         answers a read there with a plain 404; the create that follows names the namespace)."""

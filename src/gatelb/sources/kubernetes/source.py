@@ -17,6 +17,7 @@ and when leadership changes hands.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import socket
@@ -24,9 +25,19 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from gatelb.ipam.services import AllocationError, Assignment, ServiceAllocator, ServicePool
-from gatelb.model import IPAddress, IPPool, LoadBalancer, ObjectRef, SyncedState, ValidationError
+from gatelb.model import (
+    ConfigObject,
+    IPAddress,
+    IPPool,
+    LoadBalancer,
+    ObjectRef,
+    SecretRef,
+    SyncedState,
+    ValidationError,
+)
 from gatelb.sources.base import AddressView, Contribution, Notify
-from gatelb.sources.kubernetes.api import WATCHED, KubeApi, Obj, describe
+from gatelb.sources.file.loader import ConfigParser
+from gatelb.sources.kubernetes.api import GROUP, VERSION, WATCHED, ApiException, Kind, KubeApi, Obj, describe
 from gatelb.sources.kubernetes.changes import IPPOOLS, L4LBS, SERVICES, ChangeTracker
 from gatelb.sources.kubernetes.informer import Informer
 from gatelb.sources.kubernetes.lease import LeaseElector
@@ -41,9 +52,18 @@ from gatelb.sources.kubernetes.translate import (
     is_ours,
     status_addresses,
 )
+from gatelb.sources.schema_dns import parse_dns_provider
 
 log = logging.getLogger("gatelb")
 WRITE_CONCURRENCY = 32  # status writes in flight at once (10,000 Services after a first sync)
+
+# Custom resources that become configuration objects (model.ConfigObject: BGP peers, DNS
+# providers, ...): informer kind name -> (what to watch, how to parse one object). The parser is
+# the file loader's (sources.file.loader.CONFIG_KINDS) applied to the object as a document.
+ConfigResource = tuple[Kind, ConfigParser]
+CONFIG_RESOURCES: dict[str, ConfigResource] = {
+    "dnsproviders": (Kind("dnsproviders", "dnsproviders", GROUP, VERSION, namespaced=False), parse_dns_provider),
+}
 
 
 @dataclass(frozen=True)
@@ -60,7 +80,11 @@ class KubeSource:
         self._api = api
         self._options = settings.options
         self._tracker = ChangeTracker(settings.options)
-        self._informers = {k.name: Informer(api, k, self._on_event) for k in WATCHED}
+        kinds = [*WATCHED, *(kind for kind, _ in CONFIG_RESOURCES.values())]
+        self._informers = {k.name: Informer(api, k, self._on_event) for k in kinds}
+        self._config_objects: dict[str, dict[str, Obj]] = {name: {} for name in CONFIG_RESOURCES}
+        self._config_dirty: set[tuple[str, str]] = set()  # (informer kind name, object key)
+        self._config_given: dict[tuple[str, str], ObjectRef] = {}
         identity = settings.identity or f"{socket.gethostname()}-{os.getpid()}"
         self._elector = LeaseElector(api, settings.lease_namespace, settings.lease_name, identity,
                                      self._on_leadership)
@@ -79,6 +103,7 @@ class KubeSource:
         self._to_write: set[ObjectRef] = set()  # objects whose status may need writing
         self._state: SyncedState | None = None
         self._wake_writer = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- Source ------------------------------------------------------------------------------
 
@@ -103,7 +128,15 @@ class KubeSource:
         return self._tracker
 
     def _on_event(self, kind: str, key: str, old: Obj | None, new: Obj | None) -> None:
-        self._tracker.on_change(kind, key, old, new)
+        if kind in self._config_objects:
+            objects = self._config_objects[kind]
+            if new is None:
+                objects.pop(key, None)
+            else:
+                objects[key] = new
+            self._config_dirty.add((kind, key))
+        else:
+            self._tracker.on_change(kind, key, old, new)
         if self._notify is not None:
             self._notify(kind)
 
@@ -129,7 +162,8 @@ class KubeSource:
         dirty = self._tracker.take()
         leader = self._elector.is_leader
         everything = self._first or dirty.pools_changed or leader != self._leader_was
-        if dirty.empty and not everything:
+        config = self._collect_config(everything)
+        if dirty.empty and not everything and not config:
             return None
         pools: tuple[IPPool, ...] | None = None
         if self._first or dirty.pools_changed:
@@ -172,7 +206,40 @@ class KubeSource:
                 self._errors_of[ref] = errs
             else:
                 self._errors_of.pop(ref, None)
-        return Contribution(changes, pools, errors, origins)
+        for ref, value in config.items():  # a config object's errors stay with it, like any object's
+            if isinstance(value, tuple):
+                errors[ref] = self._errors_of[ref] = value
+            elif ref in self._errors_of:
+                del self._errors_of[ref]
+                errors[ref] = ()
+        return Contribution(changes, pools, errors, origins,
+                            config={ref: None if isinstance(v, tuple) else v for ref, v in config.items()})
+
+    def _collect_config(self, everything: bool) -> dict[ObjectRef, ConfigObject | tuple[ValidationError, ...] | None]:
+        """Configuration objects that changed: the object, None (gone or now invalid), or its
+        errors (a tuple; the caller turns those into the object's errors and a removal)."""
+        keys = {(k, key) for k, objs in self._config_objects.items() for key in objs} if everything else set()
+        keys |= self._config_dirty
+        self._config_dirty = set()
+        out: dict[ObjectRef, ConfigObject | tuple[ValidationError, ...] | None] = {}
+        for kind, key in sorted(keys):
+            _, parse = CONFIG_RESOURCES[kind]
+            raw = self._config_objects[kind].get(key)
+            before = self._config_given.pop((kind, key), None)
+            if before is not None:
+                out[before] = None
+            if raw is None:
+                continue
+            doc = {"apiVersion": raw.get("apiVersion"), "kind": raw.get("kind"),
+                   "metadata": {"name": _dig(raw, "metadata", "name")}, "spec": raw.get("spec")}
+            obj, problems = parse(doc)
+            ref = obj.ref if obj is not None else ObjectRef(str(raw.get("kind")), key)
+            if obj is None or problems:
+                out[ref] = tuple(ValidationError(ref.kind, key, path, text) for path, text in problems)
+                continue
+            out[ref] = obj
+            self._config_given[(kind, key)] = ref
+        return out
 
     def commit(self, contribution: Contribution) -> None:
         """Nothing to do: a non-strict source's contribution is always taken (errors stay with
@@ -354,6 +421,41 @@ class KubeSource:
         except Exception as err:
             log.warning("write-back failed", extra={"fields": {"event": "write-back-failed",
                                                                 "error": str(describe(err))}})
+
+    # -- for the DNS updater: Events on the objects whose records conflict, TSIG keys in Secrets --
+
+    def report(self, ref: ObjectRef, reason: str, message: str) -> None:
+        """A Warning Event on the Service or L4LB `ref` (leader only, like every write-back)."""
+        if not self._elector.is_leader:
+            return
+        if ref.kind == SERVICE:
+            obj = self._tracker.service(ref.key)
+        elif ref.kind == L4LB:
+            obj = self._tracker.objects(L4LBS).get(ref.key)
+        else:
+            return
+        if obj is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._guard(self._writer.event(obj, ref.kind, "Warning", reason, message)))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def read_secret(self, ref: SecretRef) -> str:
+        """The value of one key of a Secret, decoded (Secrets hold base64 of the bytes)."""
+        try:
+            secret = await self._api.read_secret(ref.namespace, ref.name)
+        except ApiException as err:
+            raise ValueError(f"spec.rfc2136.tsigSecretRef: Secret {ref.namespace}/{ref.name}: "
+                             f"{describe(err)}") from None
+        data = secret.get("data") or {}
+        if ref.key not in data:
+            raise ValueError(f"spec.rfc2136.tsigSecretRef: Secret {ref.namespace}/{ref.name} has no key "
+                             f"{ref.key!r} (has: {', '.join(sorted(data)) or 'none'})")
+        try:
+            return base64.b64decode(data[ref.key]).decode()
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError(f"spec.rfc2136.tsigSecretRef: Secret {ref.namespace}/{ref.name} key {ref.key}: "
+                             "not text") from None
 
     # -- facts for `gatelb status` and readiness ----------------------------------------------
 

@@ -50,7 +50,13 @@ from gatelb.model import (
     ValidationError,
 )
 from gatelb.sources import errors as pyd_errors
-from gatelb.sources.schema import IPPoolDocument, L4LBDocument, LabelSelectorSpec
+from gatelb.sources.schema import (
+    IPPoolDocument,
+    L4LBDocument,
+    LabelSelectorSpec,
+    hostname_problem,
+    normal_hostname,
+)
 from gatelb.sources.standalone import _load_balancer, _pool
 from gatelb.validate import check_pools
 
@@ -60,6 +66,8 @@ GATELB_CLASS = "gatelb.io/gatelb"
 ANN_IPS = ("gatelb.io/loadBalancerIPs", "metallb.io/loadBalancerIPs", "metallb.universe.tf/loadBalancerIPs")
 ANN_POOL = ("gatelb.io/address-pool", "metallb.io/address-pool", "metallb.universe.tf/address-pool")
 ANN_SHARE = ("gatelb.io/allow-shared-ip", "metallb.io/allow-shared-ip", "metallb.universe.tf/allow-shared-ip")
+ANN_HOSTNAMES = ("gatelb.io/hostnames", "external-dns.alpha.kubernetes.io/hostname")  # comma separated, both taken
+ANN_TTL = "external-dns.alpha.kubernetes.io/ttl"
 ANN_POOL_RECORD = "gatelb.io/ip-pool"  # written back: which pool the addresses came from
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
@@ -472,9 +480,34 @@ def _check(ctx: _SvcContext) -> HealthCheck:
     return HealthCheck(type=CheckType.NONE)
 
 
+def _hostnames(ctx: _SvcContext, errors: list[ValidationError]) -> tuple[tuple[str, ...], int | None]:
+    """DNS names from the annotations (ours and external-dns's), and external-dns's TTL."""
+    names: list[str] = []
+    for ann in ANN_HOSTNAMES:
+        for text in str(_dig(ctx.svc, "metadata", "annotations", ann) or "").split(","):
+            if not text.strip():
+                continue
+            name = normal_hostname(text)
+            if why := hostname_problem(name):
+                errors.append(ValidationError(SERVICE, ctx.key, f"metadata.annotations[{ann}]", why))
+            elif name not in names:
+                names.append(name)
+    ttl_text = _dig(ctx.svc, "metadata", "annotations", ANN_TTL)
+    ttl: int | None = None
+    if ttl_text is not None:
+        text = str(ttl_text).strip()
+        if text.isdecimal() and 1 <= int(text) <= 604800:
+            ttl = int(text)
+        else:
+            errors.append(ValidationError(SERVICE, ctx.key, f"metadata.annotations[{ANN_TTL}]",
+                                          f"{text!r} is not a TTL in seconds (1-604800)"))
+    return tuple(names), ttl
+
+
 def service_load_balancers(ctx: _SvcContext, addresses: tuple[IPAddress, ...]) -> tuple[
         list[LoadBalancer], list[ValidationError]]:
     errors: list[ValidationError] = []
+    hostnames, dns_ttl = _hostnames(ctx, errors)
     ports, port_errors = _ports(ctx.svc, ctx.key)
     errors += port_errors
     ranges = _source_ranges(ctx, errors)
@@ -495,7 +528,7 @@ def service_load_balancers(ctx: _SvcContext, addresses: tuple[IPAddress, ...]) -
                 name=service_lb_name(ctx.key, protocol, int(port["port"]), vip.version),
                 port=int(port["port"]), protocol=protocol, frontend_ip=vip, backends=backends,
                 affinity=_affinity(ctx.svc), source_ranges=family_ranges, check=_check(ctx),
-                family=vip.version,
+                family=vip.version, hostnames=hostnames, dns_ttl=dns_ttl,
             ))
     return lbs, errors
 
