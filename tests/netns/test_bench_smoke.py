@@ -94,3 +94,16 @@ def test_data_path_quick() -> None:
     for label, figs in scenarios.items():
         for key in ("rate", "connect_p50_us", "gbps"):
             assert _finite(figs[key]["median"]), (label, key)
+
+
+def test_observability_quick() -> None:
+    out, data = _run_quick("bench.observability")
+    assert "gatelb status and /metrics" in out
+    body = data["data"]
+    assert isinstance(body, dict)
+    row = body["sizes"][0]
+    assert row["n"] == 50
+    for key in ("daemon_table_s", "daemon_name_s", "daemon_json_s", "scrape_s", "local_table_s", "local_json_s"):
+        assert _finite(row[key]["median"]), key
+    # 50 load balancers x 10 backends, five series each, plus HELP/TYPE lines and the daemon's own.
+    assert row["scrape_lines"] > 50 * 10 * 5

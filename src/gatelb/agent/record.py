@@ -28,12 +28,12 @@ def health_key(lb: str, address: str, port: int) -> str:
     return f"{lb}|{address}|{port}"
 
 
-def health_records(monitor: HealthMonitor | None) -> dict[str, HealthRecord]:
+def health_records(monitor: HealthMonitor | None, lb: str | None = None) -> dict[str, HealthRecord]:
     if monitor is None:
         return {}
     return {health_key(st.key.lb, str(st.key.address), st.key.port):
             {"state": st.status.value, "since": st.since_wall, "reason": st.reason}
-            for st in monitor.snapshot()}
+            for st in monitor.snapshot(lb)}
 
 
 def stored_state(state: SyncedState, sources: tuple[str, ...], health: dict[str, HealthRecord],

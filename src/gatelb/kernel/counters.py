@@ -13,10 +13,13 @@ never for the sync path.
 
 from __future__ import annotations
 
+import socket
+import struct
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from gatelb.dataplane.layout import COUNTER_SETS, GENERATION, Key, Role
+from gatelb.dataplane.layout import COUNTER_SETS, FAMILY_SETS, GENERATION, Key, Role
+from gatelb.model import IPAddress, Protocol
 
 FlowKey = tuple[str, str, str, int]  # (vip, protocol, backend address, backend port), canonical text
 
@@ -31,11 +34,57 @@ class Counter:
         self.bytes += other.bytes
 
 
+RawCounts = dict[bytes, tuple[int, int]]  # a counter set as dumped: raw key -> (packets, bytes)
+
+
 @dataclass
 class TableCounters:
+    """Per-backend counters of our table. Either keyed as text (`flows`, `new_connections`: nft's
+    JSON, the reference reader) or as the kernel's raw keys (`raw`, set name -> counts: the
+    netlink reader, which skips converting 200,000 keys to text). `lookup` reads both."""
+
     generation: int | None = None
     flows: dict[FlowKey, Counter] = field(default_factory=dict)
     new_connections: dict[FlowKey, int] = field(default_factory=dict)
+    raw: dict[str, RawCounts] = field(default_factory=dict)
+
+    def lookup(self, vip: IPAddress, protocol: Protocol, address: IPAddress, port: int) -> tuple[Counter, int]:
+        """(packets and bytes, new connections) of one backend of one frontend address."""
+        if not self.raw:
+            key = (str(vip), protocol.value, str(address), port)
+            return self.flows.get(key, Counter()), self.new_connections.get(key, 0)
+        sets = FAMILY_SETS[vip.version]
+        raw = counter_key(vip, protocol, address, port)
+        packets, nbytes = self.raw.get(sets.flows, {}).get(raw, (0, 0))
+        return Counter(packets, nbytes), self.raw.get(sets.conns, {}).get(raw, (0, 0))[0]
+
+
+    def backends(self, vip: IPAddress, protocol: Protocol,
+                 backends: tuple[tuple[IPAddress, int], ...]) -> list[tuple[int, int, int]]:
+        """(packets, bytes, new connections) of each backend (address, port) of one frontend
+        address: `lookup` for a whole load balancer, its key prefix encoded once."""
+        if not self.raw:
+            return [(c.packets, c.bytes, n) for c, n in (self.lookup(vip, protocol, a, p) for a, p in backends)]
+        sets = FAMILY_SETS[vip.version]
+        flows, conns = self.raw.get(sets.flows, {}), self.raw.get(sets.conns, {})
+        head = vip.packed + _PROTO_BYTES[protocol]
+        zero = (0, 0)
+        out = []
+        for address, port in backends:
+            raw = head + address.packed + _PORT.pack(port) + b"\0\0"
+            packets, nbytes = flows.get(raw, zero)
+            out.append((packets, nbytes, conns.get(raw, zero)[0]))
+        return out
+
+
+def counter_key(vip: IPAddress, protocol: Protocol, address: IPAddress, port: int) -> bytes:
+    """The raw key of a backend's elements in the counter sets (layout: frontend address,
+    protocol, backend address, backend port; every field padded to 4 bytes)."""
+    return vip.packed + _PROTO_BYTES[protocol] + address.packed + _PORT.pack(port) + b"\0\0"
+
+
+_PORT = struct.Struct("!H")
+_PROTO_BYTES = {Protocol.TCP: bytes((socket.IPPROTO_TCP, 0, 0, 0)), Protocol.UDP: bytes((socket.IPPROTO_UDP, 0, 0, 0))}
 
 
 def flow_key(key: Key) -> FlowKey:
