@@ -127,11 +127,13 @@ def _decode(data: Any, path: Path) -> StoredState:
 
 def check_directory(directory: Path, create: bool = False) -> None:
     """Refuse a state directory another user could tamper with: owned by someone other than us
-    (or root), or writable by group or others. `create`: make it (0700) when missing."""
+    (or root), or writable by group or others. `create`: make it (0711) when missing: nobody else
+    may list or change it, but the routing daemons gatelb starts under their own user (FRR's
+    bgpd, keepalived scripts) must be able to enter it to reach their own subdirectory."""
     if create:
         directory.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):
-            os.mkdir(directory, 0o700)
+            os.mkdir(directory, 0o711)
     try:
         st = os.stat(directory)
     except FileNotFoundError:
