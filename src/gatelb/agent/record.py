@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gatelb.agent.applied import AppliedRecord, HealthRecord
+from gatelb.agent.applied import AppliedRecord, HealthRecord, JsonMemo
 from gatelb.agent.runtime import event
 from gatelb.agent.statefile import StateStore, StoredState
 from gatelb.health.monitor import HealthMonitor
@@ -67,6 +67,7 @@ class RecordWriter:
         self._state: SyncedState | None = None
         self._wanted = asyncio.Event()
         self._saved_health = -1
+        self._memo = JsonMemo()  # written after every sync: encode only what changed
         self.failures = 0
 
     def set(self, state: SyncedState) -> None:
@@ -85,7 +86,7 @@ class RecordWriter:
         return self._state, health_records(self._monitor), self._info() if self._info else {}
 
     def _write(self, state: SyncedState, health: dict[str, HealthRecord], info: dict[str, Any]) -> None:
-        self._store.save(stored_state(state, self._sources, health, daemon=True, info=info))
+        self._store.save(stored_state(state, self._sources, health, daemon=True, info=info), memo=self._memo)
 
     async def run(self) -> None:
         while True:
