@@ -128,8 +128,16 @@ def moved_endpoint(r: int) -> str:
 class Gatelb:
     """`gatelb run ... --log-format json --no-health` in a namespace; every JSON log line is kept."""
 
+    profile_dir: Path | None = None  # --profile: run each daemon under cProfile, one file per start
+    _starts = 0
+
     def __init__(self, ns: str, args: list[str], state_dir: str) -> None:
         cmd = [*netns_prefix(ns), *gatelb_cmd("run", *args, "--log-format", "json", "--no-health")]
+        if self.profile_dir is not None:
+            Gatelb._starts += 1
+            out = self.profile_dir / f"gatelb-{Gatelb._starts}.prof"
+            i = cmd.index("-m")
+            cmd[i:i] = ["-m", "cProfile", "-o", str(out)]
         self.started = time.time()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                                      env={**os.environ, "GATELB_STATE_DIR": state_dir})
@@ -703,8 +711,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--adds", type=int, default=20, help="Services added per N (default 20)")
     p.add_argument("--quick", action="store_true", help="smoke run: N=50, a few changes")
     p.add_argument("--workdir", type=Path, help="keep generated inputs here (default: a temporary directory)")
+    p.add_argument("--profile", type=Path, help="run every daemon under cProfile, writing DIR/gatelb-K.prof "
+                                                "(main thread only; the figures are then inflated)")
     a = p.parse_args(argv)
     require_root()
+    if a.profile:
+        a.profile.mkdir(parents=True, exist_ok=True)
+        Gatelb.profile_dir = a.profile
     exit_on_signals()
     sizes = [50] if a.quick else parse_sizes(a.sizes)
     changes, adds = (5, 2) if a.quick else (a.changes, a.adds)
