@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from gatelb.addresses import ip_address
 from gatelb.model import (
     AddressRange,
     Affinity,
@@ -36,7 +37,7 @@ def _backends_out(backends: tuple[Backend, ...]) -> list[list[Any]]:
 
 
 def _backends_in(rows: list[list[Any]]) -> tuple[Backend, ...]:
-    return tuple(Backend(ipaddress.ip_address(a), int(p), int(w), bool(d)) for a, p, w, d in rows)
+    return tuple(Backend(ip_address(a), int(p), int(w), bool(d)) for a, p, w, d in rows)
 
 
 def services_to_json(state: ResolvedState) -> list[dict[str, Any]]:
@@ -64,7 +65,7 @@ def services_from_json(rows: list[dict[str, Any]]) -> ResolvedState:
         tuple(
             Service(
                 name=r["name"],
-                vip=ipaddress.ip_address(r["vip"]),
+                vip=ip_address(r["vip"]),
                 protocol=Protocol(r["protocol"]),
                 port=int(r["port"]),
                 backends=_backends_in(r["backends"]),
@@ -151,7 +152,7 @@ def lbs_from_json(rows: list[dict[str, Any]]) -> tuple[LoadBalancer, ...]:
     return tuple(
         LoadBalancer(
             name=r["name"], port=int(r["port"]), protocol=Protocol(r["protocol"]),
-            frontend_ip=ipaddress.ip_address(r["frontendIP"]) if r.get("frontendIP") else None,
+            frontend_ip=ip_address(r["frontendIP"]) if r.get("frontendIP") else None,
             pool=r.get("pool"), backends=_backends_in(r["backends"]), algorithm=Algorithm(r["algorithm"]),
             affinity=Affinity(int(r["affinity"])) if r.get("affinity") else None,
             source_ranges=tuple(ipaddress.ip_network(n) for n in r.get("sourceRanges", [])),
