@@ -11,6 +11,7 @@ the process (exit 1) so that the service manager restarts it, and SIGTERM/SIGINT
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -84,6 +85,10 @@ class Daemon:
             callback()
 
     async def run(self, stop: asyncio.Event) -> bool:
+        # Start-up builds millions of long-lived objects (the state record, every source object,
+        # the first round's services): the cyclic collector's passes over them would cost
+        # seconds and free nothing. The reconciler turns it back on after its first round.
+        gc.disable()
         self.adopt_previous()
         tasks: dict[str, Coroutine[Any, Any, Any]] = {
             "reconcile": self.reconciler.run(),
@@ -93,7 +98,10 @@ class Daemon:
         }
         if self.monitor is not None:
             tasks["health"] = self.monitor.run()
-        healthy = await supervise(tasks, stop)
+        try:
+            healthy = await supervise(tasks, stop)
+        finally:
+            gc.enable()  # stopped before the first round
         self.writer.save_now()
         return healthy
 

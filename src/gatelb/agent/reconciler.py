@@ -190,7 +190,12 @@ class Reconciler:
             await self._wake.wait()
             await asyncio.sleep(BATCH_S)
             self._wake.clear()
-            if not await self.round():
+            done = await self.round()
+            if not gc.isenabled():  # disabled for start-up (Daemon.run): what exists now stays
+                gc.collect()
+                gc.freeze()
+                gc.enable()
+            if not done:
                 delay = RETRY_BACKOFF_S[min(self._failures - 1, len(RETRY_BACKOFF_S) - 1)]
                 await asyncio.sleep(delay)
                 self._wake.set()
