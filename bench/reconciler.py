@@ -129,6 +129,7 @@ class Gatelb:
     """`gatelb run ... --log-format json --no-health` in a namespace; every JSON log line is kept."""
 
     profile_dir: Path | None = None  # --profile: run each daemon under cProfile, one file per start
+    log_dir: Path | None = None  # --logs: keep each daemon's log lines
     _starts = 0
 
     def __init__(self, ns: str, args: list[str], state_dir: str) -> None:
@@ -201,6 +202,9 @@ class Gatelb:
                 self.proc.kill()
                 self.proc.wait(timeout=15)
         self._reader.join(timeout=5)
+        if self.log_dir is not None:
+            path = self.log_dir / f"gatelb-{self.proc.pid}.log"
+            path.write_text("".join(json.dumps(x) + "\n" for x in self.lines) + "\n".join(self.other))
 
 
 def _status_field(pid: int, name: str) -> int:
@@ -713,11 +717,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workdir", type=Path, help="keep generated inputs here (default: a temporary directory)")
     p.add_argument("--profile", type=Path, help="run every daemon under cProfile, writing DIR/gatelb-K.prof "
                                                 "(main thread only; the figures are then inflated)")
+    p.add_argument("--logs", type=Path, help="keep every daemon's log as DIR/gatelb-PID.log")
     a = p.parse_args(argv)
     require_root()
     if a.profile:
         a.profile.mkdir(parents=True, exist_ok=True)
-        Gatelb.profile_dir = a.profile
+        Gatelb.profile_dir = Gatelb.log_dir = a.profile
+    if a.logs:
+        a.logs.mkdir(parents=True, exist_ok=True)
+        Gatelb.log_dir = a.logs
     exit_on_signals()
     sizes = [50] if a.quick else parse_sizes(a.sizes)
     changes, adds = (5, 2) if a.quick else (a.changes, a.adds)
