@@ -19,7 +19,7 @@ import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gatelb.agent.engine import DataplaneSync
 from gatelb.agent.lock import StateLocked, state_lock
@@ -33,7 +33,9 @@ from gatelb.kernel.conntrack import flush_flows
 from gatelb.kernel.nft import Nft, NftCli
 from gatelb.model import Backend, IPAddress
 from gatelb.sources.base import Source
-from gatelb.sources.kubernetes.source import KubeSettings
+
+if TYPE_CHECKING:  # the Kubernetes client library costs about 50 MiB of RSS: file mode never loads it
+    from gatelb.sources.kubernetes.source import KubeSettings
 
 
 @dataclass
