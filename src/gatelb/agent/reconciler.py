@@ -50,7 +50,6 @@ from gatelb.sources.base import Contribution, Source
 
 BATCH_S = 0.005  # let a burst of events that are already in flight land before one round
 RETRY_BACKOFF_S = (0.5, 1.0, 2.0, 5.0, 10.0)
-FULL_GC_GROWTH = 0.25  # a full collection once the frozen objects grew by this much (_collect_garbage)
 
 FlushUdp = Callable[[list[Flow]], int]
 
@@ -125,8 +124,6 @@ class Reconciler:
         self.last_error: str | None = None
         self.triggered_at = 0.0
         self._reasons: set[str] = set()  # why the pending round runs (for its log line)
-        self._frozen_after_full = 0  # objects frozen by the last full collection
-        self._frozen_since_full = 0  # objects frozen after a round since then
 
     # -- what others may read ----------------------------------------------------------------
 
@@ -207,28 +204,12 @@ class Reconciler:
                 self._wake.set()
 
     def _collect_garbage(self) -> None:
-        """After each round: collect the young generations and freeze what survived.
-
-        What a round keeps (objects from the API, translations, services) lives long, and
-        CPython's full collections walk every unfrozen object: at 10,000 Services x 10 endpoints
-        one took 300-550 ms and freed nothing, a few times a minute while objects were replaced
-        (status write-back), and every event arriving meanwhile waited (the p99 of one change).
-        Frozen objects are still freed by reference counting; only cycles among them are not, so
-        once the frozen set has grown by FULL_GC_GROWTH since the last full collection, there is
-        one (the same 25% rule as CPython's own, counted over the frozen objects). The growth is
-        what each round froze (freed objects are not subtracted: full collections come a little
-        early); gc.get_freeze_count() walks the whole frozen list, so it is read only then."""
-        if not gc.isenabled() or self._frozen_since_full > self._frozen_after_full * FULL_GC_GROWTH:
-            gc.unfreeze()
+        """Start-up ran without the cyclic collector (Daemon.run): collect once, freeze what
+        exists (long-lived: 10,000 services are millions of objects), and turn it back on."""
+        if not gc.isenabled():
             gc.collect()
             gc.freeze()
-            gc.enable()  # off during start-up (Daemon.run)
-            self._frozen_after_full = gc.get_freeze_count()
-            self._frozen_since_full = 0
-        else:
-            gc.collect(1)  # survivors of the young generations are now the only ones in generation 2
-            self._frozen_since_full += len(gc.get_objects(2))
-            gc.freeze()
+            gc.enable()
 
     async def round(self, dry_run: bool = False) -> bool:
         """One round; False when the kernel refused (the next round is then a full resync)."""
@@ -273,6 +254,12 @@ class Reconciler:
         self.rounds += 1
         if everything:
             self._first_pass_due = False
+        if result is not None and result.full:
+            # Everything loaded so far (10,000 services are millions of objects) is long-lived:
+            # keep it out of the cyclic collector's full passes, which would otherwise add 100 ms
+            # or more to random increments.
+            gc.collect()
+            gc.freeze()
         if self._flush_udp is not None and previous:
             await self._flush(previous)
         state = self._publish(previous.keys() | changes.keys(), everything or (result is not None and result.full),
