@@ -422,3 +422,17 @@ class GatewayGroup(ConfigObject):
     KIND: ClassVar[str] = "GatewayGroup"
     interface: str = ""
     members: tuple[GatewayMember, ...] = ()
+    # High availability (docs/ha.md). "": the members only announce (BGP, the L2 election);
+    # "active-standby": one member is active and holds `backend_gateway`, the L2 VIPs and the BGP
+    # announcements, the other follows with the replicated connection state.
+    mode: str = ""
+    backend_gateway: ipaddress.IPv4Interface | ipaddress.IPv6Interface | None = None
+    state_sync: bool = False
+
+    @property
+    def ha(self) -> bool:
+        return self.mode == HA_ACTIVE_STANDBY
+
+
+HA_ACTIVE_STANDBY = "active-standby"
+HA_ACTIVE_ACTIVE = "active-active"

@@ -298,7 +298,8 @@ def add_announcer(parts: Parts, node: str, state_dir: Path) -> None:
     """BGP/BFD through gatelb's own FRR (under <state-dir>/frr), ARP/NDP through its own keepalived
     (<state-dir>/keepalived): a consumer of the synced state with its own task. Each starts only
     once the configuration asks for it; stopping the task withdraws every route first. Where the
-    L2 VIPs are owned goes to the state record (`info`, key "l2")."""
+    L2 VIPs are owned goes to the state record (`info`, key "l2"). An active-standby GatewayGroup
+    adds its own conntrackd (<state-dir>/conntrackd) and the role (key "ha"), in the same task."""
     from gatelb.announce import Announcer
 
     announcer = Announcer(node, state_dir / "frr", l2_directory=state_dir / "keepalived")

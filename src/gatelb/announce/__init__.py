@@ -19,12 +19,17 @@ import contextlib
 import logging
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from gatelb.announce import guard
+from gatelb.announce.conntrackd import ConntrackdError
 from gatelb.announce.decide import EMPTY, Plan, decide
 from gatelb.announce.frr import FrrError, FrrInstance
 from gatelb.announce.frr_config import render
+from gatelb.announce.guard import GuardError
+from gatelb.announce.ha_control import HaController, ha_instance
 from gatelb.announce.keepalived import Keepalived, KeepalivedError, parse_notify, read_links
 from gatelb.announce.keepalived_config import render as render_keepalived
 from gatelb.announce.keepalived_config import tracks
@@ -60,11 +65,16 @@ class Announcer:
         self.l2_states: dict[str, str] = {}  # instance -> MASTER/BACKUP/FAULT (keepalived's FIFO)
         self._fifo: int | None = None
         self._buffer = b""
+        # active-standby (docs/ha.md): created when this gateway's group asks for it
+        self.ha: HaController | None = None
+        self._ha_events: asyncio.Queue[str] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     def info(self) -> dict[str, Any]:
-        """For the state record (`gatelb status`): where each L2 VIP is owned."""
+        """For the state record (`gatelb status`): where each L2 VIP is owned, the HA role."""
+        ha = {"ha": self.ha.info()} if self.ha is not None and self.ha.info() else {}
         if self.l2.empty and not self.l2_errors:
-            return {}
+            return ha
         instances: dict[str, dict[str, Any]] = {}
         for i in self.l2.instances:
             instances[i.name] = {
@@ -72,12 +82,15 @@ class Announcer:
                 "preferred": i.preferred, "state": self.l2_states.get(i.name, "unknown"),
                 "vips": [str(v) for v in i.vips], "unservable": [str(v) for v in i.unservable]}
         owned = sorted(v for i in instances.values() if i["state"] == "MASTER" for v in i["vips"])
-        return {"l2": {"node": self.node, "owned": owned, "instances": instances, "errors": self.l2_errors}}
+        return {**ha, "l2": {"node": self.node, "owned": owned, "instances": instances, "errors": self.l2_errors}}
 
     def set(self, state: SyncedState) -> None:
         from gatelb.announce.decide import group_of
 
-        self._group = group_of(state.config_of(GatewayGroup).values(), self.node)
+        group = group_of(state.config_of(GatewayGroup).values(), self.node)
+        if group != self._group:
+            self._wake.set()  # an HA change (mode, backend gateway) changes no plan
+        self._group = group
         self._l2_advs = state.config_of(L2Advertisement)
         plan, errors = decide(state, self.node)
         if errors:
@@ -94,6 +107,9 @@ class Announcer:
             self._wake.set()
 
     async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self._ha_events = asyncio.Queue()
+        worker = asyncio.create_task(self._ha_worker())
         try:
             while True:
                 try:
@@ -107,22 +123,46 @@ class Announcer:
                         self._wake.set()
                     if self.l2_errors:
                         self._wake.set()  # an interface may have appeared
+                    if self.ha is not None:
+                        self._ha_post("watch")
                     continue
                 self._wake.clear()
                 try:
                     await asyncio.to_thread(self._apply, self.plan)
-                except (FrrError, KeepalivedError, OSError) as err:
+                except (FrrError, KeepalivedError, ConntrackdError, GuardError, OSError) as err:
                     event(logging.ERROR, "announce-failed", error=str(err))
                     await asyncio.sleep(RETRY_S)
                     self._wake.set()
                 self._watch_fifo()
         finally:
+            worker.cancel()
             self._unwatch_fifo()
-            if self._frr_up or not self.l2.empty:
+            if self._frr_up or not self.l2.empty or self.ha is not None:
                 await asyncio.shield(asyncio.to_thread(self._withdraw))
 
+    async def _ha_worker(self) -> None:
+        """The HA role's actions, one event at a time, in keepalived's order (a thread: they run
+        conntrackd and nft)."""
+        assert self._ha_events is not None
+        while True:
+            what = await self._ha_events.get()
+            if self.ha is None:
+                continue
+            try:
+                await asyncio.to_thread(self.ha.handle, what)
+            except (ConntrackdError, GuardError, KeepalivedError, OSError) as err:
+                event(logging.ERROR, "ha-failed", event_=what, error=str(err))
+
+    def _ha_post(self, what: str) -> None:
+        if self._loop is not None and self._ha_events is not None:
+            self._loop.call_soon_threadsafe(self._ha_events.put_nowait, what)
+
+    def _ha_wake(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
     def _watch_fifo(self) -> None:
-        if self._fifo is None and not self.l2.empty and self.keepalived.fifo.exists():
+        if self._fifo is None and (not self.l2.empty or self.ha is not None) and self.keepalived.fifo.exists():
             self._fifo = self.keepalived.open_fifo()
             asyncio.get_running_loop().add_reader(self._fifo, self._read_fifo)
 
@@ -145,6 +185,13 @@ class Announcer:
             if parsed is None:
                 continue
             name, state, priority = parsed
+            if self.ha is not None and self.ha.instance is not None and name == self.ha.instance.name:
+                if state == "MASTER_RX_LOWER_PRI":
+                    continue
+                self.l2_states[name] = state
+                assert self._ha_events is not None
+                self._ha_events.put_nowait(f"vrrp:{state}")
+                continue
             if state == "MASTER_RX_LOWER_PRI":  # a notice while MASTER (a lower advert was seen)
                 state = "MASTER"
             if self.l2_states.get(name) == state:
@@ -154,7 +201,31 @@ class Announcer:
             event(logging.INFO, "l2-state", instance=name, state=state, priority=priority,
                   vips=[str(v) for v in inst.vips] if inst else [], wall_time=time.time())
 
+    def _apply_ha(self, plan: Plan, group: GatewayGroup) -> None:
+        """Active-standby: one VRRP instance for the group carries the backend gateway and every L2
+        VIP (the L2 spreading does not apply: the active member serves everything)."""
+        links = read_links()
+        if self.ha is None:
+            self.ha = HaController(self.node, self.keepalived.directory.parent / "conntrackd", self.keepalived,
+                                   self._ha_wake, self._ha_post)
+        inst = ha_instance(group, self.node, plan.l2, links)
+        self.ha.ensure(group, inst)  # guard and track in place before keepalived may elect
+        reloaded = self.keepalived.apply(render_keepalived(EMPTY_L2, self.node, self.keepalived.directory, inst),
+                                         self.ha.tracks())
+        if reloaded:
+            event(logging.INFO, "ha-configured", group=group.name, instance=inst.name, vrid=inst.vrid,
+                  priority=inst.priority, addresses=list(inst.addresses))
+        self.l2 = EMPTY_L2
+
     def _apply_l2(self, plan: Plan) -> None:
+        group = self._group
+        if group is not None and group.ha:
+            self._apply_ha(plan, group)
+            return
+        if self.ha is not None:  # the group is no longer active-standby
+            self.ha.stop()
+            guard.apply(guard.removal())
+            self.ha = None
         links: dict[str, Link] = read_links() if plan.l2 else {}
         l2, errors = plan_l2(plan.l2, self._group, self._l2_advs, self.node, links)
         if errors:
@@ -189,6 +260,10 @@ class Announcer:
         bgp = plan.bgp
         if bgp is None and not self._frr_up:
             return
+        if bgp is not None and self._group is not None and self._group.ha and not (self.ha and self.ha.announcing):
+            # a standby announces nothing: only the active member attracts traffic (the sessions stay
+            # up, so taking over is one UPDATE)
+            bgp = replace(bgp, peers=tuple(replace(pp, prefixes=()) for pp in bgp.peers))
         t0 = time.perf_counter()
         if not self._frr_up or len(self.frr.running()) < 3:
             self.frr.start()
@@ -205,6 +280,8 @@ class Announcer:
         self._announced = now
 
     def _withdraw(self) -> None:
+        if self.ha is not None:
+            self.ha.stop()
         if not self.l2.empty or self.keepalived.running():
             self.keepalived.stop()
             event(logging.INFO, "keepalived-stopped", wall_time=time.time())

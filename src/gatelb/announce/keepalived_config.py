@@ -13,12 +13,18 @@
   1.1 s to pass Linux's 1 s neighbour lock time) within keepalived's whole-second timers: two
   at the takeover, two more 2 s later, and one a minute while MASTER so that switches' MAC tables
   (300 s) never age out.
+- An active-standby GatewayGroup (docs/ha.md) has one instance of its own, `gatelb-ha-<group>`:
+  `nopreempt` (a returning member stays BACKUP while the other is MASTER), the backend gateway as
+  its virtual address and the L2 VIPs as excluded ones, the same sub-second adverts, and a track
+  file that gatelb holds at FAULT while the member has not synced the connection state.
 - State changes go to a FIFO gatelb reads (`INSTANCE "name" MASTER 254`); the health penalty
   comes from one track file per instance (watched by keepalived, no reload).
 """
 
 from __future__ import annotations
 
+import zlib
+from dataclasses import dataclass
 from pathlib import Path
 
 from gatelb.announce.l2 import L2Plan, VrrpInstance
@@ -29,8 +35,51 @@ GARP_SECOND_SET_S = 2
 GARP_REFRESH_S = 60
 
 
-def track_file(directory: Path, instance: VrrpInstance) -> Path:
+HA_PRIORITIES = (200, 100)  # by member order: who wins when both start at once
+
+
+@dataclass(frozen=True, slots=True)
+class HaInstance:
+    """The VRRP instance of an active-standby group, as this member renders it."""
+
+    name: str  # gatelb-ha-<group>
+    group: str
+    interface: str
+    vrid: int
+    priority: int
+    members: tuple[str, ...]
+    addresses: tuple[str, ...]  # "ADDR/PREFIX dev IFACE": the backend gateway first, then the L2 VIPs
+
+
+def ha_vrid(group: str) -> int:
+    """From the group's name alone, so both members agree (1-255)."""
+    return 1 + zlib.crc32(group.encode()) % 255
+
+
+def track_file(directory: Path, instance: VrrpInstance | HaInstance) -> Path:
     return directory / "track" / instance.name
+
+
+def _ha_instance(ha: HaInstance) -> list[str]:
+    lines = [
+        f"vrrp_instance {ha.name} {{",
+        f"    # active-standby GatewayGroup {ha.group}; members {', '.join(ha.members)}",
+        "    state BACKUP",
+        "    nopreempt",
+        f"    interface {ha.interface}",
+        f"    virtual_router_id {ha.vrid}",
+        f"    priority {ha.priority}",
+        f"    advert_int {ADVERT_INT_S}",
+        "    track_file {",
+        f"        {ha.name}",
+        "    }",
+        "    virtual_ipaddress {",
+        f"        {ha.addresses[0]}",
+        "    }",
+    ]
+    if len(ha.addresses) > 1:
+        lines += ["    virtual_ipaddress_excluded {", *(f"        {a}" for a in ha.addresses[1:]), "    }"]
+    return [*lines, "}"]
 
 
 def _prefix(instance: VrrpInstance) -> int:
@@ -59,7 +108,7 @@ def _instance(inst: VrrpInstance, directory: Path) -> list[str]:
     return [*lines, "}"]
 
 
-def render(plan: L2Plan, node: str, directory: Path) -> str:
+def render(plan: L2Plan, node: str, directory: Path, ha: HaInstance | None = None) -> str:
     out = [
         f"# keepalived configuration of gateway {node}, rendered by gatelb: do not edit",
         "# (gatelb rewrites it and applies it with SIGHUP)",
@@ -74,13 +123,16 @@ def render(plan: L2Plan, node: str, directory: Path) -> str:
         "    vrrp_higher_prio_send_advert",
         "}",
     ]
-    for inst in plan.instances:
+    named: list[VrrpInstance | HaInstance] = [*([ha] if ha else []), *plan.instances]
+    for inst in named:
         out += [
             f"track_file {inst.name} {{",
             f"    file {track_file(directory, inst)}",
             "    weight 1",
             "}",
         ]
+    if ha is not None:
+        out += _ha_instance(ha)
     for inst in plan.instances:
         out += _instance(inst, directory)
     return "\n".join(out) + "\n"

@@ -23,6 +23,7 @@ import pydantic
 from pydantic import AfterValidator, Field, PlainValidator, WithJsonSchema
 
 from gatelb.model import (
+    HA_ACTIVE_ACTIVE,
     BFDProfile,
     BGPAdvertisement,
     BGPPeer,
@@ -154,9 +155,28 @@ class MemberSpec(Strict):
     address: IPField
 
 
+def _interface_address(value: Any) -> ipaddress.IPv4Interface | ipaddress.IPv6Interface:
+    if not isinstance(value, str) or "/" not in value:
+        raise problem(f"expected an address with its prefix length such as '198.51.100.1/24', got {show(value)}")
+    try:
+        found = ipaddress.ip_interface(value)
+    except ValueError:
+        raise problem(f"{value!r} is not an address with its prefix length (such as '198.51.100.1/24')") from None
+    if found.network.prefixlen == found.network.max_prefixlen:
+        raise problem(f"{value!r}: the prefix length must be the backends' subnet (such as /24), not a host route")
+    return found
+
+
+InterfaceAddress = Annotated[ipaddress.IPv4Interface | ipaddress.IPv6Interface, PlainValidator(_interface_address),
+                             WithJsonSchema({"type": "string"})]
+
+
 class GatewayGroupSpec(Strict):
     interface: Interface
     members: Annotated[list[MemberSpec], Field(min_length=1)]
+    mode: Literal["active-standby", "active-active"] | None = None
+    backend_gateway: InterfaceAddress | None = None
+    state_sync: bool = False
 
 
 def _document(kind: str, spec: type[Strict]) -> type[Strict]:
@@ -220,7 +240,39 @@ def _group(name: str, s: GatewayGroupSpec, problems: Problems) -> GatewayGroup:
         if m.name in seen:
             problems.append((f"spec.members[{i}].name", f"{m.name!r} is already spec.members[{seen[m.name]}]"))
         seen.setdefault(m.name, i)
-    return GatewayGroup(name, s.interface, tuple(GatewayMember(m.name, m.address) for m in s.members))
+    _ha_checks(s, problems)
+    return GatewayGroup(name, s.interface, tuple(GatewayMember(m.name, m.address) for m in s.members),
+                        s.mode or "", s.backend_gateway, s.state_sync)
+
+
+def _ha_checks(s: GatewayGroupSpec, problems: Problems) -> None:
+    if s.mode == HA_ACTIVE_ACTIVE:
+        problems.append(("spec.mode", "active-active is not built yet (consistent hashing across members): "
+                                      "use active-standby"))
+        return
+    if s.mode is None:
+        for field, given in (("spec.backendGateway", s.backend_gateway is not None), ("spec.stateSync", s.state_sync)):
+            if given:
+                problems.append((field, "needs spec.mode: active-standby (a member must be active to hold it)"))
+        return
+    if len(s.members) != 2:
+        problems.append(("spec.members", f"active-standby needs exactly 2 members (got {len(s.members)}): "
+                                         "conntrackd replicates state to one peer"))
+    gw = s.backend_gateway
+    if gw is None:
+        problems.append(("spec.backendGateway", "active-standby needs it: the address the backends route "
+                                                "through, held by the active member (such as 198.51.100.1/24)"))
+    else:
+        for i, m in enumerate(s.members):
+            if m.address == gw.ip:
+                problems.append(("spec.backendGateway", f"{gw.ip} is the address of member {m.name} "
+                                                        f"(spec.members[{i}]): it must be an address of its own"))
+            elif m.address.version == gw.version and m.address not in gw.network:
+                problems.append(("spec.backendGateway", f"{gw} is not on the subnet of member {m.name}'s address "
+                                                        f"{m.address} (spec.members[{i}]): the members must "
+                                                        "share the backends' segment"))
+    if s.state_sync and any(m.address.version != s.members[0].address.version for m in s.members):
+        problems.append(("spec.stateSync", "the members' addresses must be of one family (conntrackd's UDP link)"))
 
 
 _BUILD: dict[str, Any] = {
