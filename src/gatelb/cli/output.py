@@ -85,6 +85,7 @@ def print_status(data: dict[str, Any], output: str) -> None:
         console.print(f"dns {name} ({provider.get('zone', '?')}): {provider.get('records', 0)} records, {state}")
     for text in [*(dns.get("conflicts") or []), *(dns.get("problems") or [])]:
         console.print(f"[yellow]dns: {text}[/yellow]")
+    _print_ha(console, info.get("ha"))
     _print_l2(console, info.get("l2"))
     for error in data.get("errors") or []:
         console.print(f"[yellow]{error}[/yellow]")
@@ -149,6 +150,21 @@ def _print_plain(rows: list[tuple[tuple[str, ...], str]]) -> None:
                         for c, w, j in zip(cells, widths, JUSTIFY, strict=True)).rstrip()
     out = [line(COLUMNS)] + [line(r) for r, _ in rows]
     sys.stdout.write("\n".join(out) + "\n")
+
+
+def _print_ha(console: Console, ha: Any) -> None:
+    """An active-standby group: the members, who is active, this member's role and sync state."""
+    if not ha:
+        return
+    sync = ha.get("sync") or {}
+    last = sync.get("last_received")
+    ago = f", last message {time.time() - last:.1f} s ago" if last else ""
+    console.print(f"ha {ha['group']} ({ha['mode']}): members {', '.join(ha['members'])}; active "
+                  f"{ha.get('active') or 'unknown'}; this member {ha['node']}: {ha['role']} (vrrp {ha['vrrp']}), "
+                  f"backend gateway {ha.get('backendGateway')}")
+    if ha.get("stateSync"):
+        console.print(f"ha sync: {sync.get('internal', 0)} entries local, {sync.get('external', 0)} replicated "
+                      f"from the peer, {sync.get('recv_pckts', 0)} messages received{ago}")
 
 
 def _print_l2(console: Console, l2: Any) -> None:

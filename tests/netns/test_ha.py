@@ -1,0 +1,121 @@
+"""Active-standby with state sync, in network namespaces: the upstream router (FRR), a switch, two
+gateways (`gatelb run --node gw1|gw2`, the same file), three backends whose default route is the
+group's backend gateway; real keepalived (VRRP), real conntrackd (FTFW), real FRR on the gateways.
+
+One scenario, in order: gw1 becomes active (it alone announces the VIP; it holds the backend
+gateway), gw2 syncs and stands by; 20 held connections exchange a line every 100 ms while a paced
+client opens new ones; gw1 loses power (links down, every process killed); the held connections
+carry on through gw2 (same connection: the backend echoes every line; the backend still sees the
+client's address), new connections fail for under 1 s; gw1 comes back: it syncs and stays standby
+(no preemption), and none of 10 connections opened through gw2 breaks.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+
+import pytest
+
+from gatelb.lab.bgp import GATEWAYS, ROUTER_BFDD, ROUTER_BGPD
+from gatelb.lab.daemon import LabDaemon
+from gatelb.lab.ha import CONFIG, WEB, Flow, HaLab
+
+from ..conftest import netns_unavailable
+
+CONVERGE_S = 30.0
+
+
+def wait_for(what: str, check: object, timeout: float, lab: HaLab) -> float:
+    assert callable(check)
+    t0 = time.monotonic()
+    while not check():
+        if time.monotonic() - t0 > timeout:
+            pytest.fail(f"{what}: not within {timeout} s\n{lab.router_vtysh('show ip bgp')}")
+        time.sleep(0.01)
+    return time.monotonic() - t0
+
+
+def outage(attempts: list, t_fail: float) -> tuple[float, int]:  # type: ignore[type-arg]
+    """The span from the first to the last failed attempt after `t_fail` (0 if none), and how many."""
+    failed = [a.at for a in attempts if not a.ok and a.at is not None and a.at >= t_fail - 0.05]
+    if not failed:
+        return 0.0, 0
+    return max(failed) - min(failed) + 0.05, len(failed)  # + the pacing interval
+
+
+@pytest.fixture(name="lab")
+def ha_lab():  # type: ignore[no-untyped-def]
+    if reason := netns_unavailable():
+        pytest.skip(reason)
+    for tool in ("vtysh", "keepalived", "conntrackd"):
+        if shutil.which(tool) is None and not shutil.which(f"/usr/sbin/{tool}"):
+            pytest.fail(f"{tool} is missing (./quickstart setup installs it)")
+    with HaLab() as lab:
+        lab.start_backends(udp=None, http=None)
+        lab.start_router(ROUTER_BGPD, ROUTER_BFDD)
+        yield lab
+
+
+def test_active_standby_power_loss_keeps_connections_and_return_breaks_nothing(lab: HaLab) -> None:
+    gw1 = LabDaemon(lab, CONFIG, name="gw1", ns="gw1", extra_args=("--node", "gw1")).start()
+    gw1.wait_event("ha-role", where=lambda e: e["role"] == "active", timeout=15)
+    gw2 = LabDaemon(lab, CONFIG, name="gw2", ns="gw2", extra_args=("--node", "gw2")).start()
+    gw2.wait_event("ha-role", where=lambda e: e["role"] == "standby", timeout=15)
+    took = wait_for("the VIP via gw1 only", lambda: lab.router_next_hops(f"{WEB}/32") == {GATEWAYS["gw1"]},
+                    CONVERGE_S, lab)
+    print(f"active member's route at the router after {took:.2f} s")
+    assert lab.holder() == {"gw1"}
+    status = gw2.status()["info"]["ha"]
+    assert (status["role"], status["active"], status["members"]) == ("standby", "gw1", ["gw1", "gw2"])
+
+    flows = [Flow(lab.hold(WEB, 80, timeout=5.0)).start() for _ in range(20)]
+    assert {f.seen_source for f in flows} == {"192.0.2.10"}  # dnat: the backends see the client
+    assert len({f.backend for f in flows}) == 3
+    time.sleep(1.0)  # the state reaches gw2
+    assert all(f.alive and f.echoed >= 5 for f in flows), [f.error for f in flows]
+    assert gw2.status()["info"]["ha"]["sync"].get("external", 0) >= 20, gw2.status()["info"]["ha"]["sync"]
+
+    paced = lab.start_client("tcp", WEB, 80, count=80, rate=20, timeout=0.5)
+    time.sleep(1.0)
+    t_fail = time.time()
+    lab.power_off("gw1")
+    gw2.wait_event("ha-role", after=t_fail, where=lambda e: e["role"] == "active", timeout=3)
+    wait_for("the VIP via gw2", lambda: lab.router_next_hops(f"{WEB}/32") == {GATEWAYS["gw2"]}, 3.0, lab)
+    time.sleep(2.0)  # the held connections keep exchanging through gw2
+    result = paced.result()
+    span, failed = outage(list(result.attempts), t_fail)
+    kept = [f for f in flows if f.alive]
+    commit = gw2.wait_event("ha-commit", after=t_fail)
+    print(f"power loss: {len(kept)}/20 established kept (longest pause {max(f.max_gap_s for f in kept):.3f} s), "
+          f"new connections failed for {span:.3f} s ({failed} of {len(result.attempts)} attempts); "
+          f"commit of {commit['entries']} entries in {commit['commit_ms']} ms")
+    assert len(kept) >= 19, [f.error for f in flows]
+    assert span < 1.0, result.failures
+    assert lab.holder() == {"gw2"}
+    lines_before = {id(f): f.echoed for f in kept}
+    time.sleep(0.5)
+    assert all(f.echoed > lines_before[id(f)] for f in kept)
+
+    # gw1 returns: it syncs, stays standby, and breaks none of the connections opened through gw2
+    fresh = [Flow(lab.hold(WEB, 80, timeout=5.0)).start() for _ in range(10)]
+    t_back = time.time()
+    lab.reboot("gw1")
+    gw1 = LabDaemon(lab, CONFIG, name="gw1", ns="gw1", extra_args=("--node", "gw1")).start()
+    synced = gw1.wait_event("ha-synced", after=t_back, timeout=10)
+    gw1.wait_event("ha-role", after=t_back, where=lambda e: e["role"] == "standby", timeout=10)
+    time.sleep(2.0)
+    assert synced["answered"] is True and synced["external"] >= 10, synced
+    assert not gw1.events("ha-role", after=t_back) or all(e["role"] != "active"
+                                                          for e in gw1.events("ha-role", after=t_back))
+    broken = [f.error for f in fresh if not f.alive]
+    print(f"return of gw1: {len(broken)} of 10 connections broken; gw1 synced {synced['external']} entries "
+          f"in {synced['duration_ms']} ms")
+    assert broken == []
+    assert lab.holder() == {"gw2"}
+    assert lab.router_next_hops(f"{WEB}/32") == {GATEWAYS["gw2"]}
+    assert gw1.status()["info"]["ha"]["active"] == "gw2"
+    for f in [*flows, *fresh]:
+        f.stop()
+    gw1.stop()
+    gw2.stop()
