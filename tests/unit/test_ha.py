@@ -224,3 +224,18 @@ UDP traffic (active device=lan0):
 def test_parse_stats() -> None:
     assert parse_stats(STATS) == {"internal": 20, "external": 3, "sent_bytes": 84, "recv_bytes": 160,
                                   "sent_pckts": 2, "recv_pckts": 3}
+
+
+def test_a_standby_announces_a_prepended_path() -> None:
+    from gatelb.announce.decide import Attributes, BGPPlan, PeerPlan
+    from gatelb.announce.frr_config import render
+    from gatelb.model import BGPPeer
+
+    out = collect_text("apiVersion: gatelb.io/v1alpha1\nkind: BGPPeer\nmetadata: {name: up}\n"
+                       "spec: {myASN: 64512, peerASN: 64500, peerAddress: 192.0.2.129}\n")
+    (peer,) = [o for o in out.config.values() if isinstance(o, BGPPeer)]
+    prefix = ipaddress.ip_network("203.0.113.10/32")
+    standby = BGPPlan(64512, None, (PeerPlan(peer, None, ((prefix, Attributes(as_path_prepend=3)),)),))
+    active = BGPPlan(64512, None, (PeerPlan(peer, None, ((prefix, Attributes()),)),))
+    assert " set as-path prepend 64512 64512 64512\n" in render(standby, "gw2", "/tmp/frr.log")
+    assert "as-path prepend" not in render(active, "gw2", "/tmp/frr.log")

@@ -39,6 +39,7 @@ from gatelb.model import GatewayGroup, IPNetwork, L2Advertisement, SyncedState, 
 
 WATCH_S = 1.0  # how often the FRR daemons' liveness is checked
 RETRY_S = 2.0
+STANDBY_PREPEND = 3
 
 
 def _effective(priority: int, track: int) -> int:
@@ -261,9 +262,11 @@ class Announcer:
         if bgp is None and not self._frr_up:
             return
         if bgp is not None and self._group is not None and self._group.ha and not (self.ha and self.ha.announcing):
-            # a standby announces nothing: only the active member attracts traffic (the sessions stay
-            # up, so taking over is one UPDATE)
-            bgp = replace(bgp, peers=tuple(replace(pp, prefixes=()) for pp in bgp.peers))
+            # a standby announces a clearly worse path (our ASN prepended STANDBY_PREPEND times): the
+            # router already holds it when BFD drops the active member, so the failover needs no
+            # UPDATE; its guard drops whatever arrives before it has committed the state
+            bgp = replace(bgp, peers=tuple(replace(pp, prefixes=tuple(
+                (p, replace(a, as_path_prepend=STANDBY_PREPEND)) for p, a in pp.prefixes)) for pp in bgp.peers))
         t0 = time.perf_counter()
         if not self._frr_up or len(self.frr.running()) < 3:
             self.frr.start()

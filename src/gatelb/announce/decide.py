@@ -39,6 +39,7 @@ from gatelb.model import (
 class Attributes:
     local_pref: int | None = None
     communities: tuple[str, ...] = ()
+    as_path_prepend: int = 0  # an active-standby standby's path: our ASN this many extra times
 
 
 @dataclass(frozen=True, slots=True)

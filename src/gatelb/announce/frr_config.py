@@ -29,10 +29,10 @@ def _groups(plan: PeerPlan) -> list[tuple[Attributes, list[IPNetwork]]]:
     groups: dict[Attributes, list[IPNetwork]] = {}
     for prefix, attrs in plan.prefixes:
         groups.setdefault(attrs, []).append(prefix)
-    return sorted(groups.items(), key=lambda kv: (kv[0].local_pref or -1, kv[0].communities))
+    return sorted(groups.items(), key=lambda kv: (kv[0].local_pref or -1, kv[0].communities, kv[0].as_path_prepend))
 
 
-def _policy(plan: PeerPlan) -> list[str]:
+def _policy(plan: PeerPlan, asn: int) -> list[str]:
     name = plan.peer.name
     lists: list[str] = []
     maps: list[str] = []
@@ -49,6 +49,8 @@ def _policy(plan: PeerPlan) -> list[str]:
             maps += [f"route-map {route_map(name)} permit {seq}", f" match {ip} address prefix-list {plist}"]
             if attrs.local_pref is not None:
                 maps.append(f" set local-preference {attrs.local_pref}")
+            if attrs.as_path_prepend:
+                maps.append(f" set as-path prepend {' '.join([str(asn)] * attrs.as_path_prepend)}")
             maps += [*_communities(attrs), "exit", "!"]
     return [*lists, *(["!"] if lists else []), *maps, f"route-map {route_map(name)} deny {FINAL_DENY_SEQ}", "exit",
             "!"]
@@ -134,7 +136,7 @@ def render(plan: BGPPlan | None, hostname: str, log_file: str) -> str:
              "service integrated-vtysh-config", "!"]
     if plan is not None:
         for pp in plan.peers:
-            lines += _policy(pp)
+            lines += _policy(pp, plan.asn)
         lines += [f"router bgp {plan.asn}"]
         if plan.router_id is not None:
             lines.append(f" bgp router-id {plan.router_id}")
