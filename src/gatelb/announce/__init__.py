@@ -113,8 +113,9 @@ class Announcer:
         worker = asyncio.create_task(self._ha_worker())
         try:
             while True:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), WATCH_S)
+                try:  # not wait_for: in Python 3.11 it can lose a cancellation (a stop never ends)
+                    async with asyncio.timeout(WATCH_S):
+                        await self._wake.wait()
                 except TimeoutError:
                     if self._frr_up and len(self.frr.running()) < 3:
                         event(logging.ERROR, "frr-daemon-died", running=self.frr.running())
