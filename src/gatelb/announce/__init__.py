@@ -120,8 +120,10 @@ class Announcer:
                     if self._frr_up and len(self.frr.running()) < 3:
                         event(logging.ERROR, "frr-daemon-died", running=self.frr.running())
                         self._wake.set()
-                    if not self.l2.empty and not self.keepalived.running():
+                    if (not self.l2.empty or self.ha is not None) and not self.keepalived.running():
                         event(logging.ERROR, "keepalived-died")
+                        if self.ha is not None:  # whatever it held, this member is no longer elected
+                            self._ha_post("vrrp:STOP")
                         self._wake.set()
                     if self.l2_errors:
                         self._wake.set()  # an interface may have appeared
