@@ -92,7 +92,7 @@ def test_active_standby_power_loss_keeps_connections_and_return_breaks_nothing(l
           f"commit of {commit['entries']} entries in {commit['commit_ms']} ms")
     became = gw2.wait_event("ha-role", after=t_fail, where=lambda e: e["role"] == "active")
     announced = gw2.wait_event("announce", after=t_fail)
-    print(f"after the power loss: gw2 MASTER+commit+unguard at {became['wall_time'] - t_fail:.3f} s, "
+    print(f"after the power loss: gw2 MASTER (role active, before its commit) at {became['wall_time'] - t_fail:.3f} s, "
           f"announced at {announced['wall_time'] - t_fail:.3f} s (FRR {announced['duration_ms']} ms)")
     assert len(kept) >= 19, [f.error for f in flows]
     assert span < 1.0, result.failures
