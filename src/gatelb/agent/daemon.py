@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from gatelb.agent.engine import DataplaneSync
+from gatelb.agent.guard import KernelGuard
 from gatelb.agent.lock import StateLocked, state_lock
 from gatelb.agent.reconciler import Consumer, Reconciler, run_sources
 from gatelb.agent.record import RecordWriter
@@ -30,6 +31,7 @@ from gatelb.health.feed import HealthFeed
 from gatelb.health.monitor import HealthChange, HealthMonitor, TargetKey
 from gatelb.kernel.conntrack import flush_flows
 from gatelb.kernel.nft import Nft, NftCli
+from gatelb.kernel.nlcounters import read_generation
 from gatelb.model import Backend, IPAddress
 from gatelb.sources.base import Source
 from gatelb.sources.kubernetes.source import KubeSettings
@@ -60,6 +62,8 @@ class Daemon:
         )
         self.writer = RecordWriter(store, tuple(s.name for s in parts.sources), self.monitor, parts.info)
         self.reconciler.consumers += [self.writer, *parts.consumers]
+        # Repairs what others do to our table, warns about their tables (agent/guard.py).
+        self.guard = KernelGuard(self.reconciler, read_generation, nft.query_json)
 
     def _on_health(self, changes: list[HealthChange]) -> None:
         self.reconciler.health_changed({c.key.lb for c in changes})
@@ -89,6 +93,7 @@ class Daemon:
             "reconcile": self.reconciler.run(),
             "sources": run_sources(self.reconciler, self.parts.sources),
             "state-save": self.writer.run(),
+            "kernel-guard": self.guard.run(),
             **self.parts.tasks,
         }
         if self.monitor is not None:

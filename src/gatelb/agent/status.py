@@ -85,7 +85,10 @@ def _lb_status(
     return {
         "name": lb.name,
         "state": lb.state.value,
-        "programmed": svc is not None and counters.generation is not None,
+        # In the kernel's service map, not only in the state record: a table deleted or flushed
+        # behind our back shows here at once.
+        "programmed": svc is not None and counters.frontends is not None
+        and (str(svc.vip), svc.protocol.value, svc.port) in counters.frontends,
         "protocol": lb.protocol.value,
         "frontend": {"ip": ip, "port": lb.port},
         "pool": lb.pool,

@@ -14,7 +14,7 @@ import struct
 from collections.abc import Callable, Iterator
 from typing import cast
 
-from gatelb.dataplane.layout import COUNTER_SETS, GENERATION, FieldType, Role
+from gatelb.dataplane.layout import COUNTER_SETS, GENERATION, SERVICE_MAPS, FieldType, Role
 
 from .counters import Counter, FlowKey, TableCounters
 from .nlelements import (
@@ -128,20 +128,48 @@ _FIELD_TEXT: dict[FieldType, Callable[[bytes], str | int]] = {
 }
 
 
-def read_counters(table: str = "gatelb") -> TableCounters:
-    """The generation and the per-backend counter sets of our table in this network namespace
-    (which sets, and the layout of their keys, from dataplane/layout.py)."""
-    out = TableCounters()
+def _socket() -> socket.socket:
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    sock.bind((0, 0))
+    sock.settimeout(30)
+    return sock
+
+
+def _generation(sock: socket.socket, table: str) -> int:
+    codec = ElementCodec(GENERATION)
+    gens = [codec.decode_key(key)[0] for key, _ in _dump(sock, table, GENERATION.name, 1)]
+    return cast(int, gens[0]) if gens else 0
+
+
+def read_generation(table: str = "gatelb") -> int | None:
+    """The generation number in our table in this network namespace (None: no table). One tiny
+    dump: cheap enough for a periodic check."""
+    sock = _socket()
     try:
-        sock.bind((0, 0))
-        sock.settimeout(30)
-        generation = ElementCodec(GENERATION)
+        return _generation(sock, table)
+    except TableMissing:
+        return None
+    finally:
+        sock.close()
+
+
+def read_counters(table: str = "gatelb") -> TableCounters:
+    """The generation, the per-backend counter sets and the frontends of the service maps of our
+    table in this network namespace (which sets, and the layout of their keys, from
+    dataplane/layout.py)."""
+    out = TableCounters()
+    sock = _socket()
+    try:
         try:
-            gens = [generation.decode_key(key)[0] for key, _ in _dump(sock, table, GENERATION.name, 1)]
+            out.generation = _generation(sock, table)
         except TableMissing:
             return out
-        out.generation = cast(int, gens[0]) if gens else 0
+        out.frontends = set()
+        for seq, layout in enumerate(SERVICE_MAPS, 100):
+            fields = [(o, t.size, _FIELD_TEXT[t]) for o, t in ElementCodec(layout).key_slices]
+            for key, _ in _dump(sock, table, layout.name, seq):
+                vip, proto, port = (text(key[o : o + size]) for o, size, text in fields)
+                out.frontends.add((str(vip), str(proto), int(port)))
         for seq, layout in enumerate(COUNTER_SETS, 2):
             codec = ElementCodec(layout)
             fields = [(o, t.size, _FIELD_TEXT[t]) for o, t in codec.key_slices]

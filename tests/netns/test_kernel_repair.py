@@ -1,0 +1,106 @@
+"""Issue 13, the daemon repairs what happens behind its back (real kernel, real `gatelb run`):
+our table deleted, a distribution-style `nft -f` reload starting with `flush ruleset`, an element
+edited by someone else. Each is noticed from the kernel's nftables notifications, logged as a
+warning and repaired with a full reload, and traffic flows again; `status` follows the kernel.
+"""
+
+from __future__ import annotations
+
+import time
+
+from gatelb.lab.topology import Lab
+
+from .gatelb_helpers import Daemon, Gatelb, backends, config, gatelb_cli, l4lb, module_lab  # noqa: F401 - fixtures `gl` and `lab`
+
+VIP = "203.0.113.10"
+TIMEOUT = 5.0
+DETECT_S = 2.0  # the issue's bound: noticed within a second or two
+
+
+def web() -> str:
+    return l4lb("web", frontend={"ip": VIP, "port": 80}, backend=backends())
+
+
+def served(lab: Lab, count: int = 30) -> dict[str, int]:
+    result = lab.connect_many("tcp", VIP, 80, count, timeout=TIMEOUT, concurrency=8)
+    assert result.ok == count, f"{result.failed} of {count} failed: {result.failures}"
+    return result.per_backend
+
+
+def started(gl: Gatelb) -> Daemon:
+    daemon = gl.daemon(gl.write(config(web()), "gatelb.yaml")).start()
+    try:
+        daemon.wait_event("sync")
+    except BaseException:
+        daemon.stop()
+        raise
+    return daemon
+
+
+def repaired(daemon: Daemon, mark: int, done_at: float) -> dict[str, object]:
+    """The warning and the full resync after `mark`; the warning came within DETECT_S of `done_at`."""
+    warning = daemon.wait_event("table-changed-externally", after=mark)
+    assert warning["level"] == "warning" and warning["action"] == "full resync", warning
+    assert warning["time"] - done_at < DETECT_S, (warning["time"] - done_at, warning)
+    sync = daemon.wait_event("sync", after=mark)
+    assert sync["full"] and sync["trigger"] == "repair", sync
+    return warning
+
+
+def test_deleted_table_is_noticed_and_restored(gl: Gatelb, lab: Lab) -> None:
+    with started(gl) as daemon:
+        assert len(served(lab)) == 3
+        mark = len(daemon.events())
+        gl.nft("delete", "table", "inet", "gatelb")
+        warning = repaired(daemon, mark, time.time())
+        changes = warning["changes"]
+        assert isinstance(changes, dict) and changes.get("table deleted") == 1, warning
+        assert warning["by_process"] == "nft"
+        assert len(served(lab)) == 3
+        assert gl.lb_status("web")["programmed"]
+
+
+def test_flush_ruleset_reload_is_noticed_and_restored(gl: Gatelb, lab: Lab, tmp_path: object) -> None:
+    """What `systemctl reload nftables` does on Debian: `nft -f /etc/nftables.conf`, which starts
+    with `flush ruleset`. Its own table stays; ours comes back."""
+    with started(gl) as daemon:
+        mark = len(daemon.events())
+        lab.run("gw", ["nft", "-f", "-"], input="flush ruleset\ntable inet distro {\n\tchain input {\n"
+                "\t\ttype filter hook input priority filter; policy accept;\n\t}\n}\n")
+        repaired(daemon, mark, time.time())
+        assert len(served(lab)) == 3
+        assert "table inet distro" in gl.nft("list", "tables").stdout
+    gl.nft("delete", "table", "inet", "distro")
+
+
+def test_foreign_element_edit_is_undone(gl: Gatelb, lab: Lab) -> None:
+    """Someone removes the service's map element by hand: the generation does not change, the
+    notification names the committer; the repair puts the element back."""
+    with started(gl) as daemon:
+        mark = len(daemon.events())
+        gl.nft("delete", "element", "inet", "gatelb", "svc4", "{", VIP, ".", "tcp", ".", "80", "}")
+        warning = repaired(daemon, mark, time.time())
+        assert warning["changes"] == {"element deleted": 1}, warning
+        assert len(served(lab)) == 3
+
+
+def test_own_changes_are_not_taken_for_foreign_ones(gl: Gatelb, lab: Lab) -> None:
+    """The daemon's own increments and full loads (nft and netlink batches) never trigger a repair."""
+    with started(gl) as daemon:
+        for skip in ((1,), (), (2,), ()):
+            mark = daemon.rewrite(config(l4lb("web", frontend={"ip": VIP, "port": 80}, backend=backends(skip=skip))))
+            daemon.wait_event("sync", after=mark)
+        time.sleep(0.5)
+        assert not [e for e in daemon.events() if e.get("event") == "table-changed-externally"], daemon.log()
+        assert len(served(lab)) == 3
+
+
+def test_status_reflects_the_kernel(gl: Gatelb, lab: Lab) -> None:
+    """No daemon: the table removed behind a one-shot apply shows as not programmed."""
+    gl.apply_ok(config(web(), l4lb("other", frontend={"ip": "203.0.113.11", "port": 80}, backend=backends())))
+    assert gl.lb_status("web")["programmed"] and gl.lb_status("other")["programmed"]
+    gl.nft("delete", "element", "inet", "gatelb", "svc4", "{", "203.0.113.11", ".", "tcp", ".", "80", "}")
+    assert gl.lb_status("web")["programmed"]
+    assert not gl.lb_status("other")["programmed"]
+    gl.nft("delete", "table", "inet", "gatelb")
+    assert not gl.lb_status("web")["programmed"]
