@@ -7,6 +7,7 @@ warning and repaired with a full reload, and traffic flows again; `status` follo
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from gatelb.lab.topology import Lab
 
@@ -104,3 +105,23 @@ def test_status_reflects_the_kernel(gl: Gatelb, lab: Lab) -> None:
     assert not gl.lb_status("other")["programmed"]
     gl.nft("delete", "table", "inet", "gatelb")
     assert not gl.lb_status("web")["programmed"]
+
+
+# -- ownership of the table per namespace -------------------------------------------------------
+
+def test_second_gatelb_in_the_namespace_refuses(gl: Gatelb, lab: Lab, tmp_path: Path) -> None:
+    other = Gatelb(lab, tmp_path / "second")
+    text = config(l4lb("intruder", frontend={"ip": "203.0.113.20", "port": 80}, backend=backends()))
+    with started(gl) as daemon:
+        before = gl.table()
+        run = other.cli("run", "-f", str(other.write(text)), "--no-health")
+        assert run.code == 1, run.output
+        assert "owned by gatelb run pid" in run.stderr and str(gl.state_dir) in run.stderr, run.stderr
+        for args in (("apply", "-f", str(other.write(text))), ("flush",)):
+            out = other.cli(*args)
+            assert out.code == 1 and "owned by gatelb run pid" in out.stderr, out.output
+        assert other.plan(text).code == 0  # read-only: allowed
+        assert gl.table() == before
+        assert len(served(lab)) == 3
+        assert not [e for e in daemon.events() if e.get("event") == "table-changed-externally"]
+    assert other.apply(text).code == 0  # the owner is gone: the namespace is free again

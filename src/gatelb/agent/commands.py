@@ -10,14 +10,17 @@ an increment, not a reload), and record the result. Exit codes: 0 success, 2 inv
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import sys
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gatelb.agent.engine import DataplaneSync
+from gatelb.agent.lock import TableOwned, table_lock
 from gatelb.agent.reconciler import Reconciler, one_round
 from gatelb.agent.record import stored_state
 from gatelb.agent.statefile import StateStore, StoredState
@@ -44,6 +47,8 @@ class CommandError(Exception):
 class Context:
     store: StateStore
     nft: Nft
+    # Ownership of the table in this network namespace while a command writes (agent/lock.py).
+    owner: Callable[[], contextlib.AbstractContextManager[None]] = table_lock
 
     @classmethod
     def create(cls, state_dir: Path) -> Context:
@@ -67,6 +72,15 @@ def read_input(path: str) -> str:
         raise CommandError(f"cannot read {path}: {err.strerror}", EXIT_INVALID) from err
 
 
+@contextlib.contextmanager
+def _owning(ctx: Context) -> Iterator[None]:
+    try:
+        with ctx.owner():
+            yield
+    except TableOwned as err:
+        raise CommandError(f"{err}; nothing changed", EXIT_FAILED) from err
+
+
 def apply_source(ctx: Context, source: Source, dry_run: bool = False, want_nft_text: bool = False,
                  describe: bool = True) -> dict[str, Any]:
     """Validate, allocate, compile and apply (or only plan) what `source` holds, as one round of
@@ -74,6 +88,14 @@ def apply_source(ctx: Context, source: Source, dry_run: bool = False, want_nft_t
 
     want_nft_text: put in report["nftText"] the complete nft script equivalent to what was
     applied (a full load may have sent its bulk elements over netlink instead of as text)."""
+    if dry_run:
+        return _apply_source(ctx, source, dry_run, want_nft_text, describe)
+    with _owning(ctx):
+        return _apply_source(ctx, source, dry_run, want_nft_text, describe)
+
+
+def _apply_source(ctx: Context, source: Source, dry_run: bool, want_nft_text: bool,
+                  describe: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     stored = ctx.store.load()
     reconciler = Reconciler([source], DataplaneSync(ctx.nft, indexed=True),
@@ -154,10 +176,11 @@ def names_in(text: str, source: str) -> tuple[set[str], set[str]]:
 
 
 def flush(ctx: Context) -> None:
-    try:
-        ctx.nft.apply(render_delete())
-    except NftError as err:
-        raise CommandError(f"nft failed: {err}", EXIT_FAILED) from err
+    with _owning(ctx):
+        try:
+            ctx.nft.apply(render_delete())
+        except NftError as err:
+            raise CommandError(f"nft failed: {err}", EXIT_FAILED) from err
     stored = ctx.store.load()
     # Keep the allocations: a later apply gives every L4LB its old address back.
     ctx.store.save(StoredState(allocations=stored.allocations, pools=stored.pools, applied=None))

@@ -22,7 +22,7 @@ from typing import Any
 
 from gatelb.agent.engine import DataplaneSync
 from gatelb.agent.guard import KernelGuard
-from gatelb.agent.lock import StateLocked, state_lock
+from gatelb.agent.lock import StateLocked, TableOwned, state_lock, table_lock
 from gatelb.agent.reconciler import Consumer, Reconciler, run_sources
 from gatelb.agent.record import RecordWriter
 from gatelb.agent.runtime import event, setup_logging, supervise
@@ -137,9 +137,9 @@ def run_daemon(make_parts: Callable[[], Coroutine[Any, Any, Parts]], state_dir: 
                health: bool = True) -> int:
     setup_logging(log_format)
     try:
-        with state_lock(state_dir):
+        with state_lock(state_dir), table_lock():
             return asyncio.run(_main(make_parts, StateStore(state_dir), health))
-    except StateLocked as err:
+    except (StateLocked, TableOwned) as err:
         print(f"gatelb run: {err}", file=sys.stderr)
         return 1
     except StateFileError as err:
