@@ -125,3 +125,48 @@ def test_second_gatelb_in_the_namespace_refuses(gl: Gatelb, lab: Lab, tmp_path: 
         assert len(served(lab)) == 3
         assert not [e for e in daemon.events() if e.get("event") == "table-changed-externally"]
     assert other.apply(text).code == 0  # the owner is gone: the namespace is free again
+
+
+# -- other tables that can win over ours ---------------------------------------------------------
+
+FOREIGN = """table inet glbfw {
+\tchain c_forward {
+\t\ttype filter hook forward priority filter; policy drop;
+\t\tct state established accept
+\t}
+\tchain c_early {
+\t\ttype nat hook prerouting priority -150; policy accept;
+\t\tjump c_sub
+\t}
+\tchain c_sub {
+\t\tip daddr 203.0.113.99 dnat ip to 198.51.100.11
+\t}
+\tchain c_late {
+\t\ttype nat hook prerouting priority 10; policy accept;
+\t\tip daddr 203.0.113.98 dnat ip to 198.51.100.11
+\t}
+\tchain c_quiet {
+\t\ttype filter hook input priority filter; policy accept;
+\t\tct state established accept
+\t}
+}
+"""
+
+
+def test_foreign_tables_that_can_win_are_reported_and_left_alone(gl: Gatelb, lab: Lab) -> None:
+    with started(gl) as daemon:
+        mark = len(daemon.events())
+        lab.run("gw", ["nft", "-f", "-"], input=FOREIGN)
+        try:
+            warning = daemon.wait_event("foreign-rules", after=mark)
+            assert warning["level"] == "warning" and warning["count"] == 2, warning
+            found = {(f["chain"], f["can"], f["why"].partition(" (handle")[0]) for f in gl.status()["foreignRules"]}
+            assert found == {("c_forward", "drop", "policy drop"),
+                             ("c_early", "rewrite", "rule with dnat in chain c_sub")}, found
+            # Left alone: the table is as we wrote it, and ours was not touched for it.
+            assert "policy drop" in gl.nft("list", "table", "inet", "glbfw").stdout
+            assert not [e for e in daemon.events() if e.get("event") == "table-changed-externally"]
+        finally:
+            gl.nft("delete", "table", "inet", "glbfw")
+        daemon.wait_event("foreign-rules-cleared", after=mark)
+        assert gl.status()["foreignRules"] == []

@@ -29,6 +29,7 @@ from gatelb.dataplane import compile_full
 from gatelb.dataplane.changes import describe_changes
 from gatelb.dataplane.render import render_delete
 from gatelb.kernel.conntrack import flush_flows
+from gatelb.kernel.foreign import hazards
 from gatelb.kernel.nft import Nft, NftCli, NftError
 from gatelb.model import DesiredState, IPAddress, ResolvedState, ValidationError, ValidationErrors
 from gatelb.sources.base import Source
@@ -190,11 +191,16 @@ def status(ctx: Context) -> dict[str, Any]:
     stored = ctx.store.load()
     applied = stored.applied
     counters = ctx.nft.read_counters()
+    # Other tables' base chains that can drop or rewrite traffic to our VIPs (kernel/foreign.py).
+    foreign = [h.as_dict() for h in hazards(ctx.nft.query_json)]
     if applied is None:
-        return build_status(DesiredState(), {}, ResolvedState(), counters, None, {})
+        data = build_status(DesiredState(), {}, ResolvedState(), counters, None, {})
+        data["foreignRules"] = foreign
+        return data
     desired = DesiredState(applied.pools, applied.load_balancers)
     data = build_status(desired, stored.allocations, applied.services, counters, applied.generation,
                         applied.health)
+    data["foreignRules"] = foreign
     data["sources"] = list(applied.sources)
     data["errors"] = list(applied.errors)
     if applied.info:

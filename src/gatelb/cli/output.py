@@ -72,6 +72,9 @@ def print_status(data: dict[str, Any], output: str) -> None:
         console.print(f"[red]not ready: {problem}[/red]")
     for error in data.get("errors") or []:
         console.print(f"[yellow]{error}[/yellow]")
+    for f in data.get("foreignRules") or []:
+        console.print(f"[yellow]warning: table {f['table']} chain {f['chain']} (hook {f['hook']}, priority "
+                      f"{f['priority']}) can {f['can']} traffic to our VIPs: {f['why']}[/yellow]")
     rows = list(_status_rows(data["loadBalancers"]))
     if len(rows) > RICH_MAX_ROWS:
         # rich lays out every cell of every row (about 90 s for 110,000 rows): plain columns instead.
