@@ -289,3 +289,84 @@ class SyncedState:
     def config_of(self, cls: type[ConfigT]) -> dict[str, ConfigT]:
         """The configuration objects of one kind, by name."""
         return {ref.key: obj for ref, obj in self.config.items() if isinstance(obj, cls)}
+
+
+# --- announcement configuration (gatelb.announce): MetalLB's kinds and field meanings ----------
+
+
+@dataclass(frozen=True)
+class BFDProfile(ConfigObject):
+    """BFD timers for the BGP sessions that name this profile (MetalLB's BFDProfile)."""
+
+    KIND: ClassVar[str] = "BFDProfile"
+    receive_interval_ms: int = 300
+    transmit_interval_ms: int = 300
+    detect_multiplier: int = 3
+    echo_interval_ms: int = 50
+    echo_mode: bool = False
+    passive_mode: bool = False
+    minimum_ttl: int = 254
+
+
+@dataclass(frozen=True)
+class BGPPeer(ConfigObject):
+    """A BGP session from the gateways (all, or `nodes`) to one router."""
+
+    KIND: ClassVar[str] = "BGPPeer"
+    my_asn: int = 0
+    peer_asn: int = 0
+    peer_address: IPAddress = field(default_factory=lambda: ipaddress.IPv4Address(0))
+    peer_port: int = 179
+    source_address: IPAddress | None = None
+    router_id: ipaddress.IPv4Address | None = None
+    hold_time_s: int = 90
+    keepalive_time_s: int | None = None  # None: a third of the hold time, as BGP and MetalLB do
+    connect_time_s: int | None = None  # None: FRR's default (120 s)
+    password: str | None = None
+    bfd_profile: str | None = None
+    ebgp_multihop: bool = False
+    nodes: tuple[str, ...] = ()  # standalone: only these gateways peer; empty: every gateway
+
+    @property
+    def keepalive_s(self) -> int:
+        return self.keepalive_time_s if self.keepalive_time_s is not None else self.hold_time_s // 3
+
+
+@dataclass(frozen=True)
+class BGPAdvertisement(ConfigObject):
+    """Which pools' VIPs are announced over BGP, to which peers (empty: all), with what attributes."""
+
+    KIND: ClassVar[str] = "BGPAdvertisement"
+    ip_address_pools: tuple[str, ...] = ()  # empty: every pool
+    peers: tuple[str, ...] = ()
+    aggregation_length: int = 32
+    aggregation_length_v6: int = 128
+    local_pref: int | None = None
+    communities: tuple[str, ...] = ()
+    nodes: tuple[str, ...] = ()  # standalone: only these gateways announce; empty: every gateway
+
+
+@dataclass(frozen=True)
+class L2Advertisement(ConfigObject):
+    """VIPs of these pools are answered for with ARP/NDP by one gateway of the segment."""
+
+    KIND: ClassVar[str] = "L2Advertisement"
+    ip_address_pools: tuple[str, ...] = ()  # empty: every pool
+    interfaces: tuple[str, ...] = ()  # empty: the interface whose subnet holds the VIP
+    nodes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GatewayMember:
+    name: str
+    address: IPAddress
+
+
+@dataclass(frozen=True)
+class GatewayGroup(ConfigObject):
+    """The gateways that serve one configuration together (standalone): who they are and the
+    link they share for coordination (L2 election; high availability builds on it)."""
+
+    KIND: ClassVar[str] = "GatewayGroup"
+    interface: str = ""
+    members: tuple[GatewayMember, ...] = ()

@@ -14,6 +14,7 @@ from typing import Any
 
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, DiscoveryV1Api
 
+from gatelb.agent import commands
 from gatelb.agent.daemon import Daemon, Parts
 from gatelb.agent.statefile import StateStore
 from gatelb.kernel.fake import FakeNft
@@ -138,6 +139,30 @@ def test_service_gets_address_status_event_and_rules() -> None:
     run(body)
 
 
+def test_status_in_kubernetes_mode_shows_what_this_instance_programs_and_its_leadership() -> None:
+    async def body(server: StandinServer, client: ApiClient) -> None:
+        await make_pool(client, "public", ["203.0.113.10-203.0.113.11"])
+        await make_service(client, "web")
+        await make_slice(client, "web", "198.51.100.11", "198.51.100.12")
+        async with agent(client) as (a, nft):
+            await wait_for(lambda: ingress_of(server, "web"))
+            ctx = commands.Context(a.daemon.store, nft)
+
+            def shown() -> dict[str, Any] | None:
+                data = commands.status(ctx)
+                return data if data["loadBalancers"] and data.get("info", {}).get("leader") else None
+
+            data = await wait_for(shown)
+            [lb] = data["loadBalancers"]
+            assert lb["name"] == "svc/default/web/tcp/80/v4" and lb["frontend"] == {"ip": "203.0.113.10", "port": 80}
+            assert [b["address"] for b in lb["backends"]] == ["198.51.100.11", "198.51.100.12"]
+            assert data["sources"] == ["kubernetes"]
+            assert data["info"]["problems"] == [] and all(data["info"]["informers"].values())
+            assert data["generation"]["inSync"]
+
+    run(body)
+
+
 def test_exhausted_pool_is_an_allocation_failed_event_and_others_keep_working() -> None:
     async def body(server: StandinServer, client: ApiClient) -> None:
         await make_pool(client, "tiny", ["203.0.113.10"])
@@ -231,5 +256,49 @@ def test_l4lb_objects_get_a_frontend_and_status() -> None:
             assert bad["state"] == "Error"
             assert "spec.backend[0]: '198.51.100.50:99999': 99999 is not a port" in bad["message"]
             assert ingress_of(server, "web") == ["203.0.113.10"]
+
+    run(body)
+
+
+def test_one_endpointslice_event_translates_one_service_of_many_and_changes_only_it() -> None:
+    """Work proportional to the change through the real KubeSource and daemon: with 50 Services
+    synced, replacing one Service's EndpointSlice translates that Service once, and the kernel gets
+    one transaction that touches that Service's load balancer only."""
+    count = 50
+
+    async def body(server: StandinServer, client: ApiClient) -> None:
+        await make_pool(client, "public", ["203.0.113.10-203.0.113.99"])
+        for i in range(count):
+            await make_service(client, f"s{i:02d}")
+            await make_slice(client, f"s{i:02d}", f"198.51.100.{10 + i % 5}")
+        async with agent(client) as (a, nft):
+            tracker = a.kube.tracker
+            await wait_for(lambda: all(ingress_of(server, f"s{i:02d}") for i in range(count)))
+            assert len(a.resolved.services) == count
+
+            # Quiet: the status write-backs (Service updates, seen by the informer) are all in.
+            async def settled() -> bool:
+                before = (tracker.translated, len(nft.transactions), a.rounds)
+                await asyncio.sleep(0.3)
+                return before == (tracker.translated, len(nft.transactions), a.rounds)
+
+            await wait_for(settled, timeout=10)
+            translated, transactions = tracker.translated, len(nft.transactions)
+            vip = ingress_of(server, "s17")[0]
+            body = {"metadata": {"name": "s17-1", "labels": {"kubernetes.io/service-name": "s17"}},
+                    "addressType": "IPv4", "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+                    "endpoints": [{"addresses": ["198.51.100.77"], "conditions": {"ready": True}}]}
+            await DiscoveryV1Api(client).replace_namespaced_endpoint_slice("s17-1", "default", body)
+            await wait_for(lambda: len(nft.transactions) > transactions)
+            await wait_for(settled, timeout=10)
+
+            assert tracker.translated - translated == 1
+            assert len(nft.transactions) == transactions + 1
+            script = nft.last_transaction
+            others = {ip for i in range(count) if i != 17 for ip in ingress_of(server, f"s{i:02d}")}
+            assert "198.51.100.77" in script and vip in script
+            assert not [ip for ip in others if f"{ip} " in script], script
+            state = a.daemon.reconciler.last_state
+            assert state is not None and state.changed == {"svc/default/s17/tcp/80/v4"}
 
     run(body)

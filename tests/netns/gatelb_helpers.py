@@ -124,29 +124,38 @@ class Gatelb:
         out = self.nft(*flags, "list", "table", "inet", "gatelb")
         return out.stdout if out.code == 0 else ""
 
-    def daemon(self, config: Path, *extra: str) -> Daemon:
-        return Daemon(self, config, list(extra))
+    def daemon(self, config: Path, *extra: str, health: bool = False) -> Daemon:
+        return Daemon(self, config, list(extra), health=health)
+
+    def kube_daemon(self, kubeconfig: Path, *extra: str, health: bool = False) -> Daemon:
+        """`gatelb run --kubeconfig KUBECONFIG` (its `config` is the kubeconfig: no rewrite())."""
+        return Daemon(self, kubeconfig, list(extra), health=health, source=["--kubeconfig", str(kubeconfig)])
 
 
 class Daemon:
-    """`gatelb run -f CONFIG --log-format json --no-health` in the gw namespace.
+    """`gatelb run -f CONFIG --log-format json --no-health` in the gw namespace (or another
+    source: Gatelb.kube_daemon).
 
-    Health checks are off: these tests are about configuration and the data path, and the health
-    tier has its own tests; with them on, a busy machine could mark a backend down mid-test.
+    Health checks are off unless asked for: these tests are about configuration and the data
+    path, and the health tier has its own tests; with them on, a busy machine could mark a backend
+    down mid-test. start() again after stop() is a restart with the same state directory (the log
+    file is appended to: pass `after=` to wait_event).
     """
 
-    def __init__(self, gatelb: Gatelb, config: Path, extra: list[str]) -> None:
+    def __init__(self, gatelb: Gatelb, config: Path, extra: list[str], health: bool = False,
+                 source: list[str] | None = None) -> None:
         self.gatelb = gatelb
         self.config = config
+        self._source = source or ["-f", str(config)]
         self.log_path = gatelb.state_dir.parent / "daemon.log"
-        self._extra = extra
+        self._extra = extra if health else ["--no-health", *extra]
         self._proc: subprocess.Popen[bytes] | None = None
 
     def start(self) -> Daemon:
         if self._proc is not None:
             raise RuntimeError("gatelb run: already started")
         argv = [sys.executable, "-m", "gatelb.cli.main", "--state-dir", str(self.gatelb.state_dir), "run",
-                "-f", str(self.config), "--log-format", "json", "--no-health", *self._extra]
+                *self._source, "--log-format", "json", *self._extra]
         with open(self.log_path, "ab") as log:
             self._proc = self.gatelb.lab.popen("gw", argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         return self

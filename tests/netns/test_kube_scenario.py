@@ -57,7 +57,9 @@ class Gatelb:
 
     def start(self) -> None:
         with open(self.log, "ab") as log:
-            self.proc = self.lab.python("gw", "gatelb.cli.main", "run", "--kubeconfig", str(self.kubeconfig),
+            # Its own state directory: never the host's /var/lib/gatelb.
+            self.proc = self.lab.python("gw", "gatelb.cli.main", "--state-dir", str(self.lab.tmpdir / "state"),
+                                        "run", "--kubeconfig", str(self.kubeconfig),
                                         "--backend-mode", "pod", stderr=log, stdout=subprocess.DEVNULL)
 
     def stop(self) -> None:

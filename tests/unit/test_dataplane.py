@@ -177,3 +177,27 @@ def test_adopt_only_when_generation_matches() -> None:
     assert not again.sync(example_state()).script
     stale = DataplaneSync(nft)
     assert not stale.adopt(example_state(), first.generation + 5)
+
+
+def test_adopt_refuses_a_table_with_a_second_generation_element() -> None:
+    """`nft add element inet gatelb generation { 99 }` behind our back: the recorded generation is
+    still in the set, but the table is no longer exactly what we applied."""
+    nft = FakeNft()
+    first = DataplaneSync(nft, indexed=True)
+    first.sync(example_state())
+    nft.apply("add element inet gatelb generation { 99 }\n")
+    assert not DataplaneSync(nft, indexed=True).adopt(example_state(), first.generation)
+    result = DataplaneSync(nft, indexed=True).sync(example_state())
+    assert result.full and nft.generation() == result.generation
+
+
+@pytest.mark.parametrize("indexed", [False, True])
+def test_adopt_refuses_a_table_whose_chains_were_emptied(indexed: bool) -> None:
+    """`nft flush table` (or `flush chain`) empties chains and leaves every set, the generation
+    included: the rules are gone although the generation matches."""
+    nft = FakeNft()
+    first = DataplaneSync(nft, indexed=indexed)
+    first.sync(example_state())
+    assert DataplaneSync(nft, indexed=indexed).adopt(example_state(), first.generation)
+    nft.apply("flush chain inet gatelb services\n")
+    assert not DataplaneSync(nft, indexed=indexed).adopt(example_state(), first.generation)

@@ -24,6 +24,7 @@ from gatelb.model import (
     ValidationErrors,
 )
 from gatelb.resolve import resolve
+from gatelb.sources.file import loader
 from gatelb.sources.file.loader import load_file, load_text
 from gatelb.sources.schema import IPPoolDocument, L4LBDocument
 
@@ -464,7 +465,7 @@ def test_unknown_kind_names_the_document() -> None:
     bad = lb("x")
     bad["kind"] = "L4LBX"
     assert errors_of(pool(), lb(), bad) == [
-        "document 3: kind: unknown kind 'L4LBX' (expected IPPool or L4LB)"
+        f"document 3: kind: unknown kind 'L4LBX' (expected {loader.kinds_text()})"
     ]
 
 
@@ -472,7 +473,7 @@ def test_document_shape_errors() -> None:
     no_kind = lb()
     del no_kind["kind"]
     assert errors_of(no_kind, ["a"], "text") == [
-        "document 1: kind: required (IPPool or L4LB)",
+        f"document 1: kind: required ({loader.kinds_text()})",
         "document 2: expected a mapping with apiVersion, kind, metadata and spec, got a list",
         "document 3: expected a mapping with apiVersion, kind, metadata and spec, got 'text'",
     ]

@@ -5,15 +5,19 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
+from gatelb.agent.daemon import Daemon, file_parts
+from gatelb.agent.statefile import StateStore
+from gatelb.kernel.fake import FakeNft
 from gatelb.model import ObjectRef, ValidationErrors
 from gatelb.sources.base import Contribution
-from gatelb.sources.file.directory import FileSource, is_config_name
+from gatelb.sources.file.directory import DEBOUNCE_MS, FileSource, is_config_name
 from gatelb.sources.file.loader import load_text
 
 API = "gatelb.io/v1alpha1"
@@ -425,3 +429,54 @@ def test_watched_directory_recreated(tmp_path: Path) -> None:
         assert [x.name for x in rounds.source.desired().load_balancers] == ["lb0", "lb1", "lb2"]
 
     watch(d, body)
+
+
+def test_one_changed_file_of_200_through_the_daemon_is_one_parse_and_one_small_transaction(tmp_path: Path) -> None:
+    """`gatelb run -f DIR` as the CLI composes it (watching, FakeNft): editing one of 200 files
+    re-reads and re-parses that file only, and the kernel gets one transaction about its L4LB."""
+    count = 200
+    d = tmp_path / "lbs"
+    d.mkdir()
+    put(d / "00-pool.yaml", pool())
+    for i in range(count):
+        put(d / f"lb{i:03}.yaml", lb(f"lb{i}", 80, ip=f"203.0.113.{10 + i}"))
+
+    async def main() -> None:
+        nft = FakeNft()
+        parts = file_parts([d])
+        source = parts.sources[0]
+        assert isinstance(source, FileSource)
+        daemon = Daemon(parts, StateStore(tmp_path / "state"), nft, health=False)
+        stop = asyncio.Event()
+        task = asyncio.create_task(daemon.run(stop))
+        try:
+            async def until(ok: Any, timeout: float = 10.0) -> None:
+                deadline = asyncio.get_running_loop().time() + timeout
+                while not ok():
+                    assert asyncio.get_running_loop().time() < deadline, "not reached in time"
+                    assert not task.done(), "the daemon stopped"
+                    await asyncio.sleep(0.02)
+
+            # `services` is what the round decided; `rounds` counts once the kernel took it.
+            await until(lambda: daemon.reconciler.rounds >= 1)
+            assert len(daemon.reconciler.services) == count
+            assert daemon.reconciler.rounds == 1  # the full load
+            transactions, parsed, read = len(nft.transactions), source.parsed, source.read
+            assert parsed == read == count + 1
+
+            put(d / "lb123.yaml", lb("lb123", 80, ip="203.0.113.133", backend=["198.51.100.99:8080"]))
+            await until(lambda: len(nft.transactions) > transactions)
+            await asyncio.sleep(DEBOUNCE_MS / 1000 + 0.1)  # a late second batch would show now
+
+            assert (source.parsed - parsed, source.read - read) == (1, 1)
+            assert len(nft.transactions) == transactions + 1
+            script = nft.last_transaction
+            assert set(re.findall(r"203\.0\.113\.\d+", script)) == {"203.0.113.133"}, script
+            assert "198.51.100.99" in script
+            state = daemon.reconciler.last_state
+            assert state is not None and state.changed == {"lb123"} and not state.full
+        finally:
+            stop.set()
+            assert await asyncio.wait_for(task, 5), "a task of the daemon died"
+
+    asyncio.run(main())

@@ -12,7 +12,14 @@ from fractions import Fraction
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gatelb.dataplane.slots import MIN_SLOTS, SLOTS_PER_BACKEND, slot_budget, slot_counts, slot_sequence
+from gatelb.dataplane.slots import (
+    MIN_SLOTS,
+    SLOTS_PER_BACKEND,
+    slot_budget,
+    slot_counts,
+    slot_sequence,
+    slot_tolerance,
+)
 from gatelb.sources.schema import WEIGHT_MAX
 
 weight_lists = st.lists(st.integers(0, WEIGHT_MAX), min_size=1, max_size=600)
@@ -35,6 +42,7 @@ def check_tolerance(weights: list[int]) -> None:
         return
     raised = sum(1 for i in live if counts[i] == 1 and Fraction(weights[i] * budget, total_w) < 1)
     bound = Fraction(raised + 1, budget)
+    assert slot_tolerance(weights) == float(bound)  # what `gatelb trace` shows
     for i in live:
         error = abs(Fraction(counts[i], budget) - Fraction(weights[i], total_w))
         assert error < bound, (i, weights[i], counts[i], float(error), float(bound))

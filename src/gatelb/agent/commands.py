@@ -206,3 +206,32 @@ def status(ctx: Context) -> dict[str, Any]:
     if applied.info:
         data["info"] = applied.info
     return data
+
+
+def trace(ctx: Context, source: str, destination: str, protocol: str) -> dict[str, Any]:
+    """`gatelb trace`: the model's path for one packet, checked against the kernel."""
+    from gatelb.agent.trace import run_trace
+    from gatelb.dataplane.trace import Packet, parse_endpoint
+    from gatelb.model import Protocol
+
+    try:
+        src = ipaddress.ip_address(source)
+        dst, port = parse_endpoint(destination)
+    except ValueError as err:
+        raise CommandError(f"--from/--to: {err}", EXIT_INVALID) from err
+    stored = ctx.store.load()
+    if stored.applied is None:
+        raise CommandError("nothing is applied (no record in the state directory): nothing to trace", EXIT_FAILED)
+    return run_trace(stored, Packet(src, dst, port, Protocol(protocol)), ctx.nft.generation())
+
+
+def diagnose(ctx: Context, name: str | None, window_s: float, limit: int) -> dict[str, Any]:
+    """`gatelb diagnose`: causes of uneven or missing traffic, with evidence."""
+    from gatelb.agent.diagnose import diagnose as run
+
+    if not 0 < window_s <= 600:
+        raise CommandError(f"--window: {window_s} is not a window in seconds (0-600]", EXIT_INVALID)
+    try:
+        return run(ctx.store.load(), name, window_s, ctx.nft.generation(), ctx.nft.read_counters, limit)
+    except LookupError as err:
+        raise CommandError(str(err.args[0]), EXIT_FAILED) from err

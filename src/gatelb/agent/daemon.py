@@ -14,6 +14,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import sys
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
@@ -115,12 +116,14 @@ def _addresses(recorded: dict[str, str]) -> dict[str, IPAddress]:
     return out
 
 
-async def _main(make_parts: Callable[[], Coroutine[Any, Any, Parts]], store: StateStore, health: bool) -> int:
+async def _main(make_parts: Callable[[], Coroutine[Any, Any, Parts]], store: StateStore, health: bool,
+                node: str) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     parts = await make_parts()
+    add_announcer(parts, node, store.directory)
     daemon = Daemon(parts, store, NftCli(), health)
     loop.add_signal_handler(signal.SIGHUP, daemon.hup)
     event(logging.INFO, "started", pid=os.getpid(), sources=[s.name for s in parts.sources])
@@ -134,11 +137,11 @@ async def _main(make_parts: Callable[[], Coroutine[Any, Any, Parts]], store: Sta
 
 
 def run_daemon(make_parts: Callable[[], Coroutine[Any, Any, Parts]], state_dir: Path, log_format: str,
-               health: bool = True) -> int:
+               health: bool = True, node: str = "") -> int:
     setup_logging(log_format)
     try:
         with state_lock(state_dir), table_lock():
-            return asyncio.run(_main(make_parts, StateStore(state_dir), health))
+            return asyncio.run(_main(make_parts, StateStore(state_dir), health, node or socket.gethostname()))
     except (StateLocked, TableOwned) as err:
         print(f"gatelb run: {err}", file=sys.stderr)
         return 1
@@ -177,3 +180,17 @@ async def kube_parts(kubeconfig: str | None, settings: KubeSettings, files: Sequ
     parts.info = kube.info
     parts.closers.append(client.close)
     return parts
+
+
+# -- announcements (gatelb.announce) -------------------------------------------------------------
+
+
+def add_announcer(parts: Parts, node: str, state_dir: Path) -> None:
+    """BGP/BFD through gatelb's own FRR (under <state-dir>/frr), ARP/NDP: a consumer of the synced
+    state with its own task. FRR starts only once the configuration asks for BGP; stopping the
+    task withdraws every route first."""
+    from gatelb.announce import Announcer
+
+    announcer = Announcer(node, state_dir / "frr")
+    parts.consumers.append(announcer)
+    parts.tasks["announce"] = announcer.run()

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from gatelb.dataplane import Ruleset, compile_ruleset, render_delete, render_diff, render_full
 from gatelb.dataplane.incremental import AppliedRuleset
 from gatelb.dataplane.layout import GENERATION, NETLINK_BULK_SETS, NETLINK_INCREMENT_SETS
-from gatelb.dataplane.render import count_changes, element_changes, elements_only
+from gatelb.dataplane.render import count_changes, element_changes, elements_only, rule_counts
 from gatelb.kernel.nft import Nft
 from gatelb.model import ResolvedState, Service
 
@@ -55,15 +55,21 @@ class DataplaneSync:
     def adopt(self, previous: ResolvedState, generation: int) -> bool:
         """Take over what an earlier run applied, if the kernel still holds exactly that.
 
-        The generation number stored in the table tells whether anyone changed it since; any
-        doubt means a full sync, which is always safe.
+        The generation number stored in the table tells whether anyone changed it since, and
+        the number of rules in each chain whether someone flushed it; any doubt means a full
+        sync, which is always safe.
         """
         if self._nft.generation() != generation:
             return False
-        if self._indexed:
-            self._index = AppliedRuleset.build(previous)
+        # Emptied chains keep the sets, generation included (`nft flush table`): count the rules.
+        built: AppliedRuleset | Ruleset = (AppliedRuleset.build(previous) if self._indexed
+                                           else compile_ruleset(previous))
+        if self._nft.rule_counts() != rule_counts(built.chains):
+            return False
+        if isinstance(built, AppliedRuleset):
+            self._index = built
         else:
-            self._applied = compile_ruleset(previous)
+            self._applied = built
         self._generation = generation
         return True
 

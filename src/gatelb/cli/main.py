@@ -44,11 +44,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ignore Services without spec.loadBalancerClass (only gatelb.io/gatelb ones)")
     k.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "gatelb-system"),
                    help="namespace of the leader-election Lease (default: $POD_NAMESPACE or gatelb-system)")
+    r.add_argument("--node", default="", help="which gateway this is (GatewayGroup members, nodes: lists of "
+                   "BGPPeer and advertisements); default: the host name")
     r.add_argument("--log-format", choices=["text", "json"], default="text")
     r.add_argument("--no-health", action="store_true", help="do not run health checks (all backends count as up)")
 
     s = sub.add_parser("status", help="load balancers, backends, health and counters")
     s.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+
+    tr = sub.add_parser("trace", help="which load balancer and backend a packet reaches, checked against the kernel")
+    tr.add_argument("--from", dest="source", required=True, metavar="ADDRESS", help="the packet's source address")
+    tr.add_argument("--to", dest="destination", required=True, metavar="VIP:PORT",
+                    help="the frontend ([ADDRESS]:PORT for IPv6)")
+    tr.add_argument("--protocol", choices=["tcp", "udp"], default="tcp")
+    tr.add_argument("-o", "--output", choices=["text", "json"], default="text")
+
+    dg = sub.add_parser("diagnose", help="why traffic is uneven or missing: causes with evidence (exit 1: a "
+                        "problem)")
+    dg.add_argument("name", nargs="?", help="one L4LB (default: all, most uneven first)")
+    dg.add_argument("--window", type=float, default=2.0, help="seconds between the two counter samples (default 2)")
+    dg.add_argument("--limit", type=int, default=20, help="with no NAME: examine at most this many, most uneven "
+                    "first (default 20)")
+    dg.add_argument("-o", "--output", choices=["text", "json"], default="text")
 
     d = sub.add_parser("delete", help="remove the L4LBs (and IPPools) named in a file")
     d.add_argument("-f", "--file", required=True)
@@ -80,7 +97,20 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print("gatelb run: -f/--file is required (or --kubeconfig / --in-cluster)", file=sys.stderr)
         return 2
-    return run_daemon(make, state_dir(args), args.log_format, health=not args.no_health)
+    return run_daemon(make, state_dir(args), args.log_format, health=not args.no_health, node=args.node)
+
+
+def _troubleshoot(ctx: object, args: argparse.Namespace) -> int:
+    from gatelb.agent import commands
+    from gatelb.cli.troubleshoot import print_diagnosis, print_trace
+
+    assert isinstance(ctx, commands.Context)
+    if args.command == "trace":
+        print_trace(commands.trace(ctx, args.source, args.destination, args.protocol), args.output)
+        return commands.EXIT_OK
+    report = commands.diagnose(ctx, args.name, args.window, args.limit)
+    print_diagnosis(report, args.output)
+    return commands.EXIT_FAILED if report["problems"] else commands.EXIT_OK
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,6 +131,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.command == "status":
             print_status(commands.status(ctx), args.output)
             return commands.EXIT_OK
+        if args.command in ("trace", "diagnose"):
+            return _troubleshoot(ctx, args)
         with state_lock(state_dir(args)):
             if args.command in ("apply", "plan"):
                 report = commands.apply_path(ctx, args.file, dry_run=args.command == "plan",

@@ -10,7 +10,7 @@ reference are deleted last.
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from ipaddress import IPv4Address
 from typing import Final
 
@@ -184,6 +184,15 @@ def render_full(rs: Ruleset, generation: int) -> str:
             out += _element_statements("add", set_name, element_texts(elements.items(), texts))
     out += _element_statements("add", GENERATION.name, element_texts([((generation,), None)]))
     return "\n".join(out) + "\n"
+
+
+def rule_counts(chains: Mapping[str, Sequence[str]]) -> dict[str, int]:
+    """Rules per chain of the table render_full() loads for a Ruleset with these (dynamic) chains."""
+    counts = {name: len(rules) for name, rules in REGULAR_CHAINS.items()}
+    counts.update({name: len(rules) for name, (_, rules) in BASE_CHAINS.items()})
+    for name, rules in chains.items():
+        counts[name] = counts.get(name, 0) + len(rules)
+    return counts
 
 
 def render_delete() -> str:

@@ -251,12 +251,10 @@ def _compile_affinity(rs: Ruleset, svc: Service, slots: tuple[int, ...]) -> str:
     decl = affinity_set(fam, timeout).declaration_body()
     rules: list[str] = []
     endpoint_chains: list[str] = []
-    for b in svc.backends:
-        bid = backend_id(b)
-        # The timeout is part of the name: a set's declaration never changes under one name, so a
-        # new timeout is a new set (and new rules) rather than an in-place change nft cannot do.
-        set_name = f"aff_{sid}_{bid}_{timeout}"
-        ep_chain = f"ep_{sid}_{bid}"
+    # The timeout is part of each set's name: a set's declaration never changes under one name,
+    # so a new timeout is a new set (and new rules) rather than an in-place change nft cannot do.
+    for b, set_name in affinity_set_names(svc):
+        ep_chain = f"ep_{sid}_{backend_id(b)}"
         rs.sets[set_name] = decl
         rs.chains[ep_chain] = (
             f"update @{set_name} {{ {ip} saddr }} meta l4proto {svc.protocol.value}"
@@ -269,3 +267,12 @@ def _compile_affinity(rs: Ruleset, svc: Service, slots: tuple[int, ...]) -> str:
     chain = f"svc_{sid}"
     rs.chains[chain] = tuple(rules)
     return chain
+
+
+def affinity_set_names(svc: Service) -> list[tuple[Backend, str]]:
+    """The ClientIP affinity set of each backend of `svc`, in rule order (the first set holding
+    the client decides), as _compile_affinity names them."""
+    if svc.affinity is None:
+        return []
+    sid = service_id(svc)
+    return [(b, f"aff_{sid}_{backend_id(b)}_{svc.affinity.timeout_seconds}") for b in svc.backends]

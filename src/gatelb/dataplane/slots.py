@@ -104,3 +104,18 @@ def _slot_sequence(weights: tuple[int, ...]) -> tuple[int, ...]:
         if taken[i] < counts[i]:
             heapq.heappush(pending, (taken[i] / counts[i], i))
     return tuple(sequence)
+
+
+def slot_tolerance(weights: Sequence[int]) -> float:
+    """How far a backend's share of slots may be from its share of the weights (absolute, as a
+    fraction of all new connections): 0 when the reduced weights fit in the budget (exact),
+    otherwise (k + 1) / B with k the backends raised to one slot and B the slot count (see the
+    module docstring; tests/unit/test_slots.py checks it)."""
+    counts = slot_counts(weights)
+    total = sum(counts)
+    positive = [w for w in weights if w > 0]
+    if not positive or total == sum(w // reduce(gcd, positive) for w in weights):
+        return 0.0
+    wsum = sum(weights)
+    raised = sum(1 for c, w in zip(counts, weights, strict=True) if c == 1 and w * total < wsum)
+    return (raised + 1) / total

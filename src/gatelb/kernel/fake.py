@@ -20,7 +20,7 @@ from gatelb.dataplane.render import ElementAdds, ElementDeletes, element_texts, 
 from gatelb.dataplane.ruleset import FAMILY, TABLE
 
 from .counters import TableCounters
-from .nft import NftError
+from .nft import NO_GENERATION, NftError
 from .nlelements import CODECS
 
 _T = f"{FAMILY} {TABLE}"
@@ -65,7 +65,12 @@ class FakeNft:
         if self.table is None:
             return None
         elems = self.table.sets.get("generation", {})
+        if len(elems) > 1:
+            return NO_GENERATION
         return int(next(iter(elems))) if elems else 0
+
+    def rule_counts(self) -> dict[str, int] | None:
+        return None if self.table is None else {name: len(rules) for name, rules in self.table.chains.items()}
 
     def list_table_json(self) -> list[dict[str, Any]]:
         raise NftError("FakeNft keeps no counters")

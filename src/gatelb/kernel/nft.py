@@ -23,6 +23,8 @@ from gatelb.dataplane.ruleset import FAMILY, TABLE
 
 from .counters import TableCounters, parse_table
 
+NO_GENERATION = -1  # Nft.generation() of a table whose generation set holds several elements
+
 
 class Committers:
     """Who committed our own transactions: the pids of the nft processes we start (libmnl binds
@@ -67,7 +69,15 @@ class Nft(Protocol):
     def apply(self, script: str) -> None: ...
 
     def generation(self) -> int | None:
-        """The generation number stored in our table, or None when the table does not exist."""
+        """The generation number stored in our table, or None when the table does not exist.
+        0 when the set holds none and NO_GENERATION when it holds several: a table changed by
+        hand (or an element added to it) must match no record, or a restart would adopt it."""
+        ...
+
+    def rule_counts(self) -> dict[str, int] | None:
+        """How many rules each chain of our table holds (None when the table does not exist).
+        Cheap at any scale: set contents are not listed. With the generation, it tells whether the
+        table is still what we applied (`nft flush table` empties the chains, not the sets)."""
         ...
 
     def list_table_json(self) -> list[dict[str, Any]]:
@@ -167,8 +177,21 @@ class NftCli:
         for obj in json.loads(proc.stdout).get("nftables", []):
             elems = obj.get("set", {}).get("elem")
             if elems:
-                return int(elems[0])
+                return int(elems[0]) if len(elems) == 1 else NO_GENERATION
         return 0
+
+    def rule_counts(self) -> dict[str, int] | None:
+        proc = self._run(["-j", "-t", "list", "table", FAMILY, TABLE])  # -t: without set elements
+        if proc.returncode != 0:
+            return None
+        counts: dict[str, int] = {}
+        for obj in json.loads(proc.stdout).get("nftables", []):
+            if "chain" in obj:
+                counts.setdefault(obj["chain"]["name"], 0)
+            elif "rule" in obj:
+                chain = obj["rule"]["chain"]
+                counts[chain] = counts.get(chain, 0) + 1
+        return counts
 
     def read_counters(self) -> TableCounters:
         if self.bulk_elements:  # same condition: our netlink socket is in nft's namespace

@@ -36,8 +36,10 @@ class LabDaemon:
     """One `gatelb run` in `lab`'s gw namespace. The constructor does no I/O; `start()` (or ``with``)
     writes the configuration and starts the daemon; `stop()` is idempotent."""
 
-    def __init__(self, lab: Lab, config: str, *, name: str = "gatelb", extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(self, lab: Lab, config: str, *, name: str = "gatelb", extra_args: tuple[str, ...] = (),
+                 ns: str = "gw") -> None:
         self._lab = lab
+        self._ns = ns
         self._config = config
         self._name = name
         self._extra = extra_args
@@ -68,7 +70,7 @@ class LabDaemon:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.write_config(self._config)
         with open(self.log_path, "wb") as log:
-            self._proc = self._lab.popen("gw", [*self._gatelb(), "run", "-f", str(self.config_path),
+            self._proc = self._lab.popen(self._ns, [*self._gatelb(), "run", "-f", str(self.config_path),
                                                 "--log-format", "json", *self._extra],
                                          stdin=subprocess.DEVNULL, stdout=log, stderr=log)
         try:
@@ -78,12 +80,17 @@ class LabDaemon:
             raise
         return self
 
-    def stop(self) -> int | None:
-        """SIGTERM (then SIGKILL after 2 s); returns the exit status, None if it never started."""
+    def stop(self, timeout: float = 2.0) -> int | None:
+        """SIGTERM (then SIGKILL after `timeout` s); returns the exit status, None if it never started."""
         if self._proc is None:
             return None
-        stop_process(self._proc)
+        stop_process(self._proc, timeout=timeout)
         return self._proc.returncode
+
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the daemon (SIGTERM, SIGHUP) without waiting."""
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(sig)
 
     def __enter__(self) -> LabDaemon:
         return self.start()
@@ -104,7 +111,7 @@ class LabDaemon:
 
     def status(self) -> dict[str, Any]:
         """`gatelb status -o json`, run in the gw namespace against the daemon's state directory."""
-        done = self._lab.run("gw", [*self._gatelb(), "status", "-o", "json"])
+        done = self._lab.run(self._ns, [*self._gatelb(), "status", "-o", "json"])
         doc: dict[str, Any] = json.loads(done.stdout)
         return doc
 

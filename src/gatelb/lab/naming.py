@@ -19,7 +19,7 @@ from pathlib import Path
 
 NETNS_DIR = Path("/run/netns")
 PREFIX = "glb"
-_NAME = re.compile(rf"^{PREFIX}(?P<pid>[0-9]+)-(?P<token>[0-9a-f]{{4}})-(?P<role>client|gw|be[0-9]+)$")
+_NAME = re.compile(rf"^{PREFIX}(?P<pid>[0-9]+)-(?P<token>[0-9a-f]{{4}})-(?P<role>client|gw[0-9]*|be[0-9]+|rtr|sw)$")
 
 
 @dataclass(frozen=True)

@@ -46,6 +46,7 @@ from gatelb.model import (
     ValidationErrors,
 )
 from gatelb.sources import errors as pyd_errors
+from gatelb.sources import schema_announce
 from gatelb.sources.schema import (
     DOCUMENTS,
     BackendSpec,
@@ -170,6 +171,7 @@ def label(raw: dict[Any, Any], number: int) -> tuple[str, str]:
 # as (field path, text). Each parser lives in the sources layer next to its pydantic schema.
 ConfigParser = Callable[[dict[str, Any]], tuple[ConfigObject | None, list[tuple[str, str]]]]
 CONFIG_KINDS: dict[str, ConfigParser] = {}
+CONFIG_KINDS.update(schema_announce.PARSERS)  # BGPPeer, BFDProfile, BGP/L2Advertisement, GatewayGroup
 
 
 def _kind_problem(raw: Any) -> tuple[str, str] | None:
@@ -183,7 +185,8 @@ def _kind_problem(raw: Any) -> tuple[str, str] | None:
 
 
 def kinds_text() -> str:
-    return " or ".join([*DOCUMENTS, *sorted(CONFIG_KINDS)])
+    kinds = [*DOCUMENTS, *sorted(CONFIG_KINDS)]
+    return " or ".join(kinds) if len(kinds) < 3 else f"one of {', '.join(kinds)}"
 
 
 def _pool(doc: IPPoolDocument) -> IPPool:

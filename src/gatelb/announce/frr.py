@@ -1,0 +1,203 @@
+"""gatelb's own FRR instance (zebra, bfdd, bgpd from Debian's `frr`), in the namespace gatelb runs
+in, with everything under `<state-dir>/frr/`: per-daemon startup files, vty sockets, the zebra
+socket, pid files, the log. Nothing in /etc/frr, no systemd.
+
+- Each daemon starts from its own minimal file (a combined file makes bgpd reject the other
+  daemons' sections) and drops to user frr, which must be able to reach the directory.
+- The configuration is then always applied with FRR's frr-reload.py: it diffs the rendered text
+  against the running configuration and sends only the difference through vtysh, so a change
+  never restarts anything or drops a session.
+- A previous run's daemons (gatelb killed, FRR still running, found by their pid files) are
+  adopted: sessions survive a restart of gatelb itself.
+- Stop: every neighbor is shut down first (a Cease notification: the router withdraws our routes
+  at once, without waiting for BFD or the hold time), then the daemons are stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import grp
+import logging
+import os
+import pwd
+import signal
+import stat
+import subprocess
+import time
+from pathlib import Path
+
+from gatelb.announce.frr_config import quick_changes
+from gatelb.announce.log import event
+
+DAEMONS = ("zebra", "bfdd", "bgpd")
+FRR_LIB = Path("/usr/lib/frr")
+VTYSH = "/usr/bin/vtysh"
+RELOAD = FRR_LIB / "frr-reload.py"
+USER = "frr"
+START_TIMEOUT_S = 10.0
+COMMAND_TIMEOUT_S = 60.0
+
+
+class FrrError(RuntimeError):
+    pass
+
+
+def _reachable_by(path: Path, uid: int, gids: set[int]) -> Path | None:
+    """The first parent of `path` the user cannot traverse, or None."""
+    for parent in [*reversed(path.parents)]:
+        st = parent.stat()
+        mode = st.st_mode
+        if st.st_uid == uid and mode & stat.S_IXUSR:
+            continue
+        if st.st_gid in gids and mode & stat.S_IXGRP:
+            continue
+        if mode & stat.S_IXOTH:
+            continue
+        return parent
+    return None
+
+
+class FrrInstance:
+    def __init__(self, directory: Path, hostname: str) -> None:
+        self.directory = directory
+        self.hostname = hostname
+        self.applied: str | None = None
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "frr.log"
+
+    @property
+    def config_file(self) -> Path:
+        return self.directory / "frr.conf"
+
+    def _pid(self, daemon: str) -> int | None:
+        try:
+            pid = int((self.directory / f"{daemon}.pid").read_text().strip())
+        except (OSError, ValueError):
+            return None
+        try:
+            comm = Path(f"/proc/{pid}/comm").read_text().strip()
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            return None
+        # Only our own daemon: the right program, started with our pid file.
+        ours = str(self.directory / f"{daemon}.pid").encode() in cmdline
+        return pid if comm == daemon and ours else None
+
+    def running(self) -> list[str]:
+        return [d for d in DAEMONS if self._pid(d) is not None]
+
+    def prepare(self) -> None:
+        for tool in (VTYSH, str(RELOAD), *(str(FRR_LIB / d) for d in DAEMONS)):
+            if not os.path.exists(tool):
+                raise FrrError(f"BGP announcements need FRR: {tool} is missing (apt-get install frr frr-pythontools)")
+        user = pwd.getpwnam(USER)
+        gid = grp.getgrnam(USER).gr_gid
+        self.directory.mkdir(parents=True, exist_ok=True)
+        blocked = _reachable_by(self.directory / "x", user.pw_uid, {gid, *os.getgrouplist(USER, gid)})
+        if blocked is not None:
+            raise FrrError(f"FRR runs as user {USER}, which cannot enter {blocked}: make it traversable "
+                           f"(chmod o+x {blocked}) or choose another --state-dir")
+        os.chown(self.directory, user.pw_uid, gid)
+        os.chmod(self.directory, 0o750)
+        vtysh_conf = self.directory / "vtysh.conf"
+        if not vtysh_conf.exists():
+            vtysh_conf.write_text("service integrated-vtysh-config\n")
+
+    def start(self) -> None:
+        """Start the daemons that are not running (adopting the others); idempotent."""
+        self.prepare()
+        user = pwd.getpwnam(USER)
+        started = []
+        for daemon in DAEMONS:
+            if self._pid(daemon) is not None:
+                continue
+            conf = self.directory / f"{daemon}.conf"
+            conf.write_text(f"hostname {self.hostname}\nlog file {self.log_file} informational\n")
+            os.chown(conf, user.pw_uid, user.pw_gid)
+            argv = [str(FRR_LIB / daemon), "-d", "-u", USER, "-g", USER, "-f", str(conf),
+                    "-i", str(self.directory / f"{daemon}.pid"), "-z", str(self.directory / "zserv.api"),
+                    "--vty_socket", str(self.directory), "-A", "127.0.0.1"]
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
+            if done.returncode != 0:
+                raise FrrError(f"{daemon} did not start ({done.returncode}): {done.stderr.strip()[-500:]}")
+            started.append(daemon)
+            if daemon == "zebra":
+                self._wait_for(self.directory / "zserv.api")
+        for daemon in started:
+            self._wait_for(self.directory / f"{daemon}.vty")
+        if started:
+            self.applied = None  # a fresh daemon runs its startup file only: apply everything again
+            event(logging.INFO, "frr-started", daemons=started, directory=str(self.directory))
+        else:
+            event(logging.INFO, "frr-adopted", daemons=list(DAEMONS), directory=str(self.directory))
+
+    def _wait_for(self, path: Path) -> None:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not path.exists():
+            if time.monotonic() > deadline:
+                raise FrrError(f"FRR: {path} did not appear within {START_TIMEOUT_S} s (see {self.log_file})")
+            time.sleep(0.01)
+
+    def apply(self, text: str) -> bool:
+        """Make the running configuration `text` (frr-reload.py: only the difference is sent).
+        Returns False when nothing needed doing."""
+        if text == self.applied:
+            return False
+        quick = quick_changes(self.applied, text) if self.applied is not None else None
+        self._write(text)
+        if quick is not None:
+            self.vtysh_batch(quick)
+            self.applied = text
+            return True
+        argv = ["python3", str(RELOAD), "--reload", "--stdout", "--bindir", "/usr/bin",
+                "--confdir", str(self.directory), "--rundir", str(self.directory),
+                "--vty_socket", str(self.directory), str(self.config_file)]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
+        if done.returncode != 0:
+            raise FrrError(f"frr-reload.py failed ({done.returncode}): {(done.stderr + done.stdout).strip()[-1500:]}")
+        self.applied = text
+        return True
+
+    def _write(self, text: str) -> None:
+        tmp = self.config_file.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.chmod(tmp, 0o600)  # it may hold BGP passwords
+        tmp.replace(self.config_file)
+
+    def vtysh_batch(self, commands: list[str]) -> None:
+        """Several configuration commands in one vtysh run (read from stdin, stops at an error)."""
+        if not commands:
+            return
+        done = subprocess.run([VTYSH, "--vty_socket", str(self.directory)], input="\n".join(commands) + "\nend\n",
+                              capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
+        if done.returncode != 0 or "% " in done.stdout:
+            self.applied = None  # unknown state: the next apply goes through frr-reload.py
+            raise FrrError(f"vtysh: {(done.stderr + done.stdout).strip()[-800:]}")
+
+    def vtysh(self, *commands: str) -> str:
+        argv = [VTYSH, "--vty_socket", str(self.directory)]
+        for c in commands:
+            argv += ["-c", c]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
+        if done.returncode != 0:
+            raise FrrError(f"vtysh {' '.join(commands)}: {(done.stderr + done.stdout).strip()[-500:]}")
+        return done.stdout
+
+    def shutdown_neighbors(self, asn: int, neighbors: list[str]) -> None:
+        if neighbors:
+            self.vtysh("configure terminal", f"router bgp {asn}", *(f"neighbor {n} shutdown" for n in neighbors))
+
+    def stop(self, timeout: float = 5.0) -> None:
+        pids = [p for d in DAEMONS if (p := self._pid(d)) is not None]
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        self.applied = None

@@ -1,0 +1,97 @@
+"""BGP announcements through real FRR: two gateways (`gatelb run --node gw1|gw2`, the same file)
+peer with an upstream router (FRR, configured by the test) behind a switch namespace.
+
+One scenario, in order (each step depends on the state the previous one left):
+both gateways are ECMP next hops for a VIP; a client behind the router reaches the backends; a
+disabled L4LB is never announced; a VIP whose backends are all down is withdrawn and comes back;
+a gateway's power loss is noticed by the router through BFD within 1 s and new connections carry
+on via the other; SIGTERM withdraws (the router is told at once, by a notification).
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from gatelb.lab.bgp import CONFIG, GATEWAYS, OFF, ROUTER_BFDD, ROUTER_BGPD, SOLO, WEB, BgpLab
+from gatelb.lab.daemon import LabDaemon
+
+from ..conftest import netns_unavailable
+
+CONVERGE_S = 30.0  # first sessions: FRR start, connect-retry 1 s, BGP open, BFD up
+
+
+def wait_for(what: str, check: Callable[[], bool], timeout: float, lab: BgpLab) -> float:
+    """Poll `check` every 10 ms; the seconds it took. Fails with the router's view after `timeout`."""
+    t0 = time.monotonic()
+    while not check():
+        if time.monotonic() - t0 > timeout:
+            pytest.fail(f"{what}: not within {timeout} s\n"
+                        f"{lab.router_vtysh('show ip bgp summary')}\n{lab.router_vtysh('show ip bgp')}")
+        time.sleep(0.01)
+    return time.monotonic() - t0
+
+
+@pytest.fixture(name="lab")
+def bgp_lab() -> Iterator[BgpLab]:
+    if reason := netns_unavailable():
+        pytest.skip(reason)
+    if shutil.which("vtysh") is None:
+        pytest.fail("FRR is not installed (apt-get install frr frr-pythontools; ./quickstart setup does)")
+    with BgpLab(backends=2) as lab:
+        lab.start_backends(udp=None, http=None)
+        lab.start_router(ROUTER_BGPD, ROUTER_BFDD)
+        yield lab
+
+
+def test_bgp_ecmp_health_withdrawal_bfd_failover_and_sigterm(lab: BgpLab) -> None:
+    gws = {g: LabDaemon(lab, CONFIG, name=g, ns=g, extra_args=("--node", g)) for g in GATEWAYS}
+    for d in gws.values():
+        d.start()
+    both = set(GATEWAYS.values())
+    took = wait_for("both gateways as ECMP next hops of the VIP", lambda: lab.router_next_hops(f"{WEB}/32") == both,
+                    CONVERGE_S, lab)
+    print(f"ECMP route after {took:.2f} s")
+    assert lab.router_next_hops(f"{SOLO}/32") == both
+
+    # a client behind the router reaches both backends through the VIP
+    result = lab.connect_many("tcp", WEB, 80, count=40)
+    assert result.ok == 40, result
+    assert result.backends == {"be1", "be2"}
+
+    # all backends of `solo` down: withdrawn by both gateways; back when it is up again
+    t_kill = time.time()
+    lab.kill_backend(1)
+    gone = wait_for("solo withdrawn", lambda: not lab.router_next_hops(f"{SOLO}/32"), 5.0, lab)
+    print(f"all backends down -> withdrawn at the router: {gone:.3f} s")
+    assert lab.router_next_hops(f"{WEB}/32") == both  # web still has be2
+    down_event = gws["gw1"].wait_event("announce", after=t_kill, where=lambda e: f"{SOLO}/32" in e["withdrawn"])
+    assert down_event["prefixes"] == 1
+    lab.start_backend(1)
+    wait_for("solo announced again", lambda: lab.router_next_hops(f"{SOLO}/32") == both, 5.0, lab)
+
+    # gw1 loses power: the router drops it through BFD, new connections go via gw2
+    t0 = time.monotonic()
+    lab.power_off("gw1")
+    wait_for("gw1 dropped by BFD", lambda: lab.router_next_hops(f"{WEB}/32") == {GATEWAYS["gw2"]}, 1.0, lab)
+    print(f"power loss -> route converged: {time.monotonic() - t0:.3f} s")
+    result = lab.connect_many("tcp", WEB, 80, count=20)
+    assert result.ok == 20, result
+
+    # the disabled L4LB was never announced
+    assert f"{OFF}/32" not in lab.router_vtysh("show ip bgp")
+
+    # SIGTERM: gw2 withdraws first (a Cease notification: at once, not after BFD or the hold time)
+    # (BFD's admin-down or the Cease, whichever the router reads first: both are sent before FRR stops)
+    t0 = time.monotonic()
+    gws["gw2"].signal(signal.SIGTERM)
+    wait_for("gw2 withdrawn on SIGTERM", lambda: not lab.router_next_hops(f"{WEB}/32"), 1.0, lab)
+    print(f"SIGTERM -> withdrawn at the router: {time.monotonic() - t0:.3f} s")
+    assert gws["gw2"].stop(timeout=10) == 0, gws["gw2"].log_text()[-3000:]
+    neighbor = lab.router_vtysh(f"show ip bgp neighbors {GATEWAYS['gw2']}")
+    assert "Notification received (Cease" in neighbor or "BFD down received" in neighbor, neighbor
+    assert gws["gw2"].events("withdrawn")
