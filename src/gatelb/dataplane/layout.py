@@ -231,6 +231,10 @@ def _family_sets(f: int) -> list[SetLayout]:
         bulk(f"conns{f}", flow, flags=(Flag.COUNTER,), role=Role.CONNS),
         # FULLNAT services' flows (same key): masqueraded towards the backend.
         SetLayout(f"fullnat{f}", flow, netlink_increments=True, family=f),
+        # Hairpin (a backend connecting to a VIP and balanced to itself): (backend, backend),
+        # masqueraded so that its reply comes back through us (kube-proxy does the same). One
+        # element per backend address, shared by every service it serves.
+        bulk(f"hairpin{f}", (Field(addr, f"{ip} saddr"), Field(addr, f"{ip} daddr"))),
         # Frontends with source ranges, and the (frontend . client network) pairs they allow.
         SetLayout(f"restricted{f}", frontend, netlink_increments=True, family=f),
         SetLayout(f"allow{f}", (*frontend, Field(addr)), flags=(Flag.INTERVAL,), family=f),
@@ -261,6 +265,7 @@ class FamilySets:
     flows: str
     conns: str
     fullnat: str
+    hairpin: str
     restricted: str
     allow: str
 
