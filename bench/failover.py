@@ -39,6 +39,7 @@ if not __package__:  # run as a script: make `import bench` work
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import Results, Stats, log, require_root, summarize
+from gatelb.agent.runtime import parse_time
 from gatelb.lab import Lab, LabDaemon
 from gatelb.lab.daemon import Event
 from gatelb.lab.topology import backend_v4
@@ -103,7 +104,7 @@ def one_run(lab: Lab, daemon: LabDaemon, victim: int, figs: Figures) -> float | 
     lab.kill_backend(victim)
     about = _about(victim)
     down = daemon.wait_event("health", after=killed, where=lambda e: about(e) and e["state"] == "down")
-    removed = daemon.wait_event("sync", after=float(down["time"]) - 0.001,
+    removed = daemon.wait_event("sync", after=parse_time(down["time"]) - 0.001,
                                 where=lambda e: "health" in str(e["trigger"]))
     result = client.result()
     refused = [a.at for a in result.attempts if a.error == "refused" and a.at is not None]
@@ -113,7 +114,7 @@ def one_run(lab: Lab, daemon: LabDaemon, victim: int, figs: Figures) -> float | 
     else:
         figs.no_hit_runs += 1
     figs.removed_ms.append((float(removed["wall_time"]) - killed) * 1000)
-    figs.detected_ms.append((float(down["time"]) - killed) * 1000)
+    figs.detected_ms.append((parse_time(down["time"]) - killed) * 1000)
     figs.failed.append(result.failed)
     figs.late.append(sum(1 for at in refused if at > float(removed["wall_time"])))
     figs.attempts.append(len(result.attempts))
@@ -124,7 +125,7 @@ def one_run(lab: Lab, daemon: LabDaemon, victim: int, figs: Figures) -> float | 
     lab.start_backend(victim)
     up: Event = daemon.wait_event("health", after=restarted, timeout=60,
                                   where=lambda e: about(e) and e["state"] == "up")
-    daemon.wait_event("sync", after=float(up["time"]) - 0.001, where=lambda e: "health" in str(e["trigger"]))
+    daemon.wait_event("sync", after=parse_time(up["time"]) - 0.001, where=lambda e: "health" in str(e["trigger"]))
     return last_new
 
 

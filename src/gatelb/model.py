@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import enum
 import ipaddress
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import ClassVar, TypeVar
@@ -18,6 +19,23 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 API_VERSION = "gatelb.io/v1alpha1"
+
+
+# C0 and C1 controls, DEL, and the bidirectional overrides that can make text read differently
+# from what it is: never shown raw in a message or a log line.
+_UNPRINTABLE = re.compile("[\x00-\x1f\x7f-\x9f\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
+
+
+def _escape(m: re.Match[str]) -> str:
+    c = m.group()
+    return _ESCAPES.get(c) or (f"\\x{ord(c):02x}" if ord(c) < 0x100 else f"\\u{ord(c):04x}")
+
+
+def printable(text: str) -> str:
+    """`text` with control characters escaped (\\n, \\x1b, \\u202e), so that input cannot forge log
+    lines or hide itself in messages."""
+    return _UNPRINTABLE.sub(_escape, text) if _UNPRINTABLE.search(text) else text
 
 
 class ValidationError(ValueError):
@@ -32,7 +50,8 @@ class ValidationError(ValueError):
         self.name = name
         self.path = path
         self.problem = problem
-        super().__init__(f"{kind} {name}: {path}: {problem}" if path else f"{kind} {name}: {problem}")
+        text = f"{kind} {name}: {path}: {problem}" if path else f"{kind} {name}: {problem}"
+        super().__init__(printable(text))
 
 
 class ValidationErrors(ValueError):
@@ -134,6 +153,10 @@ class LoadBalancer:
     no_backend: NoBackendAction = NoBackendAction.REJECT
     # The family the frontend must have; derived from the backends when the IP is allocated.
     family: int = 4
+    # DNS names (lowercase, no trailing dot) that get an A/AAAA record for the frontend address
+    # (gatelb.dns); dns_ttl overrides the DNSProvider's TTL (external-dns's ttl annotation).
+    hostnames: tuple[str, ...] = ()
+    dns_ttl: int | None = None
 
     @property
     def active(self) -> bool:
@@ -258,6 +281,35 @@ class ConfigObject:
 
 
 ConfigT = TypeVar("ConfigT", bound=ConfigObject)
+
+
+@dataclass(frozen=True, slots=True)
+class SecretRef:
+    """A Kubernetes Secret holding a value (a TSIG secret)."""
+
+    namespace: str
+    name: str
+    key: str = "secret"
+
+
+@dataclass(frozen=True)
+class DNSProvider(ConfigObject):
+    """Where the records of load balancers with hostnames go: one zone on RFC 2136 servers
+    (tried in order), updates signed with TSIG, ownership recorded in external-dns's TXT format.
+    Exactly one of tsig_secret (base64), tsig_secret_file and tsig_secret_ref is set."""
+
+    KIND: ClassVar[str] = "DNSProvider"
+    zone: str = ""  # absolute, lowercase, with the trailing dot: "lb.example."
+    servers: tuple[tuple[str, int], ...] = ()  # (host, port)
+    tsig_key_name: str = ""
+    tsig_algorithm: str = "hmac-sha256"
+    tsig_secret: str | None = None
+    tsig_secret_file: str | None = None
+    tsig_secret_ref: SecretRef | None = None
+    ttl: int = 300
+    owner_id: str = "gatelb"
+    repair_interval_s: float = 60.0  # how often records are read back and repaired
+    timeout_s: float = 2.0  # per server and request
 
 
 @dataclass(frozen=True)

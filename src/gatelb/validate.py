@@ -25,6 +25,43 @@ from gatelb.model import (
 L4LB = "L4LB"
 IPPOOL = "IPPool"
 
+# Addresses a VIP or a pool must never use: traffic to them never reaches a gateway's forward
+# path, or means something else to every host (a pool of 0.0.0.0/0 once handed out ::1 and 0.0.0.0).
+SPECIAL_NETWORKS: tuple[tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, str], ...] = (
+    (ipaddress.ip_network("0.0.0.0/8"), "unspecified ('this network')"),
+    (ipaddress.ip_network("127.0.0.0/8"), "loopback"),
+    (ipaddress.ip_network("169.254.0.0/16"), "link-local"),
+    (ipaddress.ip_network("224.0.0.0/4"), "multicast"),
+    (ipaddress.ip_network("255.255.255.255/32"), "broadcast"),
+    (ipaddress.ip_network("::/128"), "unspecified"),
+    (ipaddress.ip_network("::1/128"), "loopback"),
+    (ipaddress.ip_network("::ffff:0:0/96"), "IPv4-mapped"),
+    (ipaddress.ip_network("fe80::/10"), "link-local"),
+    (ipaddress.ip_network("ff00::/8"), "multicast"),
+)
+
+
+def special_address(ip: IPAddress) -> str | None:
+    """Why `ip` cannot be a VIP ("127.0.0.1 is a loopback address (127.0.0.0/8)"), or None."""
+    for net, what in SPECIAL_NETWORKS:
+        if ip.version == net.version and ip in net:
+            return f"{ip} is {_article(what)} {what} address ({net}), which cannot be a load balancer's address"
+    return None
+
+
+def special_range(r: AddressRange) -> str | None:
+    """Why the range `r` cannot be (part of) a pool, or None."""
+    for net, what in SPECIAL_NETWORKS:
+        if r.version == net.version and int(r.first) <= int(net.broadcast_address) \
+                and int(net.network_address) <= int(r.last):
+            return (f"{range_text(r)} includes {what} addresses ({net}), which cannot be load balancers' "
+                    "addresses")
+    return None
+
+
+def _article(word: str) -> str:
+    return "an" if word[0] in "aeiouIU" else "a"
+
 
 def family_name(version: int) -> str:
     return f"IPv{version}"

@@ -70,6 +70,7 @@ RESOURCES = [
     Resource("v1", "nodes", "Node", False, True),
     Resource("v1", "namespaces", "Namespace", False, True),
     Resource("v1", "events", "Event", True, False),
+    Resource("v1", "secrets", "Secret", True, False),
     Resource("v1", "serviceaccounts", "ServiceAccount", True, False),
     Resource("discovery.k8s.io/v1", "endpointslices", "EndpointSlice", True, False),
     Resource("coordination.k8s.io/v1", "leases", "Lease", True, False),

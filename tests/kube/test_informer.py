@@ -149,3 +149,41 @@ def test_same_version() -> None:
     assert same_version({"spec": {"x": 1}}, {"spec": {"x": 1}})  # no version: compared whole
     assert not same_version({"spec": {"x": 1}}, {"spec": {"x": 2}})
     assert not same_version(None, a) and not same_version(a, None) and same_version(None, None)
+
+
+def test_optional_kind_without_its_crd_is_synced_empty_and_read_once_installed() -> None:
+    """MetalLB's kinds on a cluster without MetalLB: no objects, synced (the agent is not held
+    back), and followed once the CRD appears; the CRD removed again: its objects are gone."""
+    import yaml
+
+    from gatelb.sources.kubernetes.api import IPADDRESSPOOLS
+    from tests.k8s_standin.store import CRD_RID
+    from tests.kube.test_kube_announce import METALLB_CRDS
+
+    async def body(server: StandinServer, client: ApiClient) -> None:
+        seen: list[tuple[str, bool]] = []
+        inf = Informer(KubeApi(client), IPADDRESSPOOLS,
+                       lambda kind, key, old, new: seen.append((key, new is not None)))
+        inf.absent_retry_s = 0.1
+        task = asyncio.create_task(inf.run())
+        try:
+            await asyncio.wait_for(inf.synced.wait(), 5)
+            assert inf.absent and inf.objects == {} and inf.problem is None
+            crd = next(d for d in yaml.safe_load_all(METALLB_CRDS.read_text())
+                       if d["metadata"]["name"] == "ipaddresspools.metallb.io")
+            server.store.create(server.store.resources[CRD_RID], "", crd)
+            server.store.initializing.clear()
+            res = server.store.resources["metallb.io/v1beta1/ipaddresspools"]
+            server.store.create(res, "default", {"apiVersion": "metallb.io/v1beta1", "kind": "IPAddressPool",
+                                                 "metadata": {"name": "p"}, "spec": {"addresses": ["203.0.113.0/30"]}})
+            await wait_until(lambda: seen == [("default/p", True)])
+            assert not inf.absent
+            server.store.delete(server.store.resources[CRD_RID], "", "ipaddresspools.metallb.io")
+            server.drop_watches()  # as the real server ends the watches of a deleted CRD
+            await wait_until(lambda: seen[-1] == ("default/p", False) and inf.absent)
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    run(body)

@@ -255,7 +255,8 @@ def test_l4lb_objects_get_a_frontend_and_status() -> None:
             bad = await wait_for(lambda: status("bad"))
             assert bad["state"] == "Error"
             assert "spec.backend[0]: '198.51.100.50:99999': 99999 is not a port" in bad["message"]
-            assert ingress_of(server, "web") == ["203.0.113.10"]
+            # Status writes are concurrent: the Service's may land after the L4LBs'.
+            assert await wait_for(lambda: ingress_of(server, "web")) == ["203.0.113.10"]
 
     run(body)
 

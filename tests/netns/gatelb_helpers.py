@@ -165,6 +165,18 @@ class Daemon:
             stop_process(self._proc, timeout=10)
             self._proc = None
 
+    def signal(self, sig: int) -> None:
+        """Send `sig` to the daemon (`ip netns exec` execs it: the child is gatelb itself)."""
+        assert self._proc is not None and self._proc.poll() is None, "gatelb run is not running"
+        self._proc.send_signal(sig)
+
+    def wait_exit(self, timeout: float) -> int:
+        """The exit code, once it has exited (fails after `timeout` s)."""
+        assert self._proc is not None
+        code = self._proc.wait(timeout)
+        self._proc = None
+        return code
+
     def __enter__(self) -> Daemon:
         return self if self._proc is not None else self.start()
 

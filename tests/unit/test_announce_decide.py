@@ -66,6 +66,11 @@ apiVersion: gatelb.io/v1alpha1
 kind: L2Advertisement
 metadata: {name: lan}
 spec: {ipAddressPools: [lan], interfaces: [up0]}
+---
+apiVersion: gatelb.io/v1alpha1
+kind: GatewayGroup
+metadata: {name: edge}
+spec: {interface: lan0, members: [{name: gw1, address: 198.51.100.1}, {name: gw2, address: 198.51.100.2}]}
 """
 
 POOLS = (IPPool("public", (AddressRange(ip("203.0.113.0"), ip("203.0.113.63")),

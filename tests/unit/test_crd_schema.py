@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from gatelb.sources.schema import IPPoolSpec, L4LBSpec
+from gatelb.sources.schema_dns import DNSProviderSpec
 
 ROOT = Path(__file__).resolve().parents[2]
 CRDS = {d["spec"]["names"]["kind"]: d for d in yaml.safe_load_all((ROOT / "deploy" / "crds.yaml").read_text())}
@@ -84,7 +85,7 @@ def test_bad_documents_are_rejected(kind: str, spec: dict[str, Any], needle: str
 
 
 def test_crd_fields_match_the_pydantic_schema() -> None:
-    for kind, model in (("IPPool", IPPoolSpec), ("L4LB", L4LBSpec)):
+    for kind, model in (("IPPool", IPPoolSpec), ("L4LB", L4LBSpec), ("DNSProvider", DNSProviderSpec)):
         ours = set(model.model_json_schema(by_alias=True)["properties"])
         crd = set(schema(kind)["properties"]["spec"]["properties"])
         assert crd == ours, kind
@@ -96,3 +97,72 @@ def test_l4lb_has_status_subresource_and_printer_columns() -> None:
     columns = {c["name"]: c["jsonPath"] for c in version["additionalPrinterColumns"]}
     assert columns["State"] == ".status.state" and columns["Frontend"] == ".status.frontendIP"
     assert "Addresses" in {c["name"] for c in CRDS["IPPool"]["spec"]["versions"][0]["additionalPrinterColumns"]}
+
+
+# --- the announcement kinds (docs/announce.md) --------------------------------------------------
+
+ANNOUNCE = ("BFDProfile", "BGPPeer", "BGPAdvertisement", "L2Advertisement")
+# Kubernetes-only fields, worked out against the cluster before the standalone parser runs
+# (sources/kubernetes/config.py): the CRD has them, the pydantic schema rejects them.
+KUBE_ONLY = {"BGPPeer": {"nodeSelectors"}, "BGPAdvertisement": {"nodeSelectors", "ipAddressPoolSelectors"},
+             "L2Advertisement": {"nodeSelectors", "ipAddressPoolSelectors"}}
+
+
+def _resolve(node: dict[str, Any], defs: dict[str, Any]) -> dict[str, Any]:
+    ref = node.get("$ref")
+    return defs[ref.rsplit("/", 1)[1]] if ref else node
+
+
+@pytest.mark.parametrize("kind", ANNOUNCE)
+def test_announce_crd_fields_match_the_pydantic_schema(kind: str) -> None:
+    from gatelb.sources.schema_announce import SPECS
+
+    ours = SPECS[kind].model_json_schema(by_alias=True)
+    crd = schema(kind)["properties"]["spec"]["properties"]
+    assert set(crd) == set(ours["properties"]) | KUBE_ONLY.get(kind, set())
+    assert set(schema(kind)["properties"]["spec"].get("required", [])) == set(ours.get("required", []))
+    for name, field in ours["properties"].items():  # the same bounds, so the API server rejects early
+        field = _resolve(next(iter(field.get("anyOf", [field]))), ours.get("$defs", {}))
+        for bound in ("minimum", "maximum"):
+            if bound in field:
+                assert crd[name].get(bound) == field[bound], (kind, name, bound)
+
+
+def test_announce_crds_are_cluster_scoped_and_readable_by_the_service_account() -> None:
+    rbac = [d for d in yaml.safe_load_all((ROOT / "deploy" / "rbac.yaml").read_text()) if d["kind"] == "ClusterRole"]
+    rules = [(g, r, tuple(rule["verbs"])) for rule in rbac[0]["rules"] for g in rule["apiGroups"]
+             for r in rule["resources"]]
+    for kind in ANNOUNCE:
+        spec = CRDS[kind]["spec"]
+        assert spec["scope"] == "Cluster", kind
+        assert ("gatelb.io", spec["names"]["plural"], ("list", "watch")) in rules, kind
+        assert ("metallb.io", spec["names"]["plural"], ("list", "watch")) in rules, kind
+    assert ("metallb.io", "ipaddresspools", ("list", "watch")) in rules
+
+
+def test_announce_example_of_the_docs_validates() -> None:
+    """The two-gateway example of docs/announce.md, applied as CRD objects."""
+    text = (ROOT / "docs" / "announce.md").read_text()
+    block = text.split("## A complete two-gateway example", 1)[1].split("```yaml", 1)[1].split("```", 1)[0]
+    docs = [d for d in yaml.safe_load_all(block) if d]
+    assert {d["kind"] for d in docs} >= set(ANNOUNCE) - {"L2Advertisement"}
+    for doc in docs:
+        validate(doc)
+
+
+@pytest.mark.parametrize(("kind", "spec", "needle"), [
+    ("BGPPeer", {"myASN": 0, "peerASN": 64500, "peerAddress": "192.0.2.1"}, "0"),
+    ("BGPPeer", {"myASN": 64512, "peerAddress": "192.0.2.1"}, "peerASN"),
+    ("BGPPeer", {"myASN": 64512, "peerASN": 64500, "peerAddress": "192.0.2.1", "peerPort": 20000}, "20000"),
+    ("BGPPeer", {"myASN": 64512, "peerASN": 64500, "peerAddress": "192.0.2.1", "passwordSecret": {}}, "password"),
+    ("BFDProfile", {"receiveInterval": 5}, "5"),
+    ("BFDProfile", {"detectMultiplier": 256}, "256"),
+    ("BGPAdvertisement", {"aggregationLength": 33}, "33"),
+    ("BGPAdvertisement", {"nodeSelectors": [{"matchExpressions": [{"key": "a", "operator": "Is"}]}]}, "Is"),
+    ("L2Advertisement", {"interfaces": ["a-very-long-interface-name"]}, "long"),
+])
+def test_bad_announce_documents_are_rejected(kind: str, spec: dict[str, Any], needle: str) -> None:
+    doc = {"apiVersion": "gatelb.io/v1alpha1", "kind": kind, "metadata": {"name": "x"}, "spec": spec}
+    with pytest.raises(jsonschema.ValidationError) as err:
+        validate(doc)
+    assert needle in str(err.value.message)

@@ -292,7 +292,7 @@ def test_load_file_reads_utf8_and_refuses_other_bytes(tmp_path: Path) -> None:
             "L4LB web: spec.backend: expected a list, got '198.51.100.11:8080'",
         ),
         ({"state": "enabled"}, "L4LB web: spec.state: 'enabled' is not one of active, disable"),
-        ({"protocol": "TCP"}, "L4LB web: spec.protocol: 'TCP' is not one of tcp, udp"),
+        ({"protocol": "Tcp"}, "L4LB web: spec.protocol: 'Tcp' is not one of tcp, udp"),  # TCP and UDP are accepted
         (
             {"algorithm": "leastconn"},
             "L4LB web: spec.algorithm: 'leastconn' is not one of random, roundrobin, sourcehash",
@@ -446,7 +446,7 @@ def test_pool_errors(addresses: list[str], message: str) -> None:
 def test_pool_type_errors() -> None:
     assert errors_of(pool(autoAssign="yes"), pool("other", "203.0.113.64/28", avoidBuggyIps=True)) == [
         "IPPool public: spec.autoAssign: expected true or false, got 'yes'",
-        "IPPool other: spec.avoidBuggyIps: unknown field",
+        "IPPool other: spec.avoidBuggyIps: unknown field, did you mean 'avoidBuggyIPs'?",
     ]
 
 
@@ -572,3 +572,36 @@ def test_schema_exports_json_schema_with_bounds_for_crds() -> None:
         "avoidBuggyIPs"
         in IPPoolDocument.model_json_schema(by_alias=True)["$defs"]["IPPoolSpec"]["properties"]
     )
+
+
+# --- issue 13: did you mean, TCP/UDP, every error in one pass ------------------------------------
+
+
+def test_unknown_fields_suggest_the_nearest_valid_one_at_that_place() -> None:
+    text = text_of(lb(frontend={"ip": "203.0.113.1", "prot": 80, "port": 80}, backends=["198.51.100.1:80"],
+                      check={"type": "http", "requestpath": "/x"}, bogus=1))
+    assert errors_of_text(text) == [
+        "L4LB web: spec.frontend.prot: unknown field, did you mean 'port'?",
+        "L4LB web: spec.check.requestpath: unknown field, did you mean 'requestPath'?",
+        "L4LB web: spec.backends: unknown field, did you mean 'backend'?",
+        "L4LB web: spec.bogus: unknown field",
+    ]
+
+
+def test_tcp_and_udp_as_kubernetes_spells_them() -> None:
+    for spelling, protocol in (("TCP", Protocol.TCP), ("UDP", Protocol.UDP), ("udp", Protocol.UDP)):
+        text = text_of(lb(protocol=spelling))
+        assert load_text(text).load_balancers[0].protocol is protocol
+
+
+def test_a_yaml_syntax_error_does_not_hide_the_other_documents_errors() -> None:
+    good_but_invalid = text_of(lb("a", frontend={"ip": "203.0.113.1", "port": 70000}))
+    broken = "apiVersion: gatelb.io/v1alpha1\nkind: L4LB\nmetadata: {name: b\nspec: {}\n"
+    also_invalid = text_of(lb("c", frontend={"ip": "127.0.0.1", "port": 80}))
+    text = "---\n".join([good_but_invalid, broken, also_invalid])
+    got = errors_of_text(text)
+    assert got[0] == "L4LB a: spec.frontend.port: 70000 is not a port (1-65535)"
+    line = 1 + good_but_invalid.count("\n") + 1 + 3  # the line after `metadata: {name: b`
+    assert got[1] == f"document 2: malformed YAML at test.yaml line {line}, column 5: did not find expected ',' or '}}'"
+    assert got[2].startswith("L4LB c: spec.frontend.ip: 127.0.0.1 is a loopback address")
+    assert len(got) == 3

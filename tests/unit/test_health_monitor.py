@@ -240,3 +240,65 @@ def test_probes_overlap_when_timeout_exceeds_interval_and_stale_results_are_drop
             await asyncio.gather(task, return_exceptions=True)
 
     asyncio.run(main())
+
+
+def test_probes_in_flight_are_bounded_per_target_and_in_all() -> None:
+    """55 silent targets probed every 5 ms that never answer: never more than 3 probes of one
+    target, nor more than the global bound, in flight."""
+    silent = HealthCheck(type=CheckType.TCP, interval_ms=5, timeout_ms=2000, rise=2, fall=3)
+    keys = [TargetKey("web", ipaddress.ip_address(f"198.51.100.{100 + i}"), 80) for i in range(55)]
+
+    async def main() -> None:
+        prober = ScriptedProber()
+        prober.gate = asyncio.Event()  # never set: every probe hangs
+        monitor = HealthMonitor(Recorder(), jitter=0.0, prober=prober, per_target=3, max_in_flight=100)
+        monitor.set(dict.fromkeys(keys, silent))
+        task = asyncio.create_task(monitor.run())
+        try:
+            await until(lambda: monitor.skipped > 55 * 5)
+            assert monitor.in_flight == len(prober.calls) == 100  # the rest wait for a slot
+            assert all(sum(1 for a, _, _ in prober.calls if a == k.address) <= 3 for k in keys)
+            tasks = [t for t in asyncio.all_tasks() if t.get_coro().__qualname__.endswith("_probe_once")]  # type: ignore[union-attr]
+            assert len(tasks) == 55 * 3
+        finally:
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    asyncio.run(main())
+
+
+def test_default_bound_follows_the_file_descriptor_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    from gatelb.health import monitor as mod
+
+    monkeypatch.setattr(mod.resource, "getrlimit", lambda _: (1024, 1024))
+    assert mod.default_max_in_flight() == 512
+    monkeypatch.setattr(mod.resource, "getrlimit", lambda _: (1 << 20, 1 << 20))
+    assert mod.default_max_in_flight() == mod.MAX_IN_FLIGHT
+
+
+def test_a_target_recorded_down_starts_down_until_its_first_result() -> None:
+    async def body(monitor: HealthMonitor, prober: ScriptedProber, rec: Recorder) -> None:
+        prober.gate = asyncio.Event()
+        monitor.seed({A: "3/3 failures: connect refused"})
+        monitor.set({A: FAST, C: FAST})
+        assert not monitor.is_up(A) and monitor.is_up(C)  # C: assumed up, as always at start
+        assert "down before the restart" in monitor.snapshot()[1].reason
+        prober.gate.set()
+        await until(lambda: monitor.is_up(A))  # the first (good) result decides at once
+        assert rec.changes[0] == (A, Status.UP)
+
+    run(body)
+
+
+def test_a_backend_going_down_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO, "gatelb.health")
+
+    async def body(monitor: HealthMonitor, prober: ScriptedProber, rec: Recorder) -> None:
+        monitor.set({A: FAST})
+        await until(lambda: monitor.snapshot()[0].last is not None)
+        prober.healthy[(A.address, A.port)] = False
+        await until(lambda: not monitor.is_up(A))
+
+    run(body)
+    downs = [r for r in caplog.records if getattr(r, "state", "") == "down"]
+    assert downs and all(r.levelno == logging.WARNING for r in downs)

@@ -182,3 +182,46 @@ def test_restart_keeps_status_and_forgets_counters() -> None:
 def test_invalid_thresholds() -> None:
     with pytest.raises(ValueError, match="rise and fall"):
         Rules(rise=0, fall=3)
+
+
+# --- flapping, from the success ratio ---------------------------------------------------------
+
+
+def run_pattern(pattern: str, rules: sm.Rules = RULES) -> list[sm.HealthState]:
+    """Results of a checked-up backend, one per second: '.' passes, 'x' fails."""
+    st = checked_up(0.0)
+    out = []
+    for i, c in enumerate(pattern, start=1):
+        st = sm.observe(st, c == ".", "connected" if c == "." else "connect refused", float(i), rules)
+        out.append(st)
+    return out
+
+
+def test_a_backend_failing_every_other_check_is_taken_down() -> None:
+    states = run_pattern("x.x.x.x.x.")  # never `fall` (3) failures in a row
+    assert all(s.up for s in states[:8]), [s.status for s in states]
+    down = states[8]
+    assert not down.up and down.reason == "flapping: 5 of the last 10 checks failed (connect refused)"
+    assert down.downs == (9.0,)
+    # It comes back like any down backend: `rise` successes, with a fresh window.
+    back = sm.observe(sm.observe(down, True, "connected", 10.0, RULES), True, "connected", 11.0, RULES)
+    assert back.up and back.results == 2 and back.history == 0
+
+
+def test_occasional_failures_are_no_flapping() -> None:
+    states = run_pattern("....x....." * 5 + "...x..x...")
+    assert all(s.up for s in states)
+
+
+def test_the_flap_threshold_is_never_below_fall() -> None:
+    rules = sm.Rules(rise=2, fall=8)
+    assert rules.window == 16 and rules.flap_threshold == 8
+    assert sm.Rules(rise=1, fall=1).flap_threshold == 5
+    assert sm.Rules(fall=3, flap_window=4, flap_failures=2).flap_threshold == 3
+
+
+def test_a_recorded_down_backend_waits_for_its_first_result() -> None:
+    st = sm.recorded_down(0.0, "3/3 failures: connect refused")
+    assert not st.up and not st.checked and "down before the restart" in st.reason
+    assert sm.observe(st, True, "connected", 1.0, RULES).up  # the first result decides at once
+    assert not sm.observe(st, False, "connect refused", 1.0, RULES).up

@@ -57,7 +57,7 @@ def test_round_trip_and_file_format(tmp_path: Path) -> None:
     data = json.loads(store.path.read_text())
     assert data["version"] == 2
     assert data["allocations"] == SAMPLE.allocations and data["pools"] == SAMPLE.pools
-    assert stat.S_IMODE(store.path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(store.path.stat().st_mode) == 0o600  # the whole configuration: private
     assert os.listdir(store.directory) == ["state.json"]  # no temp file left behind
 
 

@@ -104,6 +104,8 @@ def lbs_to_json(lbs: Iterable[LoadBalancer]) -> list[dict[str, Any]]:
             "affinity": lb.affinity.timeout_seconds if lb.affinity else None,
             "sourceRanges": [str(n) for n in lb.source_ranges], "nat": lb.nat.value, "state": lb.state.value,
             "check": _check_out(lb.check), "noBackend": lb.no_backend.value, "family": lb.family,
+            **({"hostnames": list(lb.hostnames)} if lb.hostnames else {}),
+            **({"dnsTTL": lb.dns_ttl} if lb.dns_ttl else {}),
         }
         for lb in lbs
     ]
@@ -119,6 +121,7 @@ def lbs_from_json(rows: list[dict[str, Any]]) -> tuple[LoadBalancer, ...]:
             source_ranges=tuple(ipaddress.ip_network(n) for n in r.get("sourceRanges", [])),
             nat=NatMode(r["nat"]), state=LBState(r["state"]), check=_check_in(r["check"]),
             no_backend=NoBackendAction(r["noBackend"]), family=int(r["family"]),
+            hostnames=tuple(r.get("hostnames", ())), dns_ttl=r.get("dnsTTL"),
         )
         for r in rows
     )

@@ -4,7 +4,9 @@ only parses arguments and prints what these return).
 apply/plan/delete are one round of the same reconciler the daemon runs, with a one-shot source:
 they adopt the table the state record describes (so a change to one of 10,000 load balancers is
 an increment, not a reload), and record the result. Exit codes: 0 success, 2 invalid input
-(nothing applied), 1 apply or system failure.
+(nothing applied), 1 apply or system failure; `plan`: 0 nothing would change, 3 something would
+(like `terraform plan -detailed-exitcode`). `plan` and `status` only read: they take no lock and
+work while the daemon runs.
 """
 
 from __future__ import annotations
@@ -23,19 +25,20 @@ from gatelb.agent.engine import DataplaneSync
 from gatelb.agent.lock import TableOwned, table_lock
 from gatelb.agent.reconciler import Reconciler, one_round
 from gatelb.agent.record import stored_state
-from gatelb.agent.statefile import StateStore, StoredState
+from gatelb.agent.statefile import StateStore, StoredState, released_after
 from gatelb.agent.status import build_status
 from gatelb.dataplane import compile_full
 from gatelb.dataplane.changes import describe_changes
 from gatelb.dataplane.render import render_delete
+from gatelb.kernel.addresses import HostAddresses
 from gatelb.kernel.conntrack import flush_flows
 from gatelb.kernel.foreign import hazards
 from gatelb.kernel.nft import Nft, NftCli, NftError
-from gatelb.model import DesiredState, IPAddress, ResolvedState, ValidationError, ValidationErrors
+from gatelb.model import DesiredState, IPAddress, ResolvedState, ValidationError, ValidationErrors, printable
 from gatelb.sources.base import Source
 from gatelb.sources.static import StaticSource
 
-EXIT_OK, EXIT_FAILED, EXIT_INVALID = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_INVALID, EXIT_PLAN_CHANGES = 0, 1, 2, 3
 
 
 class CommandError(Exception):
@@ -48,17 +51,18 @@ class CommandError(Exception):
 class Context:
     store: StateStore
     nft: Nft
+    host_address: Callable[[IPAddress], bool] | None = None  # None: any address may be a VIP
     # Ownership of the table in this network namespace while a command writes (agent/lock.py).
     owner: Callable[[], contextlib.AbstractContextManager[None]] = table_lock
 
     @classmethod
-    def create(cls, state_dir: Path) -> Context:
-        return cls(StateStore(state_dir), NftCli())
+    def create(cls, state_dir: Path, allow_host_addresses: bool = False) -> Context:
+        return cls(StateStore(state_dir), NftCli(), None if allow_host_addresses else HostAddresses())
 
 
 def _addresses(stored: StoredState) -> dict[str, IPAddress]:
     out: dict[str, IPAddress] = {}
-    for name, text in stored.allocations.items():
+    for name, text in stored.hints(time.time()).items():
         try:
             out[name] = ipaddress.ip_address(text)
         except ValueError:
@@ -100,7 +104,8 @@ def _apply_source(ctx: Context, source: Source, dry_run: bool, want_nft_text: bo
     t0 = time.perf_counter()
     stored = ctx.store.load()
     reconciler = Reconciler([source], DataplaneSync(ctx.nft, indexed=True),
-                            flush_udp=None if dry_run else flush_flows, recorded=_addresses(stored))
+                            flush_udp=None if dry_run else flush_flows, recorded=_addresses(stored),
+                            host_address=ctx.host_address)
     previous = stored.applied
     adopted = previous is not None and reconciler.adopt(previous.services, previous.generation)
     round_report, load_s = asyncio.run(one_round(reconciler, [source], dry_run=dry_run))
@@ -124,7 +129,9 @@ def _apply_source(ctx: Context, source: Source, dry_run: bool, want_nft_text: bo
     state = reconciler.last_state
     assert state is not None
     try:
-        ctx.store.save(stored_state(state, (source.name,), previous.health if previous else {}, daemon=False))
+        released = released_after(stored.allocations, stored.released, state.addresses, time.time())
+        ctx.store.save(stored_state(state, (source.name,), previous.health if previous else {}, daemon=False,
+                                    released=released))
     except OSError as err:
         raise CommandError(
             f"applied to the kernel (generation {state.generation}), but the state file {ctx.store.path} "
@@ -139,9 +146,16 @@ def _apply_source(ctx: Context, source: Source, dry_run: bool, want_nft_text: bo
     return report
 
 
+def would_change(report: dict[str, Any]) -> bool:
+    """Whether a plan report shows any change to the kernel (plan's exit code 3)."""
+    return bool(report.get("changes") or report.get("script") or report.get("note"))
+
+
 def apply_path(ctx: Context, path: str, dry_run: bool = False, want_nft_text: bool = False,
-               describe: bool = True) -> dict[str, Any]:
-    """`-f FILE`, `-f DIR` or `-f -` (stdin)."""
+               describe: bool = True, allow_empty: bool = False) -> dict[str, Any]:
+    """`-f FILE`, `-f DIR` or `-f -` (stdin). A content without any load balancer that would
+    remove every applied one is refused unless `allow_empty` (a truncated file must not wipe the
+    gateway)."""
     from gatelb.sources.file import FileSource
 
     if path == "-":
@@ -150,14 +164,30 @@ def apply_path(ctx: Context, path: str, dry_run: bool = False, want_nft_text: bo
         if not Path(path).exists():
             raise CommandError(f"cannot read {path}: No such file or directory", EXIT_INVALID)
         source = FileSource(Path(path).absolute(), watch=False)
+    if not allow_empty:
+        source.load()  # run() reads again, but only hashes: nothing is parsed twice
+        applied = ctx.store.load().applied
+        if source.load_balancer_count == 0 and not source.errors and applied is not None and applied.load_balancers:
+            raise CommandError(
+                f"{path} defines no load balancer: applying it would remove all {len(applied.load_balancers)} "
+                "applied ones; pass --allow-empty if that is what you want", EXIT_INVALID)
     return apply_source(ctx, source, dry_run, want_nft_text, describe)
 
 
-def delete_names(ctx: Context, names: set[str], pool_names: set[str]) -> dict[str, Any]:
-    """Remove the named L4LBs (and IPPools) from what is applied; everything else stays."""
+def delete_names(ctx: Context, names: set[str], pool_names: set[str], must_exist: bool = False) -> dict[str, Any]:
+    """Remove the named L4LBs (and IPPools) from what is applied; everything else stays.
+    `must_exist` (`gatelb delete NAME`): a name that is not applied is an error (exit 2), and
+    nothing is deleted."""
     applied = ctx.store.load().applied
     if applied is None:
         raise CommandError("nothing is applied (no record in the state directory)", EXIT_FAILED)
+    if must_exist:
+        known = {lb.name for lb in applied.load_balancers}
+        missing = sorted(names - known)
+        if missing:
+            listed = ", ".join(printable(n) for n in missing)
+            raise CommandError(f"L4LB {listed} not found (nothing deleted); `gatelb status` lists the applied ones",
+                               EXIT_INVALID)
     remaining = DesiredState(
         pools=tuple(p for p in applied.pools if p.name not in pool_names),
         load_balancers=tuple(lb for lb in applied.load_balancers if lb.name not in names),
@@ -184,7 +214,8 @@ def flush(ctx: Context) -> None:
             raise CommandError(f"nft failed: {err}", EXIT_FAILED) from err
     stored = ctx.store.load()
     # Keep the allocations: a later apply gives every L4LB its old address back.
-    ctx.store.save(StoredState(allocations=stored.allocations, pools=stored.pools, applied=None))
+    ctx.store.save(StoredState(allocations=stored.allocations, pools=stored.pools, applied=None,
+                               released=stored.released))
 
 
 def status(ctx: Context) -> dict[str, Any]:

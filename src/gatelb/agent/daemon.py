@@ -16,6 +16,7 @@ import os
 import signal
 import socket
 import sys
+import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,10 +27,12 @@ from gatelb.agent.guard import KernelGuard
 from gatelb.agent.lock import StateLocked, TableOwned, state_lock, table_lock
 from gatelb.agent.reconciler import Consumer, Reconciler, run_sources
 from gatelb.agent.record import RecordWriter
-from gatelb.agent.runtime import event, setup_logging, supervise
+from gatelb.agent.runtime import SHUTDOWN_S, event, exit_after, raise_nofile, setup_logging, supervise
 from gatelb.agent.statefile import StateFileError, StateStore
+from gatelb.dns.updater import DNSUpdater, Report, SecretLookup
 from gatelb.health.feed import HealthFeed
 from gatelb.health.monitor import HealthChange, HealthMonitor, TargetKey
+from gatelb.kernel.addresses import HostAddresses
 from gatelb.kernel.conntrack import flush_flows
 from gatelb.kernel.nft import Nft, NftCli
 from gatelb.kernel.nlcounters import read_generation
@@ -48,10 +51,14 @@ class Parts:
     info: Callable[[], dict[str, Any]] | None = None  # mode-specific facts for the state record
     on_hup: list[Callable[[], None]] = field(default_factory=list)
     closers: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    # DNS records: Kubernetes Events for conflicts, and Secrets holding TSIG keys (Kubernetes mode).
+    dns_report: Report | None = None
+    dns_secrets: SecretLookup | None = None
 
 
 class Daemon:
-    def __init__(self, parts: Parts, store: StateStore, nft: Nft, health: bool = True) -> None:
+    def __init__(self, parts: Parts, store: StateStore, nft: Nft, health: bool = True,
+                 host_address: Callable[[IPAddress], bool] | None = None) -> None:
         self.parts = parts
         self.store = store
         self.monitor = HealthMonitor(self._on_health) if health else None
@@ -59,12 +66,20 @@ class Daemon:
             parts.sources, DataplaneSync(nft, indexed=True),
             usable=self._usable if self.monitor is not None else None,
             health=HealthFeed(self.monitor) if self.monitor is not None else None,
-            flush_udp=flush_flows,
+            flush_udp=flush_flows, host_address=host_address,
         )
-        self.writer = RecordWriter(store, tuple(s.name for s in parts.sources), self.monitor, parts.info)
-        self.reconciler.consumers += [self.writer, *parts.consumers]
+        # DNS records (gatelb.dns): a consumer with its own task, idle while no DNSProvider exists.
+        self.dns = DNSUpdater(store.path.parent / "dns.json", parts.dns_report, parts.dns_secrets)
+        self.writer = RecordWriter(store, tuple(s.name for s in parts.sources), self.monitor, self._info)
+        self.reconciler.consumers += [self.writer, *parts.consumers, self.dns]
         # Repairs what others do to our table, warns about their tables (agent/guard.py).
         self.guard = KernelGuard(self.reconciler, read_generation, nft.query_json)
+
+    def _info(self) -> dict[str, Any]:
+        info = dict(self.parts.info()) if self.parts.info is not None else {}
+        if dns := self.dns.info():
+            info["dns"] = dns
+        return info
 
     def _on_health(self, changes: list[HealthChange]) -> None:
         self.reconciler.health_changed({c.key.lb for c in changes})
@@ -79,7 +94,11 @@ class Daemon:
     def adopt_previous(self) -> None:
         """Addresses and the table a previous run left: a restart moves no VIP and reloads nothing."""
         stored = self.store.load()
-        self.reconciler.remember(_addresses(stored.allocations))
+        # Also the addresses of load balancers removed lately: one that comes back gets its own.
+        self.reconciler.remember(_addresses(stored.hints(time.time())))
+        self.writer.seed(stored)
+        if self.monitor is not None and stored.applied is not None:
+            self.monitor.seed(recorded_down(stored.applied.health))
         if stored.applied is not None:
             self.reconciler.adopt(stored.applied.services, stored.applied.generation)
 
@@ -95,6 +114,7 @@ class Daemon:
             "sources": run_sources(self.reconciler, self.parts.sources),
             "state-save": self.writer.run(),
             "kernel-guard": self.guard.run(),
+            "dns": self.dns.run(),
             **self.parts.tasks,
         }
         if self.monitor is not None:
@@ -102,6 +122,21 @@ class Daemon:
         healthy = await supervise(tasks, stop)
         self.writer.save_now()
         return healthy
+
+
+def recorded_down(health: dict[str, Any]) -> dict[TargetKey, str]:
+    """The targets the record shows down (keys `lb|address|port`, record.health_key), and why."""
+    import ipaddress
+
+    out: dict[TargetKey, str] = {}
+    for key, row in health.items():
+        try:
+            lb, address, port = key.rsplit("|", 2)
+            if isinstance(row, dict) and row.get("state") == "down":
+                out[TargetKey(lb, ipaddress.ip_address(address), int(port))] = str(row.get("reason", ""))
+        except ValueError:
+            continue  # a damaged row only loses its state
+    return out
 
 
 def _addresses(recorded: dict[str, str]) -> dict[str, IPAddress]:
@@ -117,31 +152,52 @@ def _addresses(recorded: dict[str, str]) -> dict[str, IPAddress]:
 
 
 async def _main(make_parts: Callable[[], Coroutine[Any, Any, Parts]], store: StateStore, health: bool,
-                node: str) -> int:
+                node: str, allow_host_addresses: bool = False) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    stopping: list[int] = []
+
+    def on_signal(signum: int, _frame: object) -> None:
+        # SIGTERM always ends the process. A plain signal handler (not loop.add_signal_handler)
+        # runs between bytecodes even while the event loop is busy; the first signal stops in
+        # order with a deadline (exit_after), a second one ends the process at once.
+        if stopping:
+            os._exit(1)
+        stopping.append(signum)
+        exit_after(SHUTDOWN_S * 2)
+        loop.call_soon_threadsafe(stop.set)
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        signal.signal(sig, on_signal)
     parts = await make_parts()
     add_announcer(parts, node, store.directory)
-    daemon = Daemon(parts, store, NftCli(), health)
+    host = None if allow_host_addresses else HostAddresses()
+    daemon = Daemon(parts, store, NftCli(), health, host)
+    if host is not None:
+        parts.on_hup.insert(0, host.refresh)  # SIGHUP also reads the host's addresses again
     loop.add_signal_handler(signal.SIGHUP, daemon.hup)
     event(logging.INFO, "started", pid=os.getpid(), sources=[s.name for s in parts.sources])
     try:
         healthy = await daemon.run(stop)
+        exit_after(SHUTDOWN_S)  # whatever hangs from here on (a closer, a thread in a system call) ends too
     finally:
         for close in parts.closers:
             await close()
-    event(logging.INFO, "stopped")
+    event(logging.INFO, "stopped", signal=signal.Signals(stopping[0]).name if stopping else None)
     return 0 if healthy else 1
 
 
 def run_daemon(make_parts: Callable[[], Coroutine[Any, Any, Parts]], state_dir: Path, log_format: str,
-               health: bool = True, node: str = "") -> int:
+               health: bool = True, node: str = "", allow_host_addresses: bool = False) -> int:
     setup_logging(log_format)
+    before, after = raise_nofile()
+    if after != before:
+        event(logging.INFO, "nofile-raised", before=before, after=after)
     try:
         with state_lock(state_dir), table_lock():
-            return asyncio.run(_main(make_parts, StateStore(state_dir), health, node or socket.gethostname()))
+            return asyncio.run(_main(make_parts, StateStore(state_dir), health, node or socket.gethostname(),
+                                     allow_host_addresses))
     except (StateLocked, TableOwned) as err:
         print(f"gatelb run: {err}", file=sys.stderr)
         return 1
@@ -150,11 +206,12 @@ def run_daemon(make_parts: Callable[[], Coroutine[Any, Any, Parts]], state_dir: 
         return 1
 
 
-def file_parts(paths: Sequence[Path]) -> Parts:
-    """`gatelb run -f FILE|DIR`: the file source; SIGHUP re-reads every file."""
+def file_parts(paths: Sequence[Path], allow_empty: bool = False) -> Parts:
+    """`gatelb run -f FILE|DIR`: the file source; SIGHUP re-reads every file. `allow_empty`: a
+    content that lost most of its load balancers is applied without the grace period."""
     from gatelb.sources.file import FileSource
 
-    sources = [FileSource(p) for p in paths]
+    sources = [FileSource(p, hold_s=0.0) if allow_empty else FileSource(p) for p in paths]
     def rescan(source: FileSource) -> Callable[[], None]:
         def hup() -> None:
             changed = source.rescan()
@@ -165,7 +222,8 @@ def file_parts(paths: Sequence[Path]) -> Parts:
     return Parts(sources=list(sources), on_hup=[rescan(s) for s in sources])
 
 
-async def kube_parts(kubeconfig: str | None, settings: KubeSettings, files: Sequence[Path] = ()) -> Parts:
+async def kube_parts(kubeconfig: str | None, settings: KubeSettings, files: Sequence[Path] = (),
+                     allow_empty: bool = False) -> Parts:
     """`gatelb run --kubeconfig K [-f FILE]`: the cluster as a source and as the status
     write-back consumer, plus the standalone files if given."""
     from gatelb.sources.kubernetes.api import KubeApi, connect
@@ -173,11 +231,13 @@ async def kube_parts(kubeconfig: str | None, settings: KubeSettings, files: Sequ
 
     client = await connect(kubeconfig)
     kube = KubeSource(KubeApi(client), settings)
-    parts = file_parts(files)
+    parts = file_parts(files, allow_empty)
     # After the files: their pools are known when the Service IPAM runs in the same round.
     parts.sources.append(kube)
     parts.consumers.append(kube)
     parts.info = kube.info
+    parts.dns_report = kube.report
+    parts.dns_secrets = kube.read_secret
     parts.closers.append(client.close)
     return parts
 
@@ -186,11 +246,18 @@ async def kube_parts(kubeconfig: str | None, settings: KubeSettings, files: Sequ
 
 
 def add_announcer(parts: Parts, node: str, state_dir: Path) -> None:
-    """BGP/BFD through gatelb's own FRR (under <state-dir>/frr), ARP/NDP: a consumer of the synced
-    state with its own task. FRR starts only once the configuration asks for BGP; stopping the
-    task withdraws every route first."""
+    """BGP/BFD through gatelb's own FRR (under <state-dir>/frr), ARP/NDP through its own keepalived
+    (<state-dir>/keepalived): a consumer of the synced state with its own task. Each starts only
+    once the configuration asks for it; stopping the task withdraws every route first. Where the
+    L2 VIPs are owned goes to the state record (`info`, key "l2")."""
     from gatelb.announce import Announcer
 
-    announcer = Announcer(node, state_dir / "frr")
+    announcer = Announcer(node, state_dir / "frr", l2_directory=state_dir / "keepalived")
     parts.consumers.append(announcer)
     parts.tasks["announce"] = announcer.run()
+    mode_info = parts.info
+
+    def info() -> dict[str, Any]:
+        return {**(mode_info() if mode_info else {}), **announcer.info()}
+
+    parts.info = info

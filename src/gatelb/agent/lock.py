@@ -16,6 +16,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from gatelb.agent.statefile import StateFileError, check_directory
+
 
 class StateLocked(RuntimeError):
     pass
@@ -23,14 +25,22 @@ class StateLocked(RuntimeError):
 
 @contextmanager
 def state_lock(directory: Path, wait: bool = False) -> Iterator[None]:
-    directory.mkdir(parents=True, exist_ok=True)
+    """Raises StateLocked when another process holds it, StateFileError when the directory or
+    the lock file cannot be trusted (statefile.check_directory; a symbolic link is never
+    followed, so a link planted at `lock` truncates nothing)."""
+    check_directory(directory, create=True)
     path = directory / "lock"
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            raise StateFileError(f"{path}: is a symbolic link; refusing to follow it (remove it)") from err
+        raise StateFileError(f"{path}: cannot open: {err.strerror}") from err
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
         except BlockingIOError:
-            holder = Path(path).read_text().strip() or "another process"
+            holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             raise StateLocked(
                 f"{directory} is in use by {holder}; stop it or use another --state-dir"
             ) from None

@@ -30,7 +30,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from gatelb.agent.engine import DataplaneSync, SyncResult
-from gatelb.agent.runtime import event
+from gatelb.agent.runtime import event, names_or_count
 from gatelb.dataplane.changes import Flow, udp_flows_to_flush
 from gatelb.ipam.lb import LBAllocator
 from gatelb.kernel.nft import NftError
@@ -98,7 +98,8 @@ class Reconciler:
     def __init__(self, sources: Sequence[Source], engine: DataplaneSync, *,
                  usable: Usable | None = None, health: HealthFeed | None = None, consumers: Iterable[Consumer] = (),
                  flush_udp: FlushUdp | None = None,
-                 recorded: Mapping[str, IPAddress] | None = None) -> None:
+                 recorded: Mapping[str, IPAddress] | None = None,
+                 host_address: Callable[[IPAddress], bool] | None = None) -> None:
         self._slots = [_Slot(s) for s in sources]
         self._engine = engine
         self._usable = usable
@@ -112,7 +113,9 @@ class Reconciler:
         self._owner: dict[str, _Slot] = {}
         self._origins: dict[str, ObjectRef] = {}
         self._pools: tuple[IPPool, ...] = ()
-        self._alloc = LBAllocator(())
+        # The host's own addresses are never a VIP (kernel/addresses.py): None allows them.
+        self._host_address = host_address
+        self._alloc = LBAllocator((), host_address)
         self._alloc_errors: dict[str, tuple[ValidationError, ...]] = {}
         self._services: dict[str, Service] = {}
         self._config: dict[ObjectRef, ConfigObject] = {}
@@ -279,7 +282,8 @@ class Reconciler:
                               result)
         if result is not None and (result.changes or result.full):
             now = time.perf_counter()
-            event(logging.INFO, "sync", trigger=",".join(sorted(reasons)), full=result.full, changes=result.changes,
+            event(logging.INFO, "sync", trigger=",".join(sorted(reasons)), full=result.full,
+                  changed=names_or_count(previous.keys()), changes=result.changes,
                   services=len(self._services), load_balancers=len(upserts) + len(removed),
                   generation=result.generation, prepare_ms=round((t1 - t0) * 1000, 3),
                   compile_ms=round(result.compile_s * 1000, 3), apply_ms=round(result.apply_s * 1000, 3),
@@ -422,7 +426,7 @@ class Reconciler:
                        atomic: bool) -> tuple[ValidationError, ...]:
         """A pool change: place every load balancer again in a new allocator (current addresses
         first), and swap it in unless `atomic` and something failed."""
-        trial = LBAllocator(pools)
+        trial = LBAllocator(pools, self._host_address)
         everyone: dict[str, LoadBalancer | None] = dict(self._lbs)
         everyone.update(lb_changes)
         current = {n: ip for n in self._lbs if (ip := self._alloc.address_of(n)) is not None}

@@ -17,7 +17,7 @@ from typing import Any
 
 from gatelb.agent.applied import AppliedRecord, HealthRecord
 from gatelb.agent.runtime import event
-from gatelb.agent.statefile import StateStore, StoredState
+from gatelb.agent.statefile import Released, StateStore, StoredState, released_after
 from gatelb.health.monitor import HealthMonitor
 from gatelb.model import SyncedState
 
@@ -37,7 +37,8 @@ def health_records(monitor: HealthMonitor | None) -> dict[str, HealthRecord]:
 
 
 def stored_state(state: SyncedState, sources: tuple[str, ...], health: dict[str, HealthRecord],
-                 daemon: bool, info: dict[str, Any] | None = None) -> StoredState:
+                 daemon: bool, info: dict[str, Any] | None = None,
+                 released: dict[str, Released] | None = None) -> StoredState:
     applied = AppliedRecord(
         generation=state.generation,
         services=state.resolved(),
@@ -52,7 +53,7 @@ def stored_state(state: SyncedState, sources: tuple[str, ...], health: dict[str,
         info=info or {},
     )
     return StoredState(allocations={n: str(ip) for n, ip in state.addresses.items()},
-                       pools=dict(state.pool_of), applied=applied)
+                       pools=dict(state.pool_of), applied=applied, released=dict(released or {}))
 
 
 class RecordWriter:
@@ -68,7 +69,16 @@ class RecordWriter:
         self._wanted = asyncio.Event()
         self._saved_health = -1
         self._saved_info: dict[str, Any] | None = None
+        # The allocations of the last snapshot and the addresses of removed load balancers, so a
+        # load balancer that comes back after a restart gets its address again (statefile.Released).
+        self._allocations: dict[str, str] = {}
+        self._released: dict[str, Released] = {}
         self.failures = 0
+
+    def seed(self, stored: StoredState) -> None:
+        """What the previous run recorded (the daemon calls it before the first sync)."""
+        self._allocations = dict(stored.allocations)
+        self._released = dict(stored.released)
 
     def set(self, state: SyncedState) -> None:
         self._state = state
@@ -81,7 +91,7 @@ class RecordWriter:
             return True
         return self._info is not None and self._state is not None and self._info() != self._saved_info
 
-    def _snapshot(self) -> tuple[SyncedState, dict[str, HealthRecord], dict[str, Any]] | None:
+    def _snapshot(self) -> tuple[SyncedState, dict[str, HealthRecord], dict[str, Any], dict[str, Released]] | None:
         """Taken on the event loop: the monitor changes there. Serialising happens in a thread."""
         if self._state is None:
             return None
@@ -89,10 +99,15 @@ class RecordWriter:
             self._saved_health = self._monitor.revision
         info = self._info() if self._info else {}
         self._saved_info = info
-        return self._state, health_records(self._monitor), info
+        state = self._state
+        if state.addresses.keys() != self._allocations.keys() or self._released:
+            self._released = released_after(self._allocations, self._released, state.addresses, time.time())
+            self._allocations = {n: str(ip) for n, ip in state.addresses.items()}
+        return state, health_records(self._monitor), info, self._released
 
-    def _write(self, state: SyncedState, health: dict[str, HealthRecord], info: dict[str, Any]) -> None:
-        self._store.save(stored_state(state, self._sources, health, daemon=True, info=info))
+    def _write(self, state: SyncedState, health: dict[str, HealthRecord], info: dict[str, Any],
+               released: dict[str, Released]) -> None:
+        self._store.save(stored_state(state, self._sources, health, daemon=True, info=info, released=released))
 
     async def run(self) -> None:
         while True:

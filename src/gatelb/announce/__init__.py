@@ -2,11 +2,14 @@
 
     set(SyncedState) -> decide (pure: what this gateway announces where) -> the announcer's task
         -> FRR (BGP, BFD): render the configuration, frr-reload.py applies the difference
+        -> keepalived (L2: VRRP elects one ARP/NDP owner per VIP): render, SIGHUP; health
+           changes only rewrite track files
 
 `Announcer.set()` is cheap (it computes the plan and wakes the task when the plan changed); the
 FRR work runs in `run()`, a supervised task, in a thread. FRR is started only once a plan needs
-BGP. Cancelling `run()` (SIGTERM) shuts every BGP neighbor down first (a Cease notification: the
-routers withdraw our routes at once), then stops FRR.
+BGP, keepalived once a plan has L2 VIPs. Cancelling `run()` (SIGTERM) shuts every BGP neighbor
+down first (a Cease notification: the routers withdraw our routes at once), then stops FRR, and
+stops keepalived (priority-0 adverts: the other members take the VIPs over at once).
 """
 
 from __future__ import annotations
@@ -14,31 +17,68 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import time
 from pathlib import Path
+from typing import Any
 
 from gatelb.announce.decide import EMPTY, Plan, decide
 from gatelb.announce.frr import FrrError, FrrInstance
 from gatelb.announce.frr_config import render
+from gatelb.announce.keepalived import Keepalived, KeepalivedError, parse_notify, read_links
+from gatelb.announce.keepalived_config import render as render_keepalived
+from gatelb.announce.keepalived_config import tracks
+from gatelb.announce.l2 import EMPTY_L2, FAULT, L2Plan, Link, plan_l2
 from gatelb.announce.log import event
-from gatelb.model import IPNetwork, SyncedState, ValidationError
+from gatelb.model import GatewayGroup, IPNetwork, L2Advertisement, SyncedState, ValidationError
 
 WATCH_S = 1.0  # how often the FRR daemons' liveness is checked
 RETRY_S = 2.0
 
 
+def _effective(priority: int, track: int) -> int:
+    """The priority keepalived advertises (0: FAULT, the instance steps down)."""
+    return 0 if track <= FAULT else min(254, max(1, priority + track))
+
+
 class Announcer:
-    def __init__(self, node: str, directory: Path, frr: FrrInstance | None = None) -> None:
+    def __init__(self, node: str, directory: Path, frr: FrrInstance | None = None,
+                 l2_directory: Path | None = None) -> None:
         self.node = node
         self.frr = frr or FrrInstance(directory, node)
+        self.keepalived = Keepalived(l2_directory or directory.parent / "keepalived")
         self.plan: Plan = EMPTY
         self.errors: list[ValidationError] = []
         self._seen = False
         self._wake = asyncio.Event()
         self._announced: tuple[IPNetwork, ...] = ()
         self._frr_up = False
+        self._group: GatewayGroup | None = None
+        self._l2_advs: dict[str, L2Advertisement] = {}
+        self.l2: L2Plan = EMPTY_L2
+        self.l2_errors: list[str] = []
+        self.l2_states: dict[str, str] = {}  # instance -> MASTER/BACKUP/FAULT (keepalived's FIFO)
+        self._fifo: int | None = None
+        self._buffer = b""
+
+    def info(self) -> dict[str, Any]:
+        """For the state record (`gatelb status`): where each L2 VIP is owned."""
+        if self.l2.empty and not self.l2_errors:
+            return {}
+        instances: dict[str, dict[str, Any]] = {}
+        for i in self.l2.instances:
+            instances[i.name] = {
+                "interface": i.interface, "vrid": i.vrid, "priority": _effective(i.priority, i.track),
+                "preferred": i.preferred, "state": self.l2_states.get(i.name, "unknown"),
+                "vips": [str(v) for v in i.vips], "unservable": [str(v) for v in i.unservable]}
+        owned = sorted(v for i in instances.values() if i["state"] == "MASTER" for v in i["vips"])
+        return {"l2": {"node": self.node, "owned": owned, "instances": instances, "errors": self.l2_errors}}
 
     def set(self, state: SyncedState) -> None:
+        from gatelb.announce.decide import group_of
+
+        self._group = group_of(state.config_of(GatewayGroup).values(), self.node)
+        self._l2_advs = state.config_of(L2Advertisement)
         plan, errors = decide(state, self.node)
         if errors:
             if [str(e) for e in errors] != [str(e) for e in self.errors]:
@@ -62,19 +102,90 @@ class Announcer:
                     if self._frr_up and len(self.frr.running()) < 3:
                         event(logging.ERROR, "frr-daemon-died", running=self.frr.running())
                         self._wake.set()
+                    if not self.l2.empty and not self.keepalived.running():
+                        event(logging.ERROR, "keepalived-died")
+                        self._wake.set()
+                    if self.l2_errors:
+                        self._wake.set()  # an interface may have appeared
                     continue
                 self._wake.clear()
                 try:
                     await asyncio.to_thread(self._apply, self.plan)
-                except FrrError as err:
+                except (FrrError, KeepalivedError, OSError) as err:
                     event(logging.ERROR, "announce-failed", error=str(err))
                     await asyncio.sleep(RETRY_S)
                     self._wake.set()
+                self._watch_fifo()
         finally:
-            if self._frr_up:
+            self._unwatch_fifo()
+            if self._frr_up or not self.l2.empty:
                 await asyncio.shield(asyncio.to_thread(self._withdraw))
 
+    def _watch_fifo(self) -> None:
+        if self._fifo is None and not self.l2.empty and self.keepalived.fifo.exists():
+            self._fifo = self.keepalived.open_fifo()
+            asyncio.get_running_loop().add_reader(self._fifo, self._read_fifo)
+
+    def _unwatch_fifo(self) -> None:
+        if self._fifo is not None:
+            with contextlib.suppress(Exception):
+                asyncio.get_running_loop().remove_reader(self._fifo)
+            os.close(self._fifo)
+            self._fifo = None
+
+    def _read_fifo(self) -> None:
+        assert self._fifo is not None
+        try:
+            self._buffer += os.read(self._fifo, 65536)
+        except BlockingIOError:
+            return
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for raw in lines:
+            parsed = parse_notify(raw.decode(errors="replace"))
+            if parsed is None:
+                continue
+            name, state, priority = parsed
+            if state == "MASTER_RX_LOWER_PRI":  # a notice while MASTER (a lower advert was seen)
+                state = "MASTER"
+            if self.l2_states.get(name) == state:
+                continue
+            self.l2_states[name] = state
+            inst = next((i for i in self.l2.instances if i.name == name), None)
+            event(logging.INFO, "l2-state", instance=name, state=state, priority=priority,
+                  vips=[str(v) for v in inst.vips] if inst else [], wall_time=time.time())
+
+    def _apply_l2(self, plan: Plan) -> None:
+        links: dict[str, Link] = read_links() if plan.l2 else {}
+        l2, errors = plan_l2(plan.l2, self._group, self._l2_advs, self.node, links)
+        if errors:
+            texts = [str(e) for e in errors]
+            if texts != self.l2_errors:
+                event(logging.ERROR, "announce-config-invalid", errors=texts, keeping="the last good L2 announcements")
+            self.l2_errors = texts
+            return
+        if self.l2_errors:
+            event(logging.INFO, "announce-config-valid-again")
+        self.l2_errors = []
+        if l2.empty:
+            if not self.l2.empty or self.keepalived.running():
+                self.keepalived.stop()
+                event(logging.INFO, "keepalived-stopped")
+            self.l2 = l2
+            return
+        directory = self.keepalived.directory
+        reloaded = self.keepalived.apply(render_keepalived(l2, self.node, directory), tracks(l2, directory))
+        for inst in l2.instances:  # a state the FIFO has not told yet: the addresses tell
+            if inst.name not in self.l2_states and inst.interface in links:
+                held = {a.ip for a in links[inst.interface].addresses}
+                self.l2_states[inst.name] = "MASTER" if inst.vips[0] in held else "BACKUP"
+        if reloaded or l2 != self.l2:
+            event(logging.INFO, "l2-announce", instances=[i.name for i in l2.instances],
+                  vips=sum(len(i.vips) for i in l2.instances), reloaded=reloaded,
+                  unservable=[str(v) for i in l2.instances for v in i.unservable][:50])
+        self.l2 = l2
+
     def _apply(self, plan: Plan) -> None:
+        self._apply_l2(plan)
         bgp = plan.bgp
         if bgp is None and not self._frr_up:
             return
@@ -94,6 +205,11 @@ class Announcer:
         self._announced = now
 
     def _withdraw(self) -> None:
+        if not self.l2.empty or self.keepalived.running():
+            self.keepalived.stop()
+            event(logging.INFO, "keepalived-stopped", wall_time=time.time())
+        if not self._frr_up:
+            return
         bgp = self.plan.bgp
         with contextlib.suppress(FrrError, OSError):
             if bgp is not None:

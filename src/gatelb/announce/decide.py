@@ -67,11 +67,16 @@ class BGPPlan:
 
 @dataclass(frozen=True, slots=True)
 class L2Claim:
-    """A VIP this gateway may answer ARP/NDP for (the election decides who actually does)."""
+    """A VIP this gateway may answer ARP/NDP for (the election decides who actually does).
+
+    Every VIP of an active load balancer in the advertisement's pools is claimed, servable or
+    not: whether this gateway can serve it only weighs in the election (gatelb.announce.l2), so
+    a health change never changes the keepalived configuration, only a track file."""
 
     vip: IPAddress
     interfaces: tuple[str, ...]  # empty: the interface whose subnet holds the VIP
     advertisement: str
+    servable: bool = True  # at least one backend up here
 
 
 @dataclass(frozen=True, slots=True)
@@ -148,6 +153,7 @@ def check(config: Mapping[ObjectRef, ConfigObject], pools: Iterable[IPPool], nod
                 errors.append(ValidationError(obj.KIND, obj.name, "spec.bfdProfile",
                                               f"unknown BFDProfile {obj.bfd_profile!r}"))
             nodes_known(obj.KIND, obj.name, obj.nodes)
+    errors += _l2_groups(config, groups, node)
     mine = [peers[n] for n in sorted(peers) if _on(node, peers[n].nodes)]
     if mine:
         first = mine[0]
@@ -168,6 +174,27 @@ def check(config: Mapping[ObjectRef, ConfigObject], pools: Iterable[IPPool], nod
     return errors
 
 
+def group_of(groups: Iterable[GatewayGroup], node: str) -> GatewayGroup | None:
+    return next((g for g in sorted(groups, key=lambda g: g.name) if any(m.name == node for m in g.members)), None)
+
+
+def _l2_groups(config: Mapping[ObjectRef, ConfigObject], groups: list[GatewayGroup],
+               node: str) -> list[ValidationError]:
+    """L2 needs to know who else answers on the segment: this gateway in exactly one group."""
+    advs = sorted((o for o in config.values() if isinstance(o, L2Advertisement) and _on(node, o.nodes)),
+                  key=lambda o: o.name)
+    if not advs:
+        return []
+    mine = sorted((g for g in groups if any(m.name == node for m in g.members)), key=lambda g: g.name)
+    if not mine:
+        return [ValidationError(advs[0].KIND, advs[0].name, "", (
+            f"gateway {node} is in no GatewayGroup: L2 needs the group to elect one owner per VIP "
+            f"(add a GatewayGroup listing {node} among spec.members, or name the node with --node)"))]
+    return [ValidationError(g.KIND, g.name, "spec.members", (
+        f"gateway {node} is already a member of GatewayGroup {mine[0].name}: one group per gateway"))
+        for g in mine[1:]]
+
+
 def decide(state: SyncedState, node: str) -> tuple[Plan, list[ValidationError]]:
     """The plan for gateway `node`, or EMPTY and the problems when the configuration is wrong."""
     config = state.config
@@ -178,7 +205,16 @@ def decide(state: SyncedState, node: str) -> tuple[Plan, list[ValidationError]]:
         return EMPTY, errors
     vips = servable(state)
     pools_of = {vip: _pool_names(vip, lbs, state) for vip, lbs in vips.items()}
-    return Plan(_bgp(state, node, vips, pools_of), _l2(state, node, vips, pools_of), vips), []
+    active = _active(state)
+    pools_of_active = {vip: _pool_names(vip, lbs, state) for vip, lbs in active.items()}
+    return Plan(_bgp(state, node, vips, pools_of), _l2(state, node, active, pools_of_active, vips), vips), []
+
+
+def _active(state: SyncedState) -> dict[IPAddress, tuple[str, ...]]:
+    out: dict[IPAddress, list[str]] = {}
+    for name in sorted(state.services):
+        out.setdefault(state.services[name].vip, []).append(name)
+    return {vip: tuple(names) for vip, names in out.items()}
 
 
 def _covers(adv_pools: tuple[str, ...], vip_pools: set[str]) -> bool:
@@ -219,12 +255,12 @@ def _merge(old: Attributes | None, adv: BGPAdvertisement) -> Attributes:
 
 
 def _l2(state: SyncedState, node: str, vips: Mapping[IPAddress, tuple[str, ...]],
-        pools_of: Mapping[IPAddress, set[str]]) -> tuple[L2Claim, ...]:
+        pools_of: Mapping[IPAddress, set[str]], can_serve: Mapping[IPAddress, object]) -> tuple[L2Claim, ...]:
     claims: dict[IPAddress, L2Claim] = {}
     for name, adv in sorted(state.config_of(L2Advertisement).items()):
         if not _on(node, adv.nodes):
             continue
         for vip in vips:
             if vip not in claims and _covers(adv.ip_address_pools, pools_of[vip]):
-                claims[vip] = L2Claim(vip, adv.interfaces, name)
+                claims[vip] = L2Claim(vip, adv.interfaces, name, vip in can_serve)
     return tuple(claims[v] for v in sorted(claims, key=lambda a: (a.version, int(a))))

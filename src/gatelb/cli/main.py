@@ -15,23 +15,64 @@ def state_dir(args: argparse.Namespace) -> Path:
     return Path(args.state_dir or os.environ.get("GATELB_STATE_DIR") or DEFAULT_STATE_DIR)
 
 
+EXAMPLES = {
+    "apply": """examples:
+  gatelb apply -f /etc/gatelb/lbs.yaml      # validate, then apply (prints what changed)
+  gatelb apply -f /etc/gatelb/              # every *.yaml, *.yml, *.json of a directory
+  generate-config | gatelb apply -f -       # standard input
+
+exit codes: 0 applied, 1 failure (nft, state file), 2 invalid input (nothing applied)""",
+    "plan": """examples:
+  gatelb plan -f lbs.yaml                   # what apply would change
+  gatelb plan -f lbs.yaml --nft             # ... and the nft transaction it would send
+
+works while `gatelb run` holds the state directory (it only reads).
+exit codes: 0 nothing would change, 3 something would, 2 invalid input, 1 failure""",
+    "run": """examples:
+  gatelb run -f /etc/gatelb/lbs.yaml                     # follow a file (and SIGHUP)
+  gatelb run -f /etc/gatelb/ --log-format json           # a directory, JSON logs
+  gatelb run --in-cluster                                # Kubernetes, from a pod
+  gatelb run --kubeconfig /etc/gatelb/kubeconfig -f /etc/gatelb/pools.yaml
+
+a content that loses most of its load balancers at once is held for a moment (an editor may be
+rewriting it); it is applied if it stays so, or at once with --allow-empty.""",
+    "status": """examples:
+  gatelb status                             # a table
+  gatelb status -o json | jq '.loadBalancers[].name'""",
+    "delete": """examples:
+  gatelb delete web                         # one L4LB by name (an unknown name is an error: exit 2)
+  gatelb delete web api                     # several
+  gatelb delete -f old.yaml                 # the L4LBs and IPPools named in a file""",
+    "flush": """examples:
+  gatelb flush                              # remove table inet gatelb; allocations are kept""",
+}
+
+
+def _sub(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, help: str) -> argparse.ArgumentParser:
+    return sub.add_parser(name, help=help, description=help, epilog=EXAMPLES.get(name),
+                          formatter_class=argparse.RawDescriptionHelpFormatter)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gatelb", description="Layer-4 load balancers on the nftables data path.")
+    p = argparse.ArgumentParser(prog="gatelb", description="Layer-4 load balancers on the nftables data path.",
+                                epilog="`gatelb COMMAND --help` shows each command's options and examples.")
     p.add_argument("--state-dir", help=f"state directory (default: $GATELB_STATE_DIR or {DEFAULT_STATE_DIR})")
     sub = p.add_subparsers(dest="command", required=True)
 
-    a = sub.add_parser("apply", help="validate, compile and apply a file once")
+    a = _sub(sub, "apply", "validate, compile and apply a file once")
     a.add_argument("-f", "--file", required=True,
                    help="YAML/JSON file of IPPool and L4LB documents, a directory of them, or '-' for stdin")
     a.add_argument("--timings-json", help="write phase timings (seconds) to this file")
     a.add_argument("--dump-nft", help="write the nft transaction that was applied to this file")
     a.add_argument("-q", "--quiet", action="store_true", help="print nothing on success")
+    a.add_argument("--allow-empty", action="store_true",
+                   help="apply a content without any load balancer even if that removes every applied one")
 
-    pl = sub.add_parser("plan", help="print what apply would change, without changing anything")
+    pl = _sub(sub, "plan", "print what apply would change, without changing anything")
     pl.add_argument("-f", "--file", required=True, help="file, directory, or '-' for stdin")
     pl.add_argument("--nft", action="store_true", help="also print the nft transaction")
 
-    r = sub.add_parser("run", help="the daemon: apply, then follow file changes, SIGHUP and health checks")
+    r = _sub(sub, "run", "the daemon: apply, then follow file changes, SIGHUP and health checks")
     r.add_argument("-f", "--file", help="YAML/JSON file, or a directory of them (required unless Kubernetes is "
                    "the source)")
     k = r.add_argument_group("Kubernetes (source: the cluster's Services, EndpointSlices and gatelb.io objects)")
@@ -44,12 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ignore Services without spec.loadBalancerClass (only gatelb.io/gatelb ones)")
     k.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "gatelb-system"),
                    help="namespace of the leader-election Lease (default: $POD_NAMESPACE or gatelb-system)")
+    k.add_argument("--metallb-namespace", default="metallb-system",
+                   help="read MetalLB's metallb.io objects from this namespace (default metallb-system)")
     r.add_argument("--node", default="", help="which gateway this is (GatewayGroup members, nodes: lists of "
                    "BGPPeer and advertisements); default: the host name")
     r.add_argument("--log-format", choices=["text", "json"], default="text")
     r.add_argument("--no-health", action="store_true", help="do not run health checks (all backends count as up)")
+    r.add_argument("--allow-empty", action="store_true",
+                   help="apply a file that lost most of its load balancers at once, without the grace period")
 
-    s = sub.add_parser("status", help="load balancers, backends, health and counters")
+    s = _sub(sub, "status", "load balancers, backends, health and counters")
     s.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
 
     tr = sub.add_parser("trace", help="which load balancer and backend a packet reaches, checked against the kernel")
@@ -67,13 +112,23 @@ def build_parser() -> argparse.ArgumentParser:
                     "first (default 20)")
     dg.add_argument("-o", "--output", choices=["text", "json"], default="text")
 
-    d = sub.add_parser("delete", help="remove the L4LBs (and IPPools) named in a file")
-    d.add_argument("-f", "--file", required=True)
+    d = _sub(sub, "delete", "remove L4LBs by name, or the L4LBs (and IPPools) named in a file")
+    d.add_argument("names", nargs="*", metavar="NAME", help="L4LB names")
+    d.add_argument("-f", "--file", help="file (or '-') whose L4LB and IPPool names to remove")
 
-    sub.add_parser("flush", help="remove everything gatelb programmed (our table only)")
+    _sub(sub, "flush", "remove everything gatelb programmed (our table only)")
+
+    for parser in (a, pl, r, d):
+        parser.add_argument("--allow-host-addresses", action="store_true",
+                            help="let a VIP be an address this host holds (refused by default: it would take over "
+                                 "the host's own services)")
 
     dm = sub.add_parser("demo", help="build a small network in namespaces and show load balancing live")
-    dm.add_argument("--connections", type=int, default=300, help="new connections per experiment")
+    dm.add_argument("--connections", type=int, default=300, help="new connections per experiment (the bgp act "
+                    "makes a fifth as many, at least 20)")
+    dm.add_argument("--act", choices=["all", "basic", "bgp"], default="all",
+                    help="basic: one gateway (spread, weights, affinity, IPv6, failover); bgp: two gateways "
+                    "announcing over BGP with BFD to an FRR router (ECMP, power loss, withdrawal); default all")
     return p
 
 
@@ -87,17 +142,19 @@ def _run(args: argparse.Namespace) -> int:
         from gatelb.sources.kubernetes.translate import BackendMode, Options
 
         opts = Options(BackendMode(args.backend_mode), default_class=not args.no_default_class)
-        settings = KubeSettings(opts, lease_namespace=args.lease_namespace, health=not args.no_health)
+        settings = KubeSettings(opts, lease_namespace=args.lease_namespace, health=not args.no_health,
+                                metallb_namespace=args.metallb_namespace)
 
         async def make() -> Parts:
-            return await kube_parts(args.kubeconfig, settings, files)
+            return await kube_parts(args.kubeconfig, settings, files, allow_empty=args.allow_empty)
     elif files:
         async def make() -> Parts:
-            return file_parts(files)
+            return file_parts(files, allow_empty=args.allow_empty)
     else:
         print("gatelb run: -f/--file is required (or --kubeconfig / --in-cluster)", file=sys.stderr)
         return 2
-    return run_daemon(make, state_dir(args), args.log_format, health=not args.no_health, node=args.node)
+    return run_daemon(make, state_dir(args), args.log_format, health=not args.no_health, node=args.node,
+                      allow_host_addresses=args.allow_host_addresses)
 
 
 def _troubleshoot(ctx: object, args: argparse.Namespace) -> int:
@@ -118,42 +175,48 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from gatelb.cli.demo import run_demo
 
-        return run_demo(args.connections)
+        return run_demo(args.connections, args.act)
     if args.command == "run":
         return _run(args)
 
     from gatelb.agent import commands
     from gatelb.agent.lock import StateLocked, state_lock
+    from gatelb.agent.statefile import StateFileError
     from gatelb.cli.output import print_report, print_status
 
     try:
-        ctx = commands.Context.create(state_dir(args))
+        ctx = commands.Context.create(state_dir(args), getattr(args, "allow_host_addresses", False))
         if args.command == "status":
             print_status(commands.status(ctx), args.output)
             return commands.EXIT_OK
         if args.command in ("trace", "diagnose"):
             return _troubleshoot(ctx, args)
+        if args.command == "plan":  # read-only: no lock, so it works while the daemon runs
+            report = commands.apply_path(ctx, args.file, dry_run=True, allow_empty=True)
+            print_report(report, applied=False, show_nft=args.nft)
+            return commands.EXIT_PLAN_CHANGES if commands.would_change(report) else commands.EXIT_OK
+        if args.command == "delete" and bool(args.names) == bool(args.file):
+            print("gatelb delete: give L4LB names or -f FILE (one of them)", file=sys.stderr)
+            return commands.EXIT_INVALID
         with state_lock(state_dir(args)):
-            if args.command in ("apply", "plan"):
-                report = commands.apply_path(ctx, args.file, dry_run=args.command == "plan",
-                                            want_nft_text=bool(getattr(args, "dump_nft", None)),
-                                            describe=not getattr(args, "quiet", False))
-                if args.command == "apply":
-                    if args.dump_nft:
-                        Path(args.dump_nft).write_text(report.get("nftText", ""))
-                    if args.timings_json:
-                        Path(args.timings_json).write_text(json.dumps(report["timings"]))
-                    if not args.quiet:
-                        print_report(report, applied=True)
-                else:
-                    print_report(report, applied=False, show_nft=args.nft)
+            if args.command == "apply":
+                report = commands.apply_path(ctx, args.file, want_nft_text=bool(args.dump_nft),
+                                             describe=not args.quiet, allow_empty=args.allow_empty)
+                if args.dump_nft:
+                    Path(args.dump_nft).write_text(report.get("nftText", ""))
+                if args.timings_json:
+                    Path(args.timings_json).write_text(json.dumps(report["timings"]))
+                if not args.quiet:
+                    print_report(report, applied=True)
+            elif args.command == "delete" and args.names:
+                print_report(commands.delete_names(ctx, set(args.names), set(), must_exist=True), applied=True)
             elif args.command == "delete":
                 names, pools = commands.names_in(commands.read_input(args.file), args.file)
                 print_report(commands.delete_names(ctx, names, pools), applied=True)
             elif args.command == "flush":
                 commands.flush(ctx)
                 print("flushed: table inet gatelb removed")
-    except StateLocked as err:
+    except (StateLocked, StateFileError) as err:
         print(f"gatelb {args.command}: {err}", file=sys.stderr)
         return commands.EXIT_FAILED
     except commands.CommandError as err:

@@ -68,8 +68,17 @@ def print_status(data: dict[str, Any], output: str) -> None:
         waiting = sorted(k for k, ok in synced.items() if not ok)
         console.print(f"kubernetes: {'leader' if info['leader'] else 'follower'}; informers "
                       + (f"not synced: {', '.join(waiting)}" if waiting else "synced"))
+        if info.get("notInstalled"):
+            console.print(f"kubernetes: not installed (not read): {', '.join(info['notInstalled'])}")
     for problem in info.get("problems") or []:
         console.print(f"[red]not ready: {problem}[/red]")
+    dns = info.get("dns") or {}
+    for name, provider in (dns.get("providers") or {}).items():
+        state = "in sync" if provider.get("inSync") else f"[red]{provider.get('lastError') or 'not synced yet'}[/red]"
+        console.print(f"dns {name} ({provider.get('zone', '?')}): {provider.get('records', 0)} records, {state}")
+    for text in [*(dns.get("conflicts") or []), *(dns.get("problems") or [])]:
+        console.print(f"[yellow]dns: {text}[/yellow]")
+    _print_l2(console, info.get("l2"))
     for error in data.get("errors") or []:
         console.print(f"[yellow]{error}[/yellow]")
     for f in data.get("foreignRules") or []:
@@ -131,3 +140,16 @@ def _print_plain(rows: list[tuple[tuple[str, ...], str]]) -> None:
                         for c, w, j in zip(cells, widths, JUSTIFY, strict=True)).rstrip()
     out = [line(COLUMNS)] + [line(r) for r, _ in rows]
     sys.stdout.write("\n".join(out) + "\n")
+
+
+def _print_l2(console: Console, l2: Any) -> None:
+    """L2 announcements: per VRRP instance, whether this gateway owns its VIPs (answers ARP/NDP)."""
+    if not l2:
+        return
+    for error in l2.get("errors") or []:
+        console.print(f"[red]l2: {error}[/red]")
+    for name, inst in sorted((l2.get("instances") or {}).items()):
+        owner = f"owned by {l2['node']}" if inst["state"] == "MASTER" else f"{inst['state'].lower()} on {l2['node']}"
+        console.print(f"l2 {inst['interface']} vrid {inst['vrid']} ({name}): {owner}, "
+                      f"priority {inst['priority']}, preferred owner {inst['preferred']}: {', '.join(inst['vips'])}"
+                      + (f" (no backend up here: {', '.join(inst['unservable'])})" if inst["unservable"] else ""))

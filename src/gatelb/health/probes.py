@@ -133,6 +133,9 @@ def _http_request(address: IPAddress, port: int, check: HealthCheck) -> bytes:
         host = f"[{address}]" if address.version == 6 else str(address)
         if port != 80:
             host = f"{host}:{port}"
+    if any(c in text for text in (check.request_path, host) for c in "\r\n\0"):
+        # The sources refuse these; a check that got here some other way never injects headers.
+        raise ValueError("CR, LF or NUL in the check's requestPath or host")
     return (
         f"GET {check.request_path} HTTP/1.1\r\n"
         f"Host: {host}\r\n"

@@ -24,6 +24,13 @@ Rules
     probe goes out at once, so this costs one probe round trip.
 
   A backend whose check type is `none` is simply always `up` (`always_up`).
+* Flapping (see `Rules.flap_window`): a backend that fails often but never `fall` times in a row
+  (fail, pass, fail, pass...) would stay up for ever on counters alone. So the last `flap_window`
+  results are kept too (a bit mask), and an `up` backend with `flap_failures` failures among them
+  goes down at once ("flapping: 5 of the last 10 checks failed"); it comes back like any other
+  (`rise` successes, damping). The window starts afresh at every down.
+* Recorded down (`recorded_down`): a backend the previous run had found down starts down after a
+  restart, until its first result (which decides at once, like any first result).
 * Damping (see `Damping`): a backend that went down more than `threshold` times within `window_s`
   must, to come back, pass `rise` checks *and* keep passing for a hold-down period that doubles
   with every further down inside the window (`base_hold_s`, 2x, 4x, ... capped at `max_hold_s`).
@@ -76,10 +83,23 @@ class Rules:
     rise: int = 2
     fall: int = 3
     damping: Damping = Damping()
+    # 0 (the default): max(10, 2 x fall) results, of which half must fail (see `flapping`).
+    flap_window: int = 0
+    flap_failures: int = 0
 
     def __post_init__(self) -> None:
         if self.rise < 1 or self.fall < 1:
             raise ValueError(f"rise and fall must be >= 1 (rise={self.rise}, fall={self.fall})")
+
+    @property
+    def window(self) -> int:
+        return self.flap_window or max(10, 2 * self.fall)
+
+    @property
+    def flap_threshold(self) -> int:
+        """Failures among the last `window` results that take an up backend down; never fewer
+        than `fall` (consecutive failures would have done it already)."""
+        return max(self.flap_failures or self.window // 2, self.fall)
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +115,8 @@ class HealthState:
     streak_start: float | None = None  # time of the first success of the current success streak
     downs: tuple[float, ...] = ()  # times of up->down transitions, pruned to the damping window
     hold_until: float | None = None  # while damped and passing: the earliest time to come back
+    history: int = 0  # the last results since the last down, newest in bit 0 (1: failure)
+    results: int = 0  # how many results `history` holds (at most the window)
 
     @property
     def up(self) -> bool:
@@ -106,6 +128,11 @@ def initial(now: float, *, assume_up: bool) -> HealthState:
     if assume_up:
         return HealthState(Status.UP, now, "not checked yet (assumed up at startup)")
     return HealthState(Status.DOWN, now, "new backend: waiting for its first successful check")
+
+
+def recorded_down(now: float, reason: str) -> HealthState:
+    """A backend that the previous run recorded as down (`reason`): down until its first result."""
+    return HealthState(Status.DOWN, now, f"down before the restart ({reason}): waiting for its first check")
 
 
 def always_up(now: float) -> HealthState:
@@ -122,11 +149,28 @@ def restart(state: HealthState) -> HealthState:
 def observe(state: HealthState, ok: bool, detail: str, now: float, rules: Rules) -> HealthState:
     """The state after one probe result. `detail` is the probe's human reason ("connect refused")."""
     downs = _recent(state.downs, now, rules.damping.window_s)
+    window = rules.window
+    history = ((state.history << 1) | (0 if ok else 1)) & ((1 << window) - 1)
+    results = min(state.results + 1, window)
     if not state.checked:
-        return _first(state, ok, detail, now, downs)
-    if ok:
-        return _success(state, detail, now, rules, downs)
-    return _failure(state, detail, now, rules, downs)
+        nxt = _first(state, ok, detail, now, downs)
+    elif ok:
+        nxt = _success(state, detail, now, rules, downs)
+    else:
+        nxt = _failure(state, detail, now, rules, downs)
+    if nxt.status is Status.DOWN and state.status is Status.UP:
+        return replace(nxt, history=0, results=0)  # a fresh window after every down
+    failed = history.bit_count()
+    if nxt.up and not ok and state.checked and failed >= rules.flap_threshold:
+        downs = (*downs, now)[-MAX_DOWNS_KEPT:]
+        reason = f"flapping: {failed} of the last {results} checks failed ({detail})"
+        return replace(nxt, status=Status.DOWN, since=now, reason=reason, downs=downs, history=0, results=0)
+    return replace(nxt, history=history, results=results)
+
+
+def flapping(state: HealthState, rules: Rules) -> bool:
+    """Whether the recent results (since the last down) hold `flap_threshold` failures."""
+    return state.history.bit_count() >= rules.flap_threshold
 
 
 def _first(state: HealthState, ok: bool, detail: str, now: float, downs: tuple[float, ...]) -> HealthState:

@@ -22,7 +22,7 @@ with the current addresses as the record, at a cost proportional to the batch.
 from __future__ import annotations
 
 import heapq
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 
 from gatelb.ipam.core import Core, avoided
@@ -57,9 +57,15 @@ def _err(lb: LoadBalancer, path: str, text: str) -> ValidationError:
     return ValidationError(L4LB, lb.name, path, text)
 
 
+HOST_ADDRESS = ("is an address of this host: a VIP on it would take over the host's own services "
+                "(SSH...); use another address, or run with --allow-host-addresses")
+
+
 class Allocator:
-    def __init__(self, pools: Iterable[IPPool]) -> None:
-        self._core: Core[bool] = Core(pools, _shareable)
+    """`host`: addresses the allocator must neither hand out nor accept (the host's own)."""
+
+    def __init__(self, pools: Iterable[IPPool], host: Callable[[IPAddress], bool] | None = None) -> None:
+        self._core: Core[bool] = Core(pools, _shareable, host)
 
     @property
     def pools(self) -> Mapping[str, IPPool]:
@@ -124,7 +130,7 @@ class Allocator:
     def keepable(self, lb: LoadBalancer, ip: IPAddress) -> IPPool | None:
         """The pool `keep` would record for `ip`, leaving aside who holds it; None if invalid."""
         pool = self.pool_containing(ip)
-        if lb.frontend_ip is not None or pool is None or ip.version != lb.family:
+        if lb.frontend_ip is not None or pool is None or ip.version != lb.family or self._core.is_reserved(ip):
             return None
         if (lb.pool is not None and pool.name != lb.pool) or avoided(pool, ip):
             return None
@@ -155,6 +161,8 @@ class Allocator:
             pool = found
         if avoided(pool, ip):
             raise _err(lb, path, f"{ip} ends in .0 or .255, which IPPool {pool.name} avoids (avoidBuggyIPs)")
+        if self._core.is_reserved(ip):
+            raise _err(lb, path, f"{ip} {HOST_ADDRESS}")
         conflict = self._core.conflict(ip, lb.name, SHARED)
         if conflict is not None:
             raise _err(lb, path, f"{ip} is already used by L4LB {conflict[0]}")
@@ -275,8 +283,9 @@ class LBAllocator:
     address, and the few a batch pushes out by allocate()'s order (a recorded address wins over
     an explicit request and over a later name)."""
 
-    def __init__(self, pools: Iterable[IPPool]) -> None:
-        self._alloc = Allocator(pools)
+    def __init__(self, pools: Iterable[IPPool], host: Callable[[IPAddress], bool] | None = None) -> None:
+        self._host = host
+        self._alloc = Allocator(pools, host)
         self._lbs: dict[str, LoadBalancer] = {}
         self._failed: dict[str, ValidationError] = {}
 
@@ -393,7 +402,7 @@ class LBAllocator:
 
     def set_pools(self, pools: Iterable[IPPool], atomic: bool = False) -> LBUpdate:
         """New pools: every known L4LB is placed again, keeping its address where still valid."""
-        alloc = Allocator(pools)
+        alloc = Allocator(pools, self._host)
         lbs = list(self._lbs.values())
         old = self._alloc.snapshot()
         found = _place(alloc, lbs, old.addresses)

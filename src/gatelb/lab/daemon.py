@@ -25,6 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gatelb.agent.runtime import parse_time
 from gatelb.lab.procs import stop_process
 from gatelb.lab.topology import Lab, LabError
 
@@ -134,7 +135,7 @@ class LabDaemon:
                 e: Event = json.loads(line)
             except ValueError:
                 continue  # the line being written right now
-            if (name is None or e.get("event") == name) and (after is None or float(e.get("time", 0)) > after):
+            if (name is None or e.get("event") == name) and (after is None or parse_time(e.get("time", 0)) > after):
                 out.append(e)
         return out
 

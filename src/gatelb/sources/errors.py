@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import difflib
 import re
+import typing
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pydantic
+from pydantic import BaseModel
 from pydantic_core import ErrorDetails
 
 from gatelb.sources.schema import OBJECT_FORM, STRING_FORM, show
@@ -73,5 +77,42 @@ def problem_text(err: ErrorDetails) -> str:
 
 def translate(exc: pydantic.ValidationError) -> Iterator[tuple[str, str]]:
     """(field path, problem) for every error, in pydantic's (field declaration) order."""
+    root = _model_named(exc.title)
     for err in exc.errors(include_url=False):
-        yield field_path(err["loc"]), problem_text(err)
+        text = problem_text(err)
+        if err["type"] == "extra_forbidden" and root is not None:
+            text += _did_you_mean(root, err["loc"])
+        yield field_path(err["loc"]), text
+
+
+def _model_named(name: str) -> type[BaseModel] | None:
+    todo: list[type[BaseModel]] = [BaseModel]
+    while todo:
+        cls = todo.pop()
+        if cls.__name__ == name:
+            return cls
+        todo.extend(cls.__subclasses__())
+    return None
+
+
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    """The models a field's annotation can hold (through Optional, list, dict, Annotated, unions)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    return [m for arg in typing.get_args(annotation) for m in _models_in(arg)]
+
+
+def _did_you_mean(root: type[BaseModel], loc: tuple[int | str, ...]) -> str:
+    """", did you mean 'requestPath'?" for a misspelt field, from the fields that are valid at
+    that place (the models the path leads to); "" when nothing is close."""
+    models = [root]
+    for part in loc[:-1]:
+        if isinstance(part, int) or part in TAGS:
+            continue
+        models = [m for model in models for name, f in model.model_fields.items()
+                  if (f.alias or name) == part for m in _models_in(f.annotation)]
+    names = sorted({f.alias or n for m in models for n, f in m.model_fields.items()})
+    typo = str(loc[-1]) if loc else ""
+    close = difflib.get_close_matches(typo, names, n=1, cutoff=0.7) or [
+        n for n in names if n.lower() == typo.lower().replace("_", "").replace("-", "")]
+    return f", did you mean {close[0]!r}?" if close else ""

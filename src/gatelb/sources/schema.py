@@ -1,4 +1,4 @@
-"""The raw documents (IPPool, L4LB) as pydantic models: the one schema of our API.
+"""The raw documents (IPPool, L4LB; DNSProvider in schema_dns.py) as pydantic models: the one schema of our API.
 
 The standalone YAML file uses it today; the Kubernetes CRDs will be derived from it later
 (`model_json_schema(by_alias=True)`), so every field is declared here with its camelCase name,
@@ -34,6 +34,7 @@ from pydantic.alias_generators import to_camel
 from pydantic_core import PydanticCustomError
 
 from gatelb.model import AddressRange, IPAddress, IPNetwork
+from gatelb.validate import special_address, special_range
 
 # Tags of the two shapes a backend entry may take. They show up in pydantic's error locations and
 # are dropped from the paths we print (errors.TAGS), so they must never collide with a field name.
@@ -147,7 +148,26 @@ def parse_cidr(value: Any) -> IPNetwork:
     return _network(_require_str(value, "a CIDR"))
 
 
+def parse_vip(value: Any) -> IPAddress:
+    """A load balancer's own address: any IP but loopback, unspecified, link-local, multicast,
+    broadcast (validate.SPECIAL_NETWORKS)."""
+    ip = parse_ip(value)
+    why = special_address(ip)
+    if why is not None:
+        raise problem(why)
+    return ip
+
+
 def parse_pool_entry(value: Any) -> AddressRange:
+    """A pool range without special addresses (validate.SPECIAL_NETWORKS)."""
+    r = _parse_pool_entry(value)
+    why = special_range(r)
+    if why is not None:
+        raise problem(why)
+    return r
+
+
+def _parse_pool_entry(value: Any) -> AddressRange:
     """'203.0.113.0/28', '203.0.113.100-203.0.113.110' or one address."""
     text = _require_str(value, "an address range").strip()
     if "-" in text:
@@ -184,6 +204,33 @@ def parse_statuses(value: Any) -> tuple[tuple[int, int], ...]:
             raise problem(f"{text!r} is not a list of HTTP status codes (like 200-399 or 200,204)")
         ranges.append((lo, hi))
     return tuple(ranges)
+
+
+_LABEL_RE = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
+HOSTNAME_MAX = 253
+
+
+def hostname_problem(text: str) -> str | None:
+    """Why `text` (already lowercased, trailing dot removed) is not a DNS name we write, or None."""
+    labels = text.split(".")
+    if labels and labels[0] == "*":  # a wildcard record (*.apps.lb.example), as external-dns allows
+        labels = labels[1:]
+    if not text or len(text) > HOSTNAME_MAX or len(labels) < 2 or not all(_LABEL_RE.fullmatch(x) for x in labels):
+        return (f"{text!r} is not a valid DNS name (dot-separated labels of letters, digits and '-', "
+                f"1-63 characters each, at least two labels, at most {HOSTNAME_MAX} characters)")
+    return None
+
+
+def normal_hostname(text: str) -> str:
+    return text.strip().lower().removesuffix(".")
+
+
+def parse_hostname(value: Any) -> str:
+    name = normal_hostname(_require_str(value, "a DNS name"))
+    why = hostname_problem(name)
+    if why:
+        raise problem(why)
+    return name
 
 
 def _check_name(value: str) -> str:
@@ -223,6 +270,7 @@ AffinitySeconds = Annotated[int, _ranged(1, AFFINITY_MAX_S, None, " seconds"), _
 Millis = Annotated[int, _ranged(CHECK_MS_MIN, CHECK_MS_MAX, None, " ms"), _bounds(CHECK_MS_MIN, CHECK_MS_MAX)]
 Count = Annotated[int, _ranged(1, RISE_FALL_MAX, None), _bounds(1, RISE_FALL_MAX)]
 IPField = Annotated[IPAddress, PlainValidator(parse_ip), WithJsonSchema({"type": "string"})]
+VIPField = Annotated[IPAddress, PlainValidator(parse_vip), WithJsonSchema({"type": "string"})]
 CIDRField = Annotated[IPNetwork, PlainValidator(parse_cidr), WithJsonSchema({"type": "string"})]
 PoolEntry = Annotated[AddressRange, PlainValidator(parse_pool_entry), WithJsonSchema({"type": "string"})]
 Statuses = Annotated[
@@ -230,6 +278,7 @@ Statuses = Annotated[
     PlainValidator(parse_statuses),
     WithJsonSchema({"x-kubernetes-int-or-string": True}),
 ]
+Hostname = Annotated[str, PlainValidator(parse_hostname), WithJsonSchema({"type": "string"})]
 HostPort = Annotated[
     tuple[IPAddress, int],
     PlainValidator(parse_host_port),
@@ -293,7 +342,7 @@ class IPPoolDocument(Strict):
 
 
 class FrontendSpec(Strict):
-    ip: IPField | None = None
+    ip: VIPField | None = None
     port: Port
     # Which family to allocate when `ip` is absent and the backends do not tell (e.g. none yet).
     ip_family: Literal["IPv4", "IPv6"] | None = None
@@ -337,9 +386,18 @@ class CheckSpec(Strict):
     expect: str | None = None
 
 
+def _kubernetes_protocol(value: Any) -> Any:
+    # `TCP` and `UDP` as a Kubernetes Service spells them; nothing else changes case.
+    return value.lower() if value in ("TCP", "UDP") else value
+
+
+ProtocolField = Annotated[Literal["tcp", "udp"], BeforeValidator(_kubernetes_protocol),
+                          WithJsonSchema({"type": "string", "enum": ["tcp", "udp", "TCP", "UDP"]})]
+
+
 class L4LBSpec(Strict):
     state: Literal["active", "disable"] = "active"
-    protocol: Literal["tcp", "udp"] = "tcp"
+    protocol: ProtocolField = "tcp"
     frontend: FrontendSpec
     pool: Name | None = None
     backend: Annotated[list[BackendEntry], BeforeValidator(_none_is_empty)] = []
@@ -349,6 +407,8 @@ class L4LBSpec(Strict):
     nat: Literal["dnat", "fullnat"] = "dnat"
     no_backend: Literal["reject", "drop"] = "reject"
     check: CheckSpec | None = None
+    # A/AAAA records for the frontend address, written through the DNSProvider whose zone holds them.
+    hostnames: Annotated[list[Hostname], BeforeValidator(_none_is_empty)] = []
 
 
 class L4LBDocument(Strict):

@@ -26,7 +26,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import os
+import time
 from collections.abc import AsyncIterator, Iterable, Mapping
 from pathlib import Path
 
@@ -52,6 +54,17 @@ DEBOUNCE_MS = 200
 # A file of at least this many documents keeps a per-document cache (loader.CachedLoader).
 CACHE_MIN_DOCUMENTS = 16
 RETRY_MISSING_S = 1.0
+# A content that removes every load balancer, or more than half of at least MASS_MIN, in one step
+# waits this long (unchanged) before it is handed over.
+HOLD_S = 2.0
+MASS_MIN = 4
+
+log = logging.getLogger("gatelb.sources.file")
+
+
+def mass_removal(before: int, after: int) -> bool:
+    """Whether going from `before` to `after` load balancers in one step is held back."""
+    return before > 0 and after < before and (after == 0 or (before >= MASS_MIN and after * 2 < before))
 
 
 def is_config_name(name: str) -> bool:
@@ -85,9 +98,11 @@ class FileSource:
     """The standalone source. `path` is a file or a directory; with watch=False (and always for
     from_text) run() loads once and returns. The constructor does no I/O."""
 
-    def __init__(self, path: Path, watch: bool = True) -> None:
+    def __init__(self, path: Path, watch: bool = True, hold_s: float = HOLD_S) -> None:
         self._path = Path(path)
         self._watch = watch
+        self._hold_s = hold_s
+        self._held_at: float | None = None  # since when a mass removal is held back (monotonic)
         self._text: str | None = None  # from_text: the content of the one "file" named path
         self._index = Index()
         self._digests: dict[str, bytes] = {}
@@ -176,7 +191,10 @@ class FileSource:
         if not self._synced:
             return None
         idx = self._index
+        news = bool(idx.touched)
         self._absorb()
+        if self._holding(news):
+            return None
         errors: dict[ObjectRef, tuple[ValidationError, ...]] = {
             file_ref(f): idx.errors_of(f) for f in sorted(idx.error_files)}
         if not self._committed_once:
@@ -220,6 +238,51 @@ class FileSource:
         contribution = Contribution(load_balancers=changed, pools=pools, errors=errors, origins=origins,
                                     config=config)
         return None if contribution.empty else contribution
+
+    def _holding(self, news: bool) -> bool:
+        """Whether to hold back the current content (see the module docstring). `news`: it
+        changed since the last collect(), which restarts the wait."""
+        before, after = len(self._committed), len(self._index.lbs)
+        if (self._hold_s <= 0 or not self._committed_once or self._index.error_files
+                or not mass_removal(before, after)):
+            if self._held_at is not None:
+                self._held_at = None
+                log.info("reload-hold-ended", extra={"fields": {
+                    "event": "reload-hold-ended", "source": self.name, "load_balancers": after}})
+            return False
+        now = time.monotonic()
+        if self._held_at is None or news:
+            self._held_at = now
+            log.warning("reload-held", extra={"fields": {
+                "event": "reload-held", "source": self.name, "load_balancers_before": before,
+                "load_balancers_now": after, "hold_s": self._hold_s,
+                "why": "the content lost most of its load balancers in one step; applied only if it stays "
+                       "so (gatelb run --allow-empty applies it at once)"}})
+            self._wake_after(self._hold_s)
+            return True
+        if now - self._held_at < self._hold_s:
+            self._wake_after(self._hold_s - (now - self._held_at))
+            return True
+        log.warning("reload-hold-over", extra={"fields": {
+            "event": "reload-hold-over", "source": self.name, "removing": before - after,
+            "held_s": round(now - self._held_at, 3)}})
+        self._held_at = None
+        return False
+
+    def _wake_after(self, delay: float) -> None:
+        notify = self._notifier
+        if notify is None:
+            return
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:  # collected outside an event loop (tests, one-shot): the caller asks again
+            return
+        loop.call_later(max(delay, 0.0) + 0.01, notify, "file: held removal")
+
+    @property
+    def load_balancer_count(self) -> int:
+        """How many load balancers the current content defines (errors or not)."""
+        return len(self._index.lbs)
 
     def commit(self, contribution: Contribution) -> None:
         if contribution.full:

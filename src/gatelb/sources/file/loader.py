@@ -56,6 +56,7 @@ from gatelb.sources.schema import (
     L4LBSpec,
     show,
 )
+from gatelb.sources.schema_dns import parse_dns_provider
 from gatelb.validate import check_load_balancer, check_state
 
 KINDS = " or ".join(DOCUMENTS)
@@ -131,17 +132,45 @@ def _parse(text: str, source_name: str) -> list[Any]:
     return _parse_yaml(text, source_name)
 
 
+@dataclass(frozen=True)
+class Broken:
+    """A document that is not YAML, in the list of documents (add_document reports it), so that
+    the other documents of the file are still checked and every error comes in one pass."""
+
+    error: ValidationError
+
+
+def _yaml_error(exc: yaml.YAMLError, source_name: str, number: int, line_offset: int = 0) -> ValidationError:
+    mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
+    where = f"{source_name} line {mark.line + 1 + line_offset}, column {mark.column + 1}" if mark else source_name
+    what = getattr(exc, "problem", None) or str(exc)
+    return ValidationError("document", str(number), "", f"malformed YAML at {where}: {what}")
+
+
 def _parse_yaml(text: str, source_name: str) -> list[Any]:
     documents: list[Any] = []
     try:
         documents.extend(yaml.load_all(text, Loader=Loader))  # Loader is a SafeLoader
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
-        where = f"{source_name} line {mark.line + 1}, column {mark.column + 1}" if mark else source_name
-        what = getattr(exc, "problem", None) or str(exc)
-        err = ValidationError("document", str(len(documents) + 1), "", f"malformed YAML at {where}: {what}")
-        raise ValidationErrors([err]) from exc
+        chunks = split_documents(text)
+        if chunks is None:  # cannot be split safely: the first error is all we can say
+            raise ValidationErrors([_yaml_error(exc, source_name, len(documents) + 1)]) from exc
+        return _parse_chunks(text, chunks, source_name)
     return documents
+
+
+def _parse_chunks(text: str, chunks: list[str], source_name: str) -> list[Any]:
+    """Each `---` document on its own: the broken ones become Broken, the others are checked."""
+    out: list[Any] = []
+    position = 0
+    for number, chunk in enumerate(chunks, start=1):
+        start = text.find(chunk, position)
+        position = max(start, position) + len(chunk)
+        try:
+            out.append(yaml.load(chunk, Loader=Loader))  # Loader is a SafeLoader
+        except yaml.YAMLError as exc:
+            out.append(Broken(_yaml_error(exc, source_name, number, text.count("\n", 0, max(start, 0)))))
+    return out
 
 
 # --- raw documents -> model -------------------------------------------------------------------
@@ -170,7 +199,7 @@ def label(raw: dict[Any, Any], number: int) -> tuple[str, str]:
 # kind -> a parser of the raw document that returns the model object, or None and the problems
 # as (field path, text). Each parser lives in the sources layer next to its pydantic schema.
 ConfigParser = Callable[[dict[str, Any]], tuple[ConfigObject | None, list[tuple[str, str]]]]
-CONFIG_KINDS: dict[str, ConfigParser] = {}
+CONFIG_KINDS: dict[str, ConfigParser] = {"DNSProvider": parse_dns_provider}
 CONFIG_KINDS.update(schema_announce.PARSERS)  # BGPPeer, BFDProfile, BGP/L2Advertisement, GatewayGroup
 
 
@@ -241,6 +270,12 @@ def _check(check: CheckSpec | None, protocol: Protocol, problems: list[tuple[str
                 )
     if check.request_path is not None and not check.request_path.startswith("/"):
         problems.append(("spec.check.requestPath", f"{check.request_path!r} must start with /"))
+    # Both go onto the wire in the request: a CR/LF would inject headers (or a second request).
+    if check.request_path is not None and any(c.isspace() or not c.isprintable() for c in check.request_path):
+        problems.append(("spec.check.requestPath",
+                         f"{check.request_path!r} contains whitespace or control characters (encode them: %20)"))
+    if check.host is not None and (not check.host or any(c.isspace() or not c.isprintable() for c in check.host)):
+        problems.append(("spec.check.host", f"{check.host!r} is not a host name (whitespace or control characters)"))
     d = HealthCheck()
     return HealthCheck(
         type=ctype,
@@ -277,11 +312,15 @@ def _load_balancer(doc: L4LBDocument) -> tuple[LoadBalancer, list[tuple[str, str
         check=_check(spec.check, protocol, problems),
         no_backend=NoBackendAction(spec.no_backend),
         family=_family(spec, backends, problems),
+        hostnames=tuple(dict.fromkeys(spec.hostnames)),
     )
     return lb, problems
 
 
 def add_document(raw: Any, number: int, out: Collected) -> None:
+    if isinstance(raw, Broken):
+        out.errors.append(raw.error)
+        return
     bad_kind = _kind_problem(raw)
     if bad_kind is not None:
         out.errors.append(ValidationError("document", str(number), *bad_kind))
@@ -500,5 +539,8 @@ def _added_by(raw: object, number: int, out: Collected) -> IPPool | LoadBalancer
     kind, name = label(raw, number)
     if out.defined_in.get((kind, name)) != number:
         return None
-    return out.pools.get(name) if kind == "IPPool" else out.lbs.get(name)
+    if kind == "IPPool":
+        return out.pools.get(name)
+    # A configuration kind (DNSProvider web) must not cache the L4LB web under its text.
+    return out.lbs.get(name) if kind == "L4LB" else None
 

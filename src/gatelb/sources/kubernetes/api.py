@@ -28,6 +28,7 @@ from kubernetes_asyncio.client.exceptions import (
 
 Obj = dict[str, Any]
 GROUP, VERSION = "gatelb.io", "v1alpha1"
+METALLB = "metallb.io"  # MetalLB's kinds, read so that a MetalLB user can switch without rewriting them
 MERGE = "application/merge-patch+json"
 LEASE_GROUP = "coordination.k8s.io"
 GRACE_S = 10.0  # failing for longer than this is a problem (ERROR, not ready), not a blip
@@ -242,10 +243,13 @@ class Kind:
     group: str = ""  # "" for core objects
     version: str = "v1"
     namespaced: bool = True
+    # Another project's kind (MetalLB's): when its CRD is not installed the kind simply has no
+    # objects, instead of holding every informer's first sync (and with it all programming) back.
+    optional: bool = False
 
     @property
     def custom(self) -> bool:
-        return self.group == GROUP
+        return self.group not in ("", "discovery.k8s.io")
 
 
 SERVICES = Kind("services", "services")
@@ -254,7 +258,8 @@ NODES = Kind("nodes", "nodes", namespaced=False)
 NAMESPACES = Kind("namespaces", "namespaces", namespaced=False)
 IPPOOLS = Kind("ippools", "ippools", GROUP, VERSION, namespaced=False)
 L4LBS = Kind("l4lbs", "l4lbs", GROUP, VERSION)
-WATCHED = (SERVICES, ENDPOINTSLICES, NODES, NAMESPACES, IPPOOLS, L4LBS)
+IPADDRESSPOOLS = Kind("ipaddresspools", "ipaddresspools", METALLB, "v1beta1", optional=True)
+WATCHED = (SERVICES, ENDPOINTSLICES, NODES, NAMESPACES, IPPOOLS, L4LBS, IPADDRESSPOOLS)
 
 
 async def connect(kubeconfig: str | None) -> ApiClient:
@@ -337,6 +342,10 @@ class KubeApi:
     async def create_event(self, namespace: str, body: Obj) -> None:
         await _json(await self._core.create_namespaced_event(namespace, body, _preload_content=False),
                     Request("create", "events", "", namespace))
+
+    async def read_secret(self, namespace: str, name: str) -> Obj:
+        return await _json(await self._core.read_namespaced_secret(name, namespace, _preload_content=False),
+                           Request("get", "secrets", "", namespace, name))
 
     async def read_lease(self, namespace: str, name: str) -> Obj | None:
         """The Lease, or None when there is none (also when its namespace is missing: the API server

@@ -22,7 +22,7 @@ usable node addresses), and records which objects' translation may have changed:
     Namespace event      -> the Services in that namespace, when its labels changed (pool
                             selection reads them; a namespace created or deleted counts as a
                             change from/to no labels)
-    IPPool event         -> `pools_changed`
+    IPPool event         -> `pools_changed` (MetalLB's IPAddressPool too)
     L4LB event           -> that L4LB
 
 Relists: the informer reports only the objects that differ from its cache (same resourceVersion
@@ -52,7 +52,8 @@ Obj = dict[str, Any]
 # pulls in the HTTP client).
 SERVICES, ENDPOINTSLICES, NODES = "services", "endpointslices", "nodes"
 NAMESPACES, IPPOOLS, L4LBS = "namespaces", "ippools", "l4lbs"
-KINDS = (SERVICES, ENDPOINTSLICES, NODES, NAMESPACES, IPPOOLS, L4LBS)
+IPADDRESSPOOLS = "ipaddresspools"  # MetalLB's pools (metallb.io IPAddressPool)
+KINDS = (SERVICES, ENDPOINTSLICES, NODES, NAMESPACES, IPPOOLS, L4LBS, IPADDRESSPOOLS)
 
 
 def same_version(old: Obj | None, new: Obj | None) -> bool:
@@ -124,7 +125,7 @@ class ChangeTracker:
         elif kind == NAMESPACES:
             if tr.labels_of(prev) != tr.labels_of(new):
                 self._services |= self._services_by_namespace.get(key, set())
-        elif kind == IPPOOLS:
+        elif kind in (IPPOOLS, IPADDRESSPOOLS):
             self._pools_changed = True
         else:
             self._l4lbs.add(key)

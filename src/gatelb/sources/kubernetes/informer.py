@@ -24,13 +24,14 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol, TypeAlias
 
-from gatelb.sources.kubernetes.api import GRACE_S, Gone, Kind, Obj, Trouble
+from gatelb.sources.kubernetes.api import GRACE_S, ApiException, Gone, Kind, Obj, Trouble
 from gatelb.sources.kubernetes.changes import same_version
 
 log = logging.getLogger("gatelb.kube")
 
 BACKOFF_S = (0.2, 0.5, 1.0, 2.0, 5.0)
 WATCH_TIMEOUT_S = 300  # the server ends each watch after this; we resume at once
+ABSENT_RETRY_S = 30.0  # an optional kind whose CRD is not installed: how often to look again
 
 # (kind name, object key, old or None, new or None)
 OnChange: TypeAlias = Callable[[str, str, Obj | None, Obj | None], None]
@@ -61,6 +62,8 @@ class Informer:
         self._api = api
         self._on_change = on_change
         self._timeout = watch_timeout_s
+        self.absent = False  # an optional kind the API server does not know (its CRD is not installed)
+        self.absent_retry_s = ABSENT_RETRY_S
 
     @property
     def problem(self) -> str | None:
@@ -77,16 +80,40 @@ class Informer:
                 failures = 0
             except asyncio.CancelledError:
                 raise
+            except ApiException as err:
+                if not (self.kind.optional and err.status == 404):
+                    failures = await self._failed(err, failures)
+                elif self.resource_version is not None:  # CRD deleted while we watched: list again
+                    self.resource_version = None
+                else:
+                    self._absent()
+                    await asyncio.sleep(self.absent_retry_s)
             except Gone:
                 self.counts["gone"] += 1
                 log.info("watch expired (410), relisting", extra={"fields": {"kind": self.kind.name}})
                 self.resource_version = None
             except Exception as err:
-                self.counts["errors"] += 1
-                delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
-                failures += 1
-                self.trouble.failed(err, "list/watch failed, retrying", kind=self.kind.name, retry_in_s=delay)
-                await asyncio.sleep(delay)
+                failures = await self._failed(err, failures)
+
+    async def _failed(self, err: Exception, failures: int) -> int:
+        self.counts["errors"] += 1
+        delay = BACKOFF_S[min(failures, len(BACKOFF_S) - 1)]
+        self.trouble.failed(err, "list/watch failed, retrying", kind=self.kind.name, retry_in_s=delay)
+        await asyncio.sleep(delay)
+        return failures + 1
+
+    def _absent(self) -> None:
+        """An optional kind without its CRD: no objects (those we had are gone), and synced."""
+        if not self.absent:
+            log.info("kind not installed, not read", extra={"fields": {
+                "kind": self.kind.name, "resource": f"{self.kind.plural}.{self.kind.group}/{self.kind.version}",
+                "retry_every_s": self.absent_retry_s}})
+        self.absent = True
+        self.trouble.ok()
+        previous, self.objects = self.objects, {}
+        for key, gone in previous.items():
+            self._on_change(self.kind.name, key, gone, None)
+        self.synced.set()
 
     async def _relist(self) -> None:
         items, rv = await self._api.list(self.kind)
@@ -94,6 +121,9 @@ class Informer:
         self.resource_version = rv
         self.counts["lists"] += 1
         self.trouble.ok()
+        if self.absent:
+            log.info("kind installed, reading it", extra={"fields": {"kind": self.kind.name}})
+            self.absent = False
         name = self.kind.name
         for key, gone in previous.items():
             if key not in self.objects:

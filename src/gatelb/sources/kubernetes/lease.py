@@ -52,6 +52,10 @@ class LeaseElector:
         self._renew = renew_s
         self._trouble = Trouble(f"leader election on Lease {namespace}/{name}", grace_s, repeat_s)
         self.is_leader = False
+        # Set once the first attempt has ended (leader or not): the first round must not allocate
+        # as a follower when this instance is about to lead (an L4LB would take a Service's
+        # requested address), nor wait for a Lease the API server refuses.
+        self.decided = asyncio.Event()
 
     @property
     def problem(self) -> str | None:
@@ -78,6 +82,7 @@ class LeaseElector:
                                                 "written by this instance")
                     leader = False
                 self._set(leader)
+                self.decided.set()
                 await asyncio.sleep(self._renew)
         finally:
             was_leader = self.is_leader

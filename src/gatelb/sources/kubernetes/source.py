@@ -17,6 +17,7 @@ and when leadership changes hands.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import os
 import socket
@@ -24,33 +25,49 @@ from collections.abc import Awaitable
 from dataclasses import dataclass
 
 from gatelb.ipam.services import AllocationError, Assignment, ServiceAllocator, ServicePool
-from gatelb.model import ConfigObject, IPAddress, IPPool, LoadBalancer, ObjectRef, SyncedState, ValidationError
+from gatelb.model import (
+    ConfigObject,
+    IPAddress,
+    IPPool,
+    LoadBalancer,
+    ObjectRef,
+    SecretRef,
+    SyncedState,
+    ValidationError,
+)
 from gatelb.sources.base import AddressView, Contribution, Notify
-from gatelb.sources.file.loader import ConfigParser
-from gatelb.sources.kubernetes.api import WATCHED, Kind, KubeApi, Obj, describe
-from gatelb.sources.kubernetes.changes import IPPOOLS, L4LBS, SERVICES, ChangeTracker
+from gatelb.sources.file.loader import CONFIG_KINDS, ConfigParser
+from gatelb.sources.kubernetes import config as kconfig
+from gatelb.sources.kubernetes.api import METALLB, WATCHED, ApiException, Kind, KubeApi, Obj, describe
+from gatelb.sources.kubernetes.changes import IPADDRESSPOOLS, IPPOOLS, L4LBS, NODES, SERVICES, ChangeTracker
 from gatelb.sources.kubernetes.informer import Informer
 from gatelb.sources.kubernetes.lease import LeaseElector
 from gatelb.sources.kubernetes.status import StatusWriter
 from gatelb.sources.kubernetes.translate import (
     ANN_POOL_RECORD,
+    IPADDRESSPOOL,
     IPPOOL,
     L4LB,
     SERVICE,
     Options,
     _dig,
     is_ours,
+    labels_of,
     status_addresses,
 )
 
 log = logging.getLogger("gatelb")
-WRITE_CONCURRENCY = 32
+
+WRITE_CONCURRENCY = 32  # status writes in flight at once (10,000 Services after a first sync)
+INVALID = "InvalidConfiguration"  # the Event reason of an object with errors
 
 # Custom resources that become configuration objects (model.ConfigObject: BGP peers, DNS
 # providers, ...): informer kind name -> (what to watch, how to parse one object). The parser is
-# the file loader's (sources.file.loader.CONFIG_KINDS) applied to the object as a document.
+# the file loader's (sources.file.loader.CONFIG_KINDS) applied to the object as a document, after
+# the Kubernetes-only fields (nodeSelectors, ...) are worked out (sources.kubernetes.config).
 ConfigResource = tuple[Kind, ConfigParser]
-CONFIG_RESOURCES: dict[str, ConfigResource] = {}  # status writes in flight at once (10,000 Services after a first sync)
+CONFIG_RESOURCES: dict[str, ConfigResource] = {
+    name: (kind, CONFIG_KINDS[doc_kind]) for name, (kind, doc_kind) in kconfig.KINDS.items()}
 
 
 @dataclass(frozen=True)
@@ -60,6 +77,8 @@ class KubeSettings:
     lease_name: str = "gatelb-ipam"
     identity: str = ""
     health: bool = True
+    # MetalLB's objects are read from its own namespace only, as MetalLB does (names are unique there).
+    metallb_namespace: str = "metallb-system"
 
 
 class KubeSource:
@@ -69,9 +88,14 @@ class KubeSource:
         self._tracker = ChangeTracker(settings.options)
         kinds = [*WATCHED, *(kind for kind, _ in CONFIG_RESOURCES.values())]
         self._informers = {k.name: Informer(api, k, self._on_event) for k in kinds}
+        self._metallb = {k.name for k in kinds if k.group == METALLB}
+        self._metallb_ns = settings.metallb_namespace
         self._config_objects: dict[str, dict[str, Obj]] = {name: {} for name in CONFIG_RESOURCES}
-        self._config_dirty: set[tuple[str, str]] = set()  # (informer kind name, object key)
-        self._config_given: dict[tuple[str, str], ObjectRef] = {}
+        self._config_dirty = False  # a configuration object, or what one depends on (node labels), changed
+        self._config_given: dict[ObjectRef, ConfigObject] = {}
+        self._config_last: dict[tuple[str, str], ConfigObject] = {}  # (informer, key) -> its last good object
+        self._config_bad: dict[ObjectRef, tuple[ValidationError, ...]] = {}  # (kind, informer key) -> errors
+        self._config_raw: dict[ObjectRef, Obj] = {}
         identity = settings.identity or f"{socket.gethostname()}-{os.getpid()}"
         self._elector = LeaseElector(api, settings.lease_namespace, settings.lease_name, identity,
                                      self._on_leadership)
@@ -90,6 +114,7 @@ class KubeSource:
         self._to_write: set[ObjectRef] = set()  # objects whose status may need writing
         self._state: SyncedState | None = None
         self._wake_writer = asyncio.Event()
+        self._background: set[asyncio.Task[None]] = set()
 
     # -- Source ------------------------------------------------------------------------------
 
@@ -103,7 +128,7 @@ class KubeSource:
 
     @property
     def synced(self) -> bool:
-        return all(inf.synced.is_set() for inf in self._informers.values())
+        return self._elector.decided.is_set() and all(inf.synced.is_set() for inf in self._informers.values())
 
     @property
     def is_leader(self) -> bool:
@@ -114,14 +139,18 @@ class KubeSource:
         return self._tracker
 
     def _on_event(self, kind: str, key: str, old: Obj | None, new: Obj | None) -> None:
+        if kind in self._metallb and key.partition("/")[0] != self._metallb_ns:
+            return
         if kind in self._config_objects:
             objects = self._config_objects[kind]
             if new is None:
                 objects.pop(key, None)
             else:
                 objects[key] = new
-            self._config_dirty.add((kind, key))
+            self._config_dirty = True
         else:
+            if kind == NODES and labels_of(old) != labels_of(new):
+                self._config_dirty = True  # nodeSelectors read Node labels
             self._tracker.on_change(kind, key, old, new)
         if self._notify is not None:
             self._notify(kind)
@@ -140,7 +169,7 @@ class KubeSource:
             group.create_task(self._announce_synced(), name="informer-sync")
 
     async def _announce_synced(self) -> None:
-        await asyncio.gather(*(inf.synced.wait() for inf in self._informers.values()))
+        await asyncio.gather(self._elector.decided.wait(), *(inf.synced.wait() for inf in self._informers.values()))
         if self._notify is not None:
             self._notify("synced")
 
@@ -148,8 +177,8 @@ class KubeSource:
         dirty = self._tracker.take()
         leader = self._elector.is_leader
         everything = self._first or dirty.pools_changed or leader != self._leader_was
-        config = self._collect_config(everything)
-        if dirty.empty and not everything and not config:
+        config, config_errors = self._collect_config(everything)
+        if dirty.empty and not everything and not config and not config_errors:
             return None
         pools: tuple[IPPool, ...] | None = None
         if self._first or dirty.pools_changed:
@@ -178,11 +207,12 @@ class KubeSource:
             t = self._tracker.translate_l4lb(key)
             self._take_result(t.origin, t.load_balancers, t.errors, changes, origins, errors)
         if pools is not None:
-            for ref in [r for r in self._errors_of if r.kind == IPPOOL]:
+            for ref in [r for r in self._errors_of if r.kind in (IPPOOL, IPADDRESSPOOL)]:
                 errors[ref] = ()
             for err in self._pool_errors:
-                ref = ObjectRef(IPPOOL, err.name)
+                ref = ObjectRef(err.kind, err.name)
                 errors[ref] = (*errors.get(ref, ()), err)
+        errors.update(config_errors)
         self._first = False
         self._leader_was = leader
         self._to_write.update(ObjectRef(SERVICE, k) for k in services)
@@ -192,40 +222,57 @@ class KubeSource:
                 self._errors_of[ref] = errs
             else:
                 self._errors_of.pop(ref, None)
-        for ref, value in config.items():  # a config object's errors stay with it, like any object's
-            if isinstance(value, tuple):
-                errors[ref] = self._errors_of[ref] = value
-            elif ref in self._errors_of:
-                del self._errors_of[ref]
-                errors[ref] = ()
-        return Contribution(changes, pools, errors, origins,
-                            config={ref: None if isinstance(v, tuple) else v for ref, v in config.items()})
+        return Contribution(changes, pools, errors, origins, config=config)
 
-    def _collect_config(self, everything: bool) -> dict[ObjectRef, ConfigObject | tuple[ValidationError, ...] | None]:
-        """Configuration objects that changed: the object, None (gone or now invalid), or its
-        errors (a tuple; the caller turns those into the object's errors and a removal)."""
-        keys = {(k, key) for k, objs in self._config_objects.items() for key in objs} if everything else set()
-        keys |= self._config_dirty
-        self._config_dirty = set()
-        out: dict[ObjectRef, ConfigObject | tuple[ValidationError, ...] | None] = {}
-        for kind, key in sorted(keys):
-            _, parse = CONFIG_RESOURCES[kind]
-            raw = self._config_objects[kind].get(key)
-            before = self._config_given.pop((kind, key), None)
-            if before is not None:
-                out[before] = None
-            if raw is None:
-                continue
-            doc = {"apiVersion": raw.get("apiVersion"), "kind": raw.get("kind"),
-                   "metadata": {"name": _dig(raw, "metadata", "name")}, "spec": raw.get("spec")}
-            obj, problems = parse(doc)
-            ref = obj.ref if obj is not None else ObjectRef(str(raw.get("kind")), key)
-            if obj is None or problems:
-                out[ref] = tuple(ValidationError(ref.kind, key, path, text) for path, text in problems)
-                continue
-            out[ref] = obj
-            self._config_given[(kind, key)] = ref
-        return out
+    def _collect_config(self, everything: bool) -> tuple[dict[ObjectRef, ConfigObject | None],
+                                                         dict[ObjectRef, tuple[ValidationError, ...]]]:
+        """Every configuration object again when one of them (or a Node's labels, or a pool) changed:
+        they are few, and one may depend on another (a name given by both a gatelb.io and a
+        metallb.io object: the gatelb.io one wins). Returns what to give (None: gone) and the errors
+        (empty: fixed). An invalid new version of an object keeps its last good one in force, as a
+        bad file keeps the last good file: the error is reported and nothing else changes."""
+        if not (everything or self._config_dirty):
+            return {}, {}
+        self._config_dirty = False
+        nodes = self._tracker.objects(NODES)
+        pool_objects = [*self._tracker.objects(IPPOOLS).values(), *self._tracker.objects(IPADDRESSPOOLS).values()]
+        ctx = kconfig.Context({name: labels_of(n) for name, n in nodes.items()},
+                              {str(_dig(p, "metadata", "name")): labels_of(p) for p in pool_objects})
+        given: dict[ObjectRef, ConfigObject] = {}
+        by: dict[ObjectRef, str] = {}
+        bad: dict[ObjectRef, tuple[ValidationError, ...]] = {}
+        raw_of: dict[ObjectRef, Obj] = {}
+        seen: set[tuple[str, str]] = set()
+        for name in sorted(self._config_objects):  # gatelb.io's kinds sort before metallb.*
+            kind, parse = CONFIG_RESOURCES[name]
+            for key, raw in sorted(self._config_objects[name].items()):
+                seen.add((name, key))
+                doc_kind = str(raw.get("kind"))
+                here = ObjectRef(doc_kind, key)
+                raw_of[here] = raw
+                parsed = kconfig.parse(raw, ctx, parse)
+                obj, problems = parsed.obj, list(parsed.problems)
+                if obj is not None and obj.ref in by:
+                    problems, obj = [("metadata.name", f"{obj.ref} is already given by {by[obj.ref]}")], None
+                if problems:
+                    bad[here] = tuple(ValidationError(doc_kind, key, path, text) for path, text in problems)
+                    kept = self._config_last.get((name, key))
+                    obj = kept if kept is not None and kept.ref not in by else None
+                elif obj is not None:
+                    self._config_last[(name, key)] = obj
+                else:
+                    self._config_last.pop((name, key), None)  # valid, applies nowhere (nodeSelectors)
+                if obj is not None:
+                    given[obj.ref], by[obj.ref] = obj, f"{kind.group} {doc_kind} {key}"
+        for gone in self._config_last.keys() - seen:
+            del self._config_last[gone]
+        changes: dict[ObjectRef, ConfigObject | None] = {
+            **{ref: None for ref in self._config_given if ref not in given}, **given}
+        errors = {**{ref: () for ref in self._config_bad if ref not in bad}, **bad}
+        for ref in self._config_bad.keys() - bad.keys():  # fixed: the same problem later is news again
+            self._writer.forget(ref.kind, ref.key, INVALID)
+        self._config_given, self._config_bad, self._config_raw = given, bad, raw_of
+        return changes, errors
 
     def commit(self, contribution: Contribution) -> None:
         """Nothing to do: a non-strict source's contribution is always taken (errors stay with
@@ -330,7 +377,8 @@ class KubeSource:
             self._to_write.update(ObjectRef(L4LB, k) for k in self._tracker.objects(L4LBS))
         else:
             self._to_write.update(state.origins[n] for n in state.changed if n in state.origins)
-        self._to_write.update(r for r in self._errors_of if r.kind in (SERVICE, IPPOOL))
+        self._to_write.update(r for r in self._errors_of if r.kind in (SERVICE, IPPOOL, IPADDRESSPOOL))
+        self._to_write.update(self._config_bad)
         self._wake_writer.set()
 
     async def _write_loop(self) -> None:
@@ -356,12 +404,15 @@ class KubeSource:
         if ref.kind == L4LB:
             obj = self._tracker.objects(L4LBS).get(ref.key)
             return None if obj is None else self._write_l4lb(ref, obj, state)
-        if ref.kind == IPPOOL:
-            obj = self._tracker.objects(IPPOOLS).get(ref.key)
+        if ref.kind in (IPPOOL, IPADDRESSPOOL):
+            obj = self._tracker.objects(IPPOOLS if ref.kind == IPPOOL else IPADDRESSPOOLS).get(ref.key)
             errs = self._errors_of.get(ref, ())
             if obj is None or not errs:
                 return None
-            return self._writer.event(obj, IPPOOL, "Warning", "InvalidConfiguration", "; ".join(map(str, errs)))
+            return self._writer.event(obj, ref.kind, "Warning", INVALID, "; ".join(map(str, errs)))
+        if ref in self._config_bad:
+            return self._writer.event(self._config_raw[ref], ref.kind, "Warning", INVALID,
+                                      "; ".join(map(str, self._config_bad[ref])))
         return None
 
     async def _write_service(self, ref: ObjectRef, svc: Obj, state: SyncedState) -> None:
@@ -408,12 +459,48 @@ class KubeSource:
             log.warning("write-back failed", extra={"fields": {"event": "write-back-failed",
                                                                 "error": str(describe(err))}})
 
+    # -- for the DNS updater: Events on the objects whose records conflict, TSIG keys in Secrets --
+
+    def report(self, ref: ObjectRef, reason: str, message: str) -> None:
+        """A Warning Event on the Service or L4LB `ref` (leader only, like every write-back)."""
+        if not self._elector.is_leader:
+            return
+        if ref.kind == SERVICE:
+            obj = self._tracker.service(ref.key)
+        elif ref.kind == L4LB:
+            obj = self._tracker.objects(L4LBS).get(ref.key)
+        else:
+            return
+        if obj is not None:
+            task = asyncio.get_running_loop().create_task(
+                self._guard(self._writer.event(obj, ref.kind, "Warning", reason, message)))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def read_secret(self, ref: SecretRef) -> str:
+        """The value of one key of a Secret, decoded (Secrets hold base64 of the bytes)."""
+        try:
+            secret = await self._api.read_secret(ref.namespace, ref.name)
+        except ApiException as err:
+            raise ValueError(f"spec.rfc2136.tsigSecretRef: Secret {ref.namespace}/{ref.name}: "
+                             f"{describe(err)}") from None
+        data = secret.get("data") or {}
+        if ref.key not in data:
+            raise ValueError(f"spec.rfc2136.tsigSecretRef: Secret {ref.namespace}/{ref.name} has no key "
+                             f"{ref.key!r} (has: {', '.join(sorted(data)) or 'none'})")
+        try:
+            return base64.b64decode(data[ref.key]).decode()
+        except (ValueError, UnicodeDecodeError):
+            raise ValueError(f"spec.rfc2136.tsigSecretRef: Secret {ref.namespace}/{ref.name} key {ref.key}: "
+                             "not text") from None
+
     # -- facts for `gatelb status` and readiness ----------------------------------------------
 
     def info(self) -> Obj:
         return {
             "leader": self._elector.is_leader,
             "informers": {name: inf.synced.is_set() for name, inf in self._informers.items()},
+            "notInstalled": sorted(name for name, inf in self._informers.items() if inf.absent),
             "problems": [p for p in (getattr(self._elector, "problem", None),) if p],
         }
 

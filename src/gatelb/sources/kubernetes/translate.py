@@ -37,6 +37,7 @@ from gatelb.ipam.services import (
     ServiceRequest,
 )
 from gatelb.model import (
+    API_VERSION,
     Affinity,
     Backend,
     CheckType,
@@ -50,9 +51,15 @@ from gatelb.model import (
     ValidationError,
 )
 from gatelb.sources import errors as pyd_errors
-from gatelb.sources.schema import IPPoolDocument, L4LBDocument, LabelSelectorSpec
+from gatelb.sources.schema import (
+    IPPoolDocument,
+    L4LBDocument,
+    LabelSelectorSpec,
+    hostname_problem,
+    normal_hostname,
+)
 from gatelb.sources.standalone import _load_balancer, _pool
-from gatelb.validate import check_pools
+from gatelb.validate import check_pools, special_address
 
 Obj = dict[str, Any]
 
@@ -60,11 +67,14 @@ GATELB_CLASS = "gatelb.io/gatelb"
 ANN_IPS = ("gatelb.io/loadBalancerIPs", "metallb.io/loadBalancerIPs", "metallb.universe.tf/loadBalancerIPs")
 ANN_POOL = ("gatelb.io/address-pool", "metallb.io/address-pool", "metallb.universe.tf/address-pool")
 ANN_SHARE = ("gatelb.io/allow-shared-ip", "metallb.io/allow-shared-ip", "metallb.universe.tf/allow-shared-ip")
+ANN_HOSTNAMES = ("gatelb.io/hostnames", "external-dns.alpha.kubernetes.io/hostname")  # comma separated, both taken
+ANN_TTL = "external-dns.alpha.kubernetes.io/ttl"
 ANN_POOL_RECORD = "gatelb.io/ip-pool"  # written back: which pool the addresses came from
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 DEFAULT_AFFINITY_S = 10800
 SERVICE, L4LB, IPPOOL = "Service", "L4LB", "IPPool"
+IPADDRESSPOOL = "IPAddressPool"  # MetalLB's pool kind (metallb.io/v1beta1): the same spec as IPPool
 
 
 class BackendMode(enum.StrEnum):
@@ -88,6 +98,7 @@ class Cluster:
     namespaces: Mapping[str, Obj] = field(default_factory=dict)
     ippools: Mapping[str, Obj] = field(default_factory=dict)
     l4lbs: Mapping[str, Obj] = field(default_factory=dict)
+    ipaddresspools: Mapping[str, Obj] = field(default_factory=dict)  # MetalLB's, "namespace/name"
 
 
 @dataclass(frozen=True)
@@ -199,22 +210,37 @@ def _document(raw: Obj, kind: str) -> Obj:
 
 
 def pools(cluster: Cluster) -> tuple[list[ServicePool], list[ValidationError]]:
+    """gatelb.io IPPools, then MetalLB's IPAddressPools (same fields and meanings: addresses,
+    autoAssign, avoidBuggyIPs, serviceAllocation), as one set of pools by name. A MetalLB pool whose
+    name an IPPool already has is left out with an error on it."""
     errors: list[ValidationError] = []
     found: dict[str, ServicePool] = {}
-    for key, raw in sorted(cluster.ippools.items()):
+    origin: dict[str, tuple[str, str]] = {}  # pool name -> (kind, key) of the object that gave it
+    sources = [(IPPOOL, key, raw) for key, raw in sorted(cluster.ippools.items())]
+    sources += [(IPADDRESSPOOL, key, raw) for key, raw in sorted(cluster.ipaddresspools.items())]
+    for kind, key, raw in sources:
         try:
-            doc = IPPoolDocument.model_validate(_document(raw, IPPOOL))
+            doc = IPPoolDocument.model_validate({**_document(raw, IPPOOL), "apiVersion": API_VERSION})
         except pydantic.ValidationError as exc:
-            errors += [ValidationError(IPPOOL, key, path, text) for path, text in pyd_errors.translate(exc)]
+            errors += [ValidationError(kind, key, path, text) for path, text in pyd_errors.translate(exc)]
+            continue
+        name = doc.metadata.name
+        if name in found:
+            text = f"pool {name!r} is already {' '.join(origin[name])}"
+            errors.append(ValidationError(kind, key, "metadata.name", text))
             continue
         sa = doc.spec.service_allocation
         allocation = None if sa is None else ServiceAllocation(
             sa.priority, frozenset(sa.namespaces), tuple(_selector(s) for s in sa.namespace_selectors),
             tuple(_selector(s) for s in sa.service_selectors))
-        found[key] = ServicePool(_pool(doc), allocation)
-    overlaps = check_pools(p.pool for p in found.values())
-    for err in overlaps:  # an overlapping pool is left out whole: two pools must never share an address
+        found[name] = ServicePool(_pool(doc), allocation)
+        origin[name] = (kind, key)
+    overlaps = []
+    for err in check_pools(p.pool for p in found.values()):
+        # An overlapping pool is left out whole: two pools must never share an address.
         found.pop(err.name, None)
+        kind, key = origin[err.name]
+        overlaps.append(err if kind == IPPOOL else ValidationError(kind, key, err.path, err.problem))
     return [found[k] for k in sorted(found)], errors + overlaps
 
 
@@ -242,9 +268,13 @@ def _requested(svc: Obj, key: str) -> tuple[tuple[IPAddress, ...], list[Validati
         if not part:
             continue
         try:
-            out.append(ipaddress.ip_address(part))
+            ip = ipaddress.ip_address(part)
         except ValueError:
             return (), [ValidationError(SERVICE, key, path, f"{part!r} is not an IP address")]
+        why = special_address(ip)
+        if why is not None:
+            return (), [ValidationError(SERVICE, key, path, why)]
+        out.append(ip)
     return tuple(out), []
 
 
@@ -472,9 +502,34 @@ def _check(ctx: _SvcContext) -> HealthCheck:
     return HealthCheck(type=CheckType.NONE)
 
 
+def _hostnames(ctx: _SvcContext, errors: list[ValidationError]) -> tuple[tuple[str, ...], int | None]:
+    """DNS names from the annotations (ours and external-dns's), and external-dns's TTL."""
+    names: list[str] = []
+    for ann in ANN_HOSTNAMES:
+        for text in str(_dig(ctx.svc, "metadata", "annotations", ann) or "").split(","):
+            if not text.strip():
+                continue
+            name = normal_hostname(text)
+            if why := hostname_problem(name):
+                errors.append(ValidationError(SERVICE, ctx.key, f"metadata.annotations[{ann}]", why))
+            elif name not in names:
+                names.append(name)
+    ttl_text = _dig(ctx.svc, "metadata", "annotations", ANN_TTL)
+    ttl: int | None = None
+    if ttl_text is not None:
+        text = str(ttl_text).strip()
+        if text.isdecimal() and 1 <= int(text) <= 604800:
+            ttl = int(text)
+        else:
+            errors.append(ValidationError(SERVICE, ctx.key, f"metadata.annotations[{ANN_TTL}]",
+                                          f"{text!r} is not a TTL in seconds (1-604800)"))
+    return tuple(names), ttl
+
+
 def service_load_balancers(ctx: _SvcContext, addresses: tuple[IPAddress, ...]) -> tuple[
         list[LoadBalancer], list[ValidationError]]:
     errors: list[ValidationError] = []
+    hostnames, dns_ttl = _hostnames(ctx, errors)
     ports, port_errors = _ports(ctx.svc, ctx.key)
     errors += port_errors
     ranges = _source_ranges(ctx, errors)
@@ -495,7 +550,7 @@ def service_load_balancers(ctx: _SvcContext, addresses: tuple[IPAddress, ...]) -
                 name=service_lb_name(ctx.key, protocol, int(port["port"]), vip.version),
                 port=int(port["port"]), protocol=protocol, frontend_ip=vip, backends=backends,
                 affinity=_affinity(ctx.svc), source_ranges=family_ranges, check=_check(ctx),
-                family=vip.version,
+                family=vip.version, hostnames=hostnames, dns_ttl=dns_ttl,
             ))
     return lbs, errors
 

@@ -1,4 +1,4 @@
-"""`gatelb demo`: a gateway in front of three HTTP backends, all in network namespaces.
+"""`gatelb demo`, act "basic": a gateway in front of three HTTP backends, all in network namespaces.
 
 It builds the lab network, starts `gatelb run` in the gateway namespace, sends real connections
 from a client namespace and shows where they went: spread, weights, affinity, the client's
@@ -13,9 +13,8 @@ import sys
 import time
 
 from rich.console import Console
-from rich.table import Table
 
-from gatelb.lab import lifecycle
+from gatelb.cli.demo.show import show_spread
 from gatelb.lab.results import ClientResult
 from gatelb.lab.topology import Lab
 
@@ -108,26 +107,11 @@ class Demo:
         raise RuntimeError(f"{name} has no address in `gatelb status`")
 
     def show(self, title: str, result: ClientResult) -> None:
-        table = Table(title=title, title_justify="left")
-        table.add_column("backend")
-        table.add_column("connections", justify="right")
-        table.add_column("share", justify="right")
-        table.add_column("")
-        ok = max(1, result.ok)
-        for backend in sorted(result.per_backend):
-            count = result.per_backend[backend]
-            share = count / ok
-            table.add_row(backend, str(count), f"{share:.0%}", "█" * round(share * 40))
-        if result.failed:
-            table.add_row("[red]failed[/red]", str(result.failed), "", ", ".join(
-                f"{k}: {v}" for k, v in sorted(result.failures.items())))
-        self.console.print(table)
-        if result.sources:
-            self.console.print(f"  backends saw client address(es): {', '.join(sorted(result.sources))}\n")
+        show_spread(self.console, title, result)
 
     def run(self) -> None:
         c = self.console
-        c.rule("[bold]gatelb demo[/bold]")
+        c.rule("[bold]gatelb demo: one gateway[/bold]")
         c.print(f"lab {self.lab.lab_id}: client 192.0.2.10 -> gateway -> be1..be3 (198.51.100.11-13), HTTP on :80")
         self.lab.start_backends()
         self.config.write_text(CONFIG)
@@ -173,21 +157,9 @@ class Demo:
                   self.lab.connect_many("http", "203.0.113.10", 80, self.n))
 
         c.rule("gatelb status")
-        sys.stdout.write(self.gatelb("status"))
+        c.file.write(self.gatelb("status"))  # as gatelb prints it (columns wider than the console)
 
 
-def run_demo(connections: int = 300) -> int:
-    console = Console(width=max(100, Console().width))
-    restore = lifecycle.install_signal_handlers()
-    try:
-        with Lab(backends=3) as lab:
-            Demo(lab, console, connections).run()
-        console.print("\n[green]demo finished; every namespace and process it created is gone[/green]")
-        return 0
-    except KeyboardInterrupt:
-        console.print("\n[yellow]interrupted; cleaned up[/yellow]")
-        return 130
-    finally:
-        restore()
-
-
+def run_basic_act(console: Console, connections: int) -> None:
+    with Lab(backends=3) as lab:
+        Demo(lab, console, connections).run()
