@@ -16,10 +16,11 @@ from pathlib import Path
 if not __package__:  # run as a script (`python bench/run_all.py`): make `import bench` work
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench import control_plane, data_path
+from bench import control_plane, data_path, observability, reconciler
 from bench.common import exit_on_signals, log, require_root
 
-BENCHMARKS = {"control_plane": control_plane.main, "data_path": data_path.main}
+BENCHMARKS = {"control_plane": control_plane.main, "reconciler": reconciler.main, "data_path": data_path.main,
+              "observability": observability.main}
 
 
 def main(argv: list[str] | None = None) -> int:

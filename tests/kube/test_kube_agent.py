@@ -261,6 +261,39 @@ def test_l4lb_objects_get_a_frontend_and_status() -> None:
     run(body)
 
 
+def test_l4lb_keeps_the_address_its_status_names_across_a_restart_and_followers_serve_it() -> None:
+    async def body(server: StandinServer, client: ApiClient) -> None:
+        custom = CustomObjectsApi(client)
+        await create_namespace(client, "ops")
+        await make_pool(client, "public", ["203.0.113.10-203.0.113.20"])
+
+        async def l4lb(name: str) -> None:
+            await custom.create_namespaced_custom_object("gatelb.io", "v1alpha1", "ops", "l4lbs", {
+                "apiVersion": "gatelb.io/v1alpha1", "kind": "L4LB", "metadata": {"name": name},
+                "spec": {"frontend": {"port": 80}, "backend": ["198.51.100.50:8080"]}})
+
+        def frontend(name: str) -> str | None:
+            obj = server.store.objects.get(("gatelb.io/v1alpha1/l4lbs", "ops", name)) or {}
+            return (obj.get("status") or {}).get("frontendIP")
+
+        await l4lb("web")
+        async with agent(client, identity="gw1"):
+            assert await wait_for(lambda: frontend("web")) == "203.0.113.10"
+        # A new leader with an empty state directory; "api" sorts first and would take .10 afresh.
+        await l4lb("api")
+        async with agent(client, identity="gw1") as (_leader, _):
+            assert await wait_for(lambda: frontend("api")) == "203.0.113.11"
+            assert frontend("web") == "203.0.113.10"
+            async with agent(client, identity="gw2") as (follower, _nft2):
+                await wait_for(lambda: {"l4lb/ops/web", "l4lb/ops/api"} <= set(follower.daemon.reconciler.services))
+                assert not follower.is_leader
+                served = follower.daemon.reconciler.services
+                assert (str(served["l4lb/ops/web"].vip), str(served["l4lb/ops/api"].vip)) == (
+                    "203.0.113.10", "203.0.113.11")
+
+    run(body)
+
+
 def test_one_endpointslice_event_translates_one_service_of_many_and_changes_only_it() -> None:
     """Work proportional to the change through the real KubeSource and daemon: with 50 Services
     synced, replacing one Service's EndpointSlice translates that Service once, and the kernel gets

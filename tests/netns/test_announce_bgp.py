@@ -91,7 +91,7 @@ def test_bgp_ecmp_health_withdrawal_bfd_failover_and_sigterm(lab: BgpLab) -> Non
     gws["gw2"].signal(signal.SIGTERM)
     wait_for("gw2 withdrawn on SIGTERM", lambda: not lab.router_next_hops(f"{WEB}/32"), 1.0, lab)
     print(f"SIGTERM -> withdrawn at the router: {time.monotonic() - t0:.3f} s")
-    assert gws["gw2"].stop(timeout=10) == 0, gws["gw2"].log_text()[-3000:]
+    assert gws["gw2"].wait(timeout=10) == 0, gws["gw2"].log_text()[-3000:]
     neighbor = lab.router_vtysh(f"show ip bgp neighbors {GATEWAYS['gw2']}")
     assert "Notification received (Cease" in neighbor or "BFD down received" in neighbor, neighbor
     assert gws["gw2"].events("withdrawn")

@@ -85,7 +85,7 @@ def test_one_owner_answers_arp_and_ndp_and_power_loss_moves_the_vips(lab: L2Lab)
     gws["gw2"].signal(signal.SIGTERM)
     lab.wait_holder(API, "gw1", 1.0)
     print(f"SIGTERM -> VIP held by the other: {time.monotonic() - t0:.3f} s")
-    assert gws["gw2"].stop(timeout=10) == 0, gws["gw2"].log_text()[-3000:]
+    assert gws["gw2"].wait(timeout=10) == 0, gws["gw2"].log_text()[-3000:]
     assert gws["gw2"].events("keepalived-stopped")
     gws["gw2"] = LabDaemon(lab, CONFIG, name="gw2-again", ns="gw2", extra_args=("--node", "gw2")).start()
     lab.wait_holder(API, "gw2", 5.0)

@@ -81,6 +81,24 @@ def test_control_plane_quick() -> None:
         assert _finite(inc["latency_s"][step]["median"]), step
 
 
+def test_reconciler_quick() -> None:
+    out, data = _run_quick("bench.reconciler")
+    assert "Kubernetes mode" in out and "File mode" in out and "Against the targets" in out
+    body = data["data"]
+    assert isinstance(body, dict)
+    kube, files = body["kube"][0], body["file"][0]
+    assert kube["n"] == 50 and files["n"] == 50
+    assert kube["verified"] is True and files["verified"] is True
+    for key in ("slice_ms", "add_kernel_ms", "add_status_ms"):
+        assert _finite(kube[key]["p50"]), key
+    assert _finite(files["change_ms"]["p50"])
+    for figs in (kube, files):
+        assert _finite(figs["first_kernel_s"]) and figs["rss_kib"] > 0
+        assert _finite(figs["restart"]["ready_s"])
+        assert figs["restart"]["generation_before"] is not None
+    assert _finite(kube["first_status_s"])
+
+
 @pytest.mark.skipif(not any(Path(p, "wrk").exists() for p in ("/usr/bin", "/usr/local/bin")),
                     reason="wrk is not installed (./quickstart setup installs it)")
 def test_data_path_quick() -> None:
@@ -94,3 +112,16 @@ def test_data_path_quick() -> None:
     for label, figs in scenarios.items():
         for key in ("rate", "connect_p50_us", "gbps"):
             assert _finite(figs[key]["median"]), (label, key)
+
+
+def test_observability_quick() -> None:
+    out, data = _run_quick("bench.observability")
+    assert "gatelb status and /metrics" in out
+    body = data["data"]
+    assert isinstance(body, dict)
+    row = body["sizes"][0]
+    assert row["n"] == 50
+    for key in ("daemon_table_s", "daemon_name_s", "daemon_json_s", "scrape_s", "local_table_s", "local_json_s"):
+        assert _finite(row[key]["median"]), key
+    # 50 load balancers x 10 backends, five series each, plus HELP/TYPE lines and the daemon's own.
+    assert row["scrape_lines"] > 50 * 10 * 5

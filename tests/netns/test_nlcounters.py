@@ -33,6 +33,26 @@ assert fast == reference, (fast, reference)
 assert fast.generation == 7
 assert fast.flows[("203.0.113.10", "tcp", "198.51.100.12", 8080)].bytes == 3456
 assert fast.new_connections[("2001:db8:100::1", "tcp", "2001:db8:2::12", 8080)] == 5
+# The raw-key reader (status, metrics) looks up the same figures for every key.
+from ipaddress import ip_address
+from gatelb.kernel.nlcounters import read_counters_raw
+from gatelb.model import Protocol
+raw = read_counters_raw()
+assert raw.generation == 7 and raw.raw["flows4"]
+for (vip, proto, addr, port), c in reference.flows.items():
+    got = raw.lookup(ip_address(vip), Protocol(proto), ip_address(addr), port)
+    assert got == (c, reference.new_connections[(vip, proto, addr, port)]), (vip, addr, got)
+# Asked by key (status NAME): the same figures for those backends; a key the kernel lacks
+# falls back to the whole dump.
+from gatelb.kernel.nlcounters import read_counters_for
+one = [(ip_address("203.0.113.10"), Protocol.TCP, ip_address("198.51.100.12"), 8080),
+       (ip_address("2001:db8:100::1"), Protocol.TCP, ip_address("2001:db8:2::12"), 8080)]
+some = read_counters_for(one)
+assert some.generation == 7 and sum(len(v) for v in some.raw.values()) == 4, some
+for key in one:
+    assert some.lookup(*key) == raw.lookup(*key), key
+missing = read_counters_for([(ip_address("203.0.113.99"), Protocol.TCP, ip_address("198.51.100.12"), 8080)])
+assert missing.raw == raw.raw
 print("ok", len(fast.flows), len(fast.new_connections))
 """
 

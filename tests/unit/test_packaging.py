@@ -46,9 +46,14 @@ def check_gateway_pod(spec: dict[str, Any]) -> None:
     assert spec["hostNetwork"] is True and spec["priorityClassName"] == "system-node-critical"
     (c,) = spec["containers"]
     assert c["securityContext"]["capabilities"] == {"add": ["NET_ADMIN"], "drop": ["ALL"]}
-    for probe in ("livenessProbe", "readinessProbe"):
-        assert c[probe]["httpGet"]["path"] == "/healthz" and c[probe]["httpGet"]["port"] == 9469
+    # Readiness on /healthz, on the port the daemon serves it (bound to the node's address, which
+    # the kubelet reaches: the default loopback address it could not); no liveness probe: a restart
+    # fixes none of the causes of a 503.
+    probe = c["readinessProbe"]["httpGet"]
+    assert probe["path"] == "/healthz" and probe["port"] == "metrics" and "livenessProbe" not in c
+    assert {"name": "metrics", "containerPort": 9469, "protocol": "TCP"} in c["ports"]
     assert c["args"][:2] == ["run", "--in-cluster"]
+    assert c["args"][c["args"].index("--metrics-address") + 1] == "$(POD_IP):9469"
 
 
 def test_the_daemonset_fits_the_gateway_model() -> None:

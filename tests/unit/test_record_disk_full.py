@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from gatelb.agent import record
+from gatelb.agent.applied import JsonMemo
 from gatelb.agent.record import RecordWriter
 from gatelb.agent.statefile import StateStore, StoredState
 from gatelb.model import SyncedState
@@ -23,12 +24,12 @@ class FullDisk(StateStore):
         self.left = failures
         self.attempts = 0
 
-    def save(self, state: StoredState) -> None:
+    def save(self, state: StoredState, memo: JsonMemo | None = None) -> None:
         self.attempts += 1
         if self.left > 0:
             self.left -= 1
             raise OSError(errno.ENOSPC, "No space left on device")
-        super().save(state)
+        super().save(state, memo)
 
 
 def synced(generation: int) -> SyncedState:

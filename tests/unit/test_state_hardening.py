@@ -43,11 +43,11 @@ def test_a_symlinked_state_file_is_refused(tmp_path: Path) -> None:
         StateStore(d).load()
 
 
-def test_files_are_private_and_the_directory_made_0700(tmp_path: Path) -> None:
+def test_files_are_private_and_the_directory_made_0711(tmp_path: Path) -> None:
     d = tmp_path / "new" / "state"
     store = StateStore(d)
     store.save(StoredState(allocations={"a": "203.0.113.1"}))
-    assert stat.S_IMODE(d.stat().st_mode) == 0o700
+    assert stat.S_IMODE(d.stat().st_mode) == 0o711
     assert stat.S_IMODE(store.path.stat().st_mode) == 0o600
     with state_lock(d):
         assert stat.S_IMODE((d / "lock").stat().st_mode) == 0o600

@@ -146,3 +146,21 @@ def test_constructor_does_no_io(tmp_path: Path) -> None:
     assert not (tmp_path / "a").exists()
     store.save(StoredState())
     assert store.path.is_file()
+
+
+def test_the_daemons_memoised_save_writes_the_same_document(tmp_path: Path) -> None:
+    """The daemon's writer splices the memoised record after the other keys: the file must read
+    back the same as a plain save, released allocations included."""
+    from dataclasses import replace
+
+    from gatelb.agent.applied import JsonMemo
+    from gatelb.agent.statefile import Released
+
+    state = replace(SAMPLE, released={"gone": Released("203.0.113.9", 5.0)})
+    plain, memoised = StateStore(tmp_path / "a"), StateStore(tmp_path / "b")
+    plain.save(state)
+    memo = JsonMemo()
+    memoised.save(state, memo=memo)
+    memoised.save(state, memo=memo)  # the second save reuses the memo's text
+    assert memoised.load() == plain.load() == state
+    assert json.loads(memoised.path.read_text()) == json.loads(plain.path.read_text())

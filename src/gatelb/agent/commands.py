@@ -21,12 +21,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gatelb.agent.client import DaemonError, daemon_status
 from gatelb.agent.engine import DataplaneSync
 from gatelb.agent.lock import TableOwned, table_lock
 from gatelb.agent.reconciler import Reconciler, one_round
 from gatelb.agent.record import stored_state
 from gatelb.agent.statefile import StateStore, StoredState, released_after
-from gatelb.agent.status import build_status
+from gatelb.agent.status import build_status, counters_for
 from gatelb.dataplane import compile_full
 from gatelb.dataplane.changes import describe_changes
 from gatelb.dataplane.render import render_delete
@@ -218,19 +219,35 @@ def flush(ctx: Context) -> None:
                                released=stored.released))
 
 
-def status(ctx: Context) -> dict[str, Any]:
+def status(ctx: Context, name: str | None = None, backends: bool | None = True) -> dict[str, Any]:
+    """From the running daemon when there is one (its memory and one counter read), else from the
+    state record and the kernel's counter sets. `backends`: see build_status."""
+    try:
+        live = daemon_status(ctx.store.directory, name, backends)
+    except DaemonError as err:
+        raise CommandError(str(err), EXIT_FAILED) from err
+    if live is not None:
+        return live
     stored = ctx.store.load()
     applied = stored.applied
-    counters = ctx.nft.read_counters()
+    chosen = None if name is None or applied is None else [s for s in applied.services.services if s.name == name]
+    counters = counters_for(ctx.nft, chosen)
     # Other tables' base chains that can drop or rewrite traffic to our VIPs (kernel/foreign.py).
     foreign = [h.as_dict() for h in hazards(ctx.nft.query_json)]
     if applied is None:
+        if name is not None:
+            raise CommandError(f"no load balancer named {name!r} (nothing is applied)", EXIT_FAILED)
         data = build_status(DesiredState(), {}, ResolvedState(), counters, None, {})
         data["foreignRules"] = foreign
         return data
-    desired = DesiredState(applied.pools, applied.load_balancers)
+    lbs = applied.load_balancers
+    if name is not None:
+        lbs = tuple(lb for lb in lbs if lb.name == name)
+        if not lbs:
+            raise CommandError(f"no load balancer named {name!r}", EXIT_FAILED)
+    desired = DesiredState(applied.pools, lbs)
     data = build_status(desired, stored.allocations, applied.services, counters, applied.generation,
-                        applied.health)
+                        applied.health, True if name is not None else backends)
     data["foreignRules"] = foreign
     data["sources"] = list(applied.sources)
     data["errors"] = list(applied.errors)

@@ -1,8 +1,9 @@
 """`gatelb run`: the daemon for every mode, composed around the one reconciler.
 
     sources (file/directory, Kubernetes, or both) -> Reconciler -> kernel
-                                                  -> consumers: state record, Kubernetes status, ...
+                                                  -> consumers: state record, Kubernetes status, metrics
     health monitor <-> Reconciler (fed before backends are resolved; transitions trigger a round)
+    http task: /metrics, /healthz (--metrics-address), /status on <state-dir>/gatelb.sock
 
 This module only wires things together and runs them under one supervisor: a task that dies ends
 the process (exit 1) so that the service manager restarts it, and SIGTERM/SIGINT always end it.
@@ -11,6 +12,7 @@ the process (exit 1) so that the service manager restarts it, and SIGTERM/SIGINT
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -20,25 +22,32 @@ import time
 from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from gatelb.agent.client import SOCKET_NAME
 from gatelb.agent.engine import DataplaneSync
 from gatelb.agent.guard import KernelGuard
 from gatelb.agent.lock import StateLocked, TableOwned, state_lock, table_lock
+from gatelb.agent.metrics import DEFAULT_HEALTHZ_TIMEOUT_S, Metrics
 from gatelb.agent.reconciler import Consumer, Reconciler, run_sources
-from gatelb.agent.record import RecordWriter
+from gatelb.agent.record import RecordWriter, health_records
 from gatelb.agent.runtime import SHUTDOWN_S, event, exit_after, raise_nofile, setup_logging, supervise
+from gatelb.agent.server import Server
 from gatelb.agent.statefile import StateFileError, StateStore
+from gatelb.agent.status import counters_for, live_status
 from gatelb.dns.updater import DNSUpdater, Report, SecretLookup
 from gatelb.health.feed import HealthFeed
 from gatelb.health.monitor import HealthChange, HealthMonitor, TargetKey
+from gatelb.health.probes import probe
 from gatelb.kernel.addresses import HostAddresses
 from gatelb.kernel.conntrack import flush_flows
 from gatelb.kernel.nft import Nft, NftCli
 from gatelb.kernel.nlcounters import read_generation
-from gatelb.model import Backend, IPAddress
+from gatelb.model import Backend, IPAddress, SyncedState
 from gatelb.sources.base import Source
-from gatelb.sources.kubernetes.source import KubeSettings
+
+if TYPE_CHECKING:  # the Kubernetes client library costs about 50 MiB of RSS: file mode never loads it
+    from gatelb.sources.kubernetes.source import KubeSettings
 
 
 @dataclass
@@ -56,12 +65,28 @@ class Parts:
     dns_secrets: SecretLookup | None = None
 
 
+@dataclass(frozen=True)
+class Endpoints:
+    """The daemon's HTTP endpoints (agent/server.py): the metrics address (None: off), the local
+    status socket (None: none; tests that drive a Daemon in-process), the /healthz limit."""
+
+    metrics: tuple[str, int] | None = None
+    socket: Path | None = None
+    healthz_timeout_s: float = DEFAULT_HEALTHZ_TIMEOUT_S
+
+
 class Daemon:
     def __init__(self, parts: Parts, store: StateStore, nft: Nft, health: bool = True,
-                 host_address: Callable[[IPAddress], bool] | None = None) -> None:
+                 host_address: Callable[[IPAddress], bool] | None = None,
+                 endpoints: Endpoints | None = None) -> None:
         self.parts = parts
         self.store = store
-        self.monitor = HealthMonitor(self._on_health) if health else None
+        self.nft = nft
+        self.endpoints = endpoints or Endpoints()
+        info = parts.info
+        self.metrics = Metrics(problems=(lambda: list(info().get("problems") or [])) if info else None,
+                               healthz_timeout_s=self.endpoints.healthz_timeout_s)
+        self.monitor = HealthMonitor(self._on_health, prober=self.metrics.timed(probe)) if health else None
         self.reconciler = Reconciler(
             parts.sources, DataplaneSync(nft, indexed=True),
             usable=self._usable if self.monitor is not None else None,
@@ -72,6 +97,7 @@ class Daemon:
         self.dns = DNSUpdater(store.path.parent / "dns.json", parts.dns_report, parts.dns_secrets)
         self.writer = RecordWriter(store, tuple(s.name for s in parts.sources), self.monitor, self._info)
         self.reconciler.consumers += [self.writer, *parts.consumers, self.dns]
+        self.metrics.attach(self.reconciler, self.monitor)
         # Repairs what others do to our table, warns about their tables (agent/guard.py).
         self.guard = KernelGuard(self.reconciler, read_generation, nft.query_json)
 
@@ -82,7 +108,25 @@ class Daemon:
         return info
 
     def _on_health(self, changes: list[HealthChange]) -> None:
+        self.metrics.health_changed(changes)
         self.reconciler.health_changed({c.key.lb for c in changes})
+
+    async def status(self, name: str | None, backends: bool | None = True) -> dict[str, Any] | None:
+        """`gatelb status [NAME]` answered from memory plus one kernel counter read (None: no
+        such load balancer)."""
+        state = self.reconciler.last_state
+        if state is None:
+            state = SyncedState(0, {}, {}, {}, (), {}, {}, {})
+        if name is not None and name not in state.load_balancers:
+            return None
+        health = health_records(self.monitor, name)  # on the loop: the monitor changes there
+        info = self._info()
+        chosen = None if name is None else [s for n, s in state.services.items() if n == name]
+        counters = await asyncio.to_thread(counters_for, self.nft, chosen)
+        data = await asyncio.to_thread(live_status, state, counters, health,
+                                       tuple(s.name for s in self.parts.sources), info, name, backends)
+        data["foreignRules"] = [h.as_dict() for h in self.guard.hazards]  # kept current by the guard
+        return data
 
     def _usable(self, lb: str, backend: Backend) -> bool:
         assert self.monitor is not None
@@ -108,6 +152,10 @@ class Daemon:
             callback()
 
     async def run(self, stop: asyncio.Event) -> bool:
+        # Start-up builds millions of long-lived objects (the state record, every source object,
+        # the first round's services): the cyclic collector's passes over them would cost
+        # seconds and free nothing. The reconciler turns it back on after its first round.
+        gc.disable()
         self.adopt_previous()
         tasks: dict[str, Coroutine[Any, Any, Any]] = {
             "reconcile": self.reconciler.run(),
@@ -119,7 +167,12 @@ class Daemon:
         }
         if self.monitor is not None:
             tasks["health"] = self.monitor.run()
-        healthy = await supervise(tasks, stop)
+        if self.endpoints.metrics is not None or self.endpoints.socket is not None:
+            tasks["http"] = Server(self.metrics, self.status, self.endpoints.metrics, self.endpoints.socket).run()
+        try:
+            healthy = await supervise(tasks, stop)
+        finally:
+            gc.enable()  # stopped before the first round
         self.writer.save_now()
         return healthy
 
@@ -152,7 +205,7 @@ def _addresses(recorded: dict[str, str]) -> dict[str, IPAddress]:
 
 
 async def _main(make_parts: Callable[[], Coroutine[Any, Any, Parts]], store: StateStore, health: bool,
-                node: str, allow_host_addresses: bool = False) -> int:
+                node: str, endpoints: Endpoints, allow_host_addresses: bool = False) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
 
@@ -173,7 +226,7 @@ async def _main(make_parts: Callable[[], Coroutine[Any, Any, Parts]], store: Sta
     parts = await make_parts()
     add_announcer(parts, node, store.directory)
     host = None if allow_host_addresses else HostAddresses()
-    daemon = Daemon(parts, store, NftCli(), health, host)
+    daemon = Daemon(parts, store, NftCli(), health, host, endpoints)
     if host is not None:
         parts.on_hup.insert(0, host.refresh)  # SIGHUP also reads the host's addresses again
     loop.add_signal_handler(signal.SIGHUP, daemon.hup)
@@ -189,15 +242,18 @@ async def _main(make_parts: Callable[[], Coroutine[Any, Any, Parts]], store: Sta
 
 
 def run_daemon(make_parts: Callable[[], Coroutine[Any, Any, Parts]], state_dir: Path, log_format: str,
-               health: bool = True, node: str = "", allow_host_addresses: bool = False) -> int:
+               health: bool = True, node: str = "", allow_host_addresses: bool = False,
+               metrics_address: tuple[str, int] | None = None,
+               healthz_timeout_s: float = DEFAULT_HEALTHZ_TIMEOUT_S) -> int:
     setup_logging(log_format)
     before, after = raise_nofile()
     if after != before:
         event(logging.INFO, "nofile-raised", before=before, after=after)
+    endpoints = Endpoints(metrics_address, state_dir / SOCKET_NAME, healthz_timeout_s)
     try:
         with state_lock(state_dir), table_lock():
             return asyncio.run(_main(make_parts, StateStore(state_dir), health, node or socket.gethostname(),
-                                     allow_host_addresses))
+                                     endpoints, allow_host_addresses))
     except (StateLocked, TableOwned) as err:
         print(f"gatelb run: {err}", file=sys.stderr)
         return 1

@@ -147,8 +147,8 @@ def sample_service(svc: Service) -> dict[tuple[str, int], int]:
 
 
 def from_table(counters: TableCounters, svc: Service) -> dict[tuple[str, int], int]:
-    vip, proto = str(svc.vip), svc.protocol.value
-    return {(str(b.address), b.port): counters.new_connections.get((vip, proto, str(b.address), b.port), 0)
+    # lookup() reads both forms: text keys (nft JSON) and the netlink reader's raw keys.
+    return {(str(b.address), b.port): counters.lookup(svc.vip, svc.protocol, b.address, b.port)[1]
             for b in (*svc.backends, *svc.idle_backends)}
 
 

@@ -68,6 +68,15 @@ class Consumer(Protocol):
     def set(self, state: SyncedState) -> None: ...
 
 
+class RoundObserver(Protocol):
+    """Told how each round ended (metrics, readiness): after the consumers on success, at once on
+    a refused transaction. Must be quick and must not raise."""
+
+    def round_done(self, report: RoundReport, seconds: float) -> None: ...
+
+    def round_failed(self, error: str, seconds: float) -> None: ...
+
+
 @dataclass
 class _Slot:
     """One source and what the reconciler holds from it (its last committed contribution)."""
@@ -105,6 +114,7 @@ class Reconciler:
         self._usable = usable
         self._health = health
         self.consumers: list[Consumer] = list(consumers)
+        self.observers: list[RoundObserver] = []
         self._flush_udp = flush_udp
         # Addresses load balancers had (state record, then every allocation this process made):
         # a load balancer that comes back, or comes up after a restart, gets its address again.
@@ -134,6 +144,10 @@ class Reconciler:
         self._reasons: set[str] = set()  # why the pending round runs (for its log line)
         self._resync_due = False  # resync(): the next round reloads the whole table
         self._busy = False  # a round is running (its transaction may be in flight)
+        # Triggers not yet handled by a successful round, and when the oldest of them arrived
+        # (UNIX time): what /healthz and gatelb_changes_pending report. A failed round keeps them.
+        self.pending = 0
+        self.pending_since: float | None = None
 
     # -- what others may read ----------------------------------------------------------------
 
@@ -167,6 +181,9 @@ class Reconciler:
         if not self._reasons:
             self.triggered_at = time.perf_counter()
         self._reasons.add(reason.partition(":")[0] or "unknown")
+        self.pending += 1
+        if self.pending_since is None:
+            self.pending_since = time.time()
         self._wake.set()
 
     def health_changed(self, lbs: Iterable[str]) -> None:
@@ -211,14 +228,31 @@ class Reconciler:
             self._wake.clear()
         event(logging.INFO, "synced", sources=[s.source.name for s in self._slots])
         self._wake.set()
+        ready = False
         while True:
             await self._wake.wait()
             await asyncio.sleep(BATCH_S)
             self._wake.clear()
-            if not await self.round():
+            done = await self.round()
+            if done and not ready and not self._first_pass_due:
+                # The first round over every source's complete content is done: the kernel holds
+                # the desired state (whether this round had to change anything or not).
+                ready = True
+                event(logging.INFO, "ready", services=len(self._services), generation=self._engine.generation,
+                      wall_time=time.time())
+            self._collect_garbage()
+            if not done:
                 delay = RETRY_BACKOFF_S[min(self._failures - 1, len(RETRY_BACKOFF_S) - 1)]
                 await asyncio.sleep(delay)
                 self._wake.set()
+
+    def _collect_garbage(self) -> None:
+        """Start-up ran without the cyclic collector (Daemon.run): collect once, freeze what
+        exists (long-lived: 10,000 services are millions of objects), and turn it back on."""
+        if not gc.isenabled():
+            gc.collect()
+            gc.freeze()
+            gc.enable()
 
     async def round(self, dry_run: bool = False) -> bool:
         """One round; False when the kernel refused (the next round is then a full resync)."""
@@ -232,6 +266,7 @@ class Reconciler:
     async def run_round(self, dry_run: bool = False) -> RoundReport | None:
         """One round; None when the kernel refused the transaction."""
         t0 = time.perf_counter()
+        taken = self.pending
         reasons, self._reasons = self._reasons, set()
         triggered_at = self.triggered_at if reasons else t0
         changes, rejected, everything = self._gather()
@@ -264,6 +299,8 @@ class Reconciler:
                 self._failures += 1
                 self.last_error = str(err)[:2000]
                 event(logging.ERROR, "sync-failed", error=self.last_error, attempt=self._failures)
+                for observer in self.observers:
+                    observer.round_failed(self.last_error, time.perf_counter() - t0)
                 return None
         self._failures = 0
         self.last_error = None
@@ -294,7 +331,14 @@ class Reconciler:
                 consumer.set(state)
             except Exception as err:  # one broken consumer must not stop the others or the loop
                 event(logging.ERROR, "consumer-failed", consumer=type(consumer).__name__, error=repr(err)[:500])
-        return RoundReport(frozenset(previous), previous, result, rejected, prepare_s=t1 - t0)
+        # Triggers that arrived while this round ran stay pending (with the older timestamp).
+        self.pending = max(0, self.pending - taken)
+        if self.pending == 0:
+            self.pending_since = None
+        report = RoundReport(frozenset(previous), previous, result, rejected, prepare_s=t1 - t0)
+        for observer in self.observers:
+            observer.round_done(report, time.perf_counter() - t0)
+        return report
 
     # -- gather: sources -> desired load balancers and addresses --------------------------------
 
@@ -332,6 +376,8 @@ class Reconciler:
             ValidationError, ...]:
         """Merge one contribution. For a strict source returns its problems and changes nothing
         when there are any."""
+        for name, ip in c.recorded.items():
+            self._recorded.setdefault(name, ip)  # what this process allocated itself comes first
         # A source may hand over an object equal to what it gave before (a Kubernetes Service
         # whose status we just wrote): nothing to allocate or resolve for it.
         lb_changes: dict[str, LoadBalancer | None] = {

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from gatelb.agent.applied import AppliedRecord, HealthRecord
+from gatelb.agent.applied import AppliedRecord, HealthRecord, JsonMemo
 from gatelb.agent.runtime import event
 from gatelb.agent.statefile import Released, StateStore, StoredState, released_after
 from gatelb.health.monitor import HealthMonitor
@@ -28,12 +28,12 @@ def health_key(lb: str, address: str, port: int) -> str:
     return f"{lb}|{address}|{port}"
 
 
-def health_records(monitor: HealthMonitor | None) -> dict[str, HealthRecord]:
+def health_records(monitor: HealthMonitor | None, lb: str | None = None) -> dict[str, HealthRecord]:
     if monitor is None:
         return {}
     return {health_key(st.key.lb, str(st.key.address), st.key.port):
             {"state": st.status.value, "since": st.since_wall, "reason": st.reason}
-            for st in monitor.snapshot()}
+            for st in monitor.snapshot(lb)}
 
 
 def stored_state(state: SyncedState, sources: tuple[str, ...], health: dict[str, HealthRecord],
@@ -73,6 +73,7 @@ class RecordWriter:
         # load balancer that comes back after a restart gets its address again (statefile.Released).
         self._allocations: dict[str, str] = {}
         self._released: dict[str, Released] = {}
+        self._memo = JsonMemo()  # written after every sync: encode only what changed
         self.failures = 0
 
     def seed(self, stored: StoredState) -> None:
@@ -107,7 +108,8 @@ class RecordWriter:
 
     def _write(self, state: SyncedState, health: dict[str, HealthRecord], info: dict[str, Any],
                released: dict[str, Released]) -> None:
-        self._store.save(stored_state(state, self._sources, health, daemon=True, info=info, released=released))
+        self._store.save(stored_state(state, self._sources, health, daemon=True, info=info, released=released),
+                         memo=self._memo)
 
     async def run(self) -> None:
         while True:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gatelb.agent.applied import AppliedRecord
+from gatelb.agent.applied import AppliedRecord, JsonMemo
 
 VERSION = 2  # 2: `applied` is an AppliedRecord (1: free-form, with the source text)
 FILE_NAME = "state.json"
@@ -127,11 +127,13 @@ def _decode(data: Any, path: Path) -> StoredState:
 
 def check_directory(directory: Path, create: bool = False) -> None:
     """Refuse a state directory another user could tamper with: owned by someone other than us
-    (or root), or writable by group or others. `create`: make it (0700) when missing."""
+    (or root), or writable by group or others. `create`: make it (0711) when missing: nobody else
+    may list or change it, but the routing daemons gatelb starts under their own user (FRR's
+    bgpd, keepalived scripts) must be able to enter it to reach their own subdirectory."""
     if create:
         directory.parent.mkdir(parents=True, exist_ok=True)
         with contextlib.suppress(FileExistsError):
-            os.mkdir(directory, 0o700)
+            os.mkdir(directory, 0o711)
     try:
         st = os.stat(directory)
     except FileNotFoundError:
@@ -186,19 +188,25 @@ class StateStore:
             ) from err
         return _decode(data, self.path)
 
-    def save(self, state: StoredState) -> None:
+    def save(self, state: StoredState, memo: JsonMemo | None = None) -> None:
         """Replace the file atomically. Raises TypeError if the record is not JSON-serialisable
-        (before anything is written), OSError when the disk refuses."""
+        (before anything is written), OSError when the disk refuses. With `memo` (the daemon's
+        writer), services and load balancers unchanged since the last save are not encoded again."""
         document = {
             "version": VERSION,
             "allocations": dict(sorted(state.allocations.items())),
             "pools": dict(sorted(state.pools.items())),
-            "applied": state.applied.to_json() if state.applied is not None else None,
             "released": {n: {"ip": r.ip, "at": r.at} for n, r in sorted(state.released.items())},
+            # Last: with a memo its text is spliced in after encoding the rest.
+            "applied": state.applied.to_json() if state.applied is not None and memo is None else None,
         }
         try:
             # No indent: only then does json use its C encoder (10x faster at 10,000 services).
-            text = json.dumps(document, allow_nan=False, separators=(",", ":")) + "\n"
+            text = json.dumps(document, allow_nan=False, separators=(",", ":"))
+            if state.applied is not None and memo is not None:
+                assert text.endswith('"applied":null}')
+                text = text[:-len("null}")] + state.applied.to_json_text(memo) + "}"
+            text += "\n"
         except (TypeError, ValueError) as err:
             raise TypeError(f"state for {self.path} is not JSON-serialisable: {err}") from err
         check_directory(self.directory, create=True)

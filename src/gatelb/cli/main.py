@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 DEFAULT_STATE_DIR = "/var/lib/gatelb"
 
@@ -56,6 +57,7 @@ def _sub(sub: argparse._SubParsersAction[argparse.ArgumentParser], name: str, he
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="gatelb", description="Layer-4 load balancers on the nftables data path.",
                                 epilog="`gatelb COMMAND --help` shows each command's options and examples.")
+    p.add_argument("--version", action=_Version, nargs=0, help="print the version and exit")
     p.add_argument("--state-dir", help=f"state directory (default: $GATELB_STATE_DIR or {DEFAULT_STATE_DIR})")
     sub = p.add_subparsers(dest="command", required=True)
 
@@ -93,9 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--no-health", action="store_true", help="do not run health checks (all backends count as up)")
     r.add_argument("--allow-empty", action="store_true",
                    help="apply a file that lost most of its load balancers at once, without the grace period")
+    r.add_argument("--metrics-address", default="127.0.0.1:9469", metavar="HOST:PORT",
+                   help="serve /metrics (Prometheus) and /healthz here; 'off' disables (default: 127.0.0.1:9469)")
+    r.add_argument("--healthz-timeout", type=float, default=30.0, metavar="SECONDS",
+                   help="/healthz answers 503 once a change has waited this long for a sync (default: 30)")
 
     s = _sub(sub, "status", "load balancers, backends, health and counters")
+    s.add_argument("name", nargs="?", help="only this load balancer")
     s.add_argument("-o", "--output", choices=["table", "json", "yaml"], default="table")
+    s.add_argument("--backends", action="store_true",
+                   help="table: list every backend even above 200 load balancers (json/yaml always do)")
+    s.add_argument("-w", "--watch", action="store_true", help="refresh until interrupted (Ctrl-C)")
+    s.add_argument("--interval", type=float, default=2.0, metavar="SECONDS", help="with -w: seconds between refreshes")
+
+    c = sub.add_parser("completion", help="print a shell completion script (bash)")
+    c.add_argument("shell", choices=["bash"])
 
     tr = sub.add_parser("trace", help="which load balancer and backend a packet reaches, checked against the kernel")
     tr.add_argument("--from", dest="source", required=True, metavar="ADDRESS", help="the packet's source address")
@@ -153,8 +167,61 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print("gatelb run: -f/--file is required (or --kubeconfig / --in-cluster)", file=sys.stderr)
         return 2
+    from gatelb.agent.server import parse_address
+
+    try:
+        metrics_address = parse_address(args.metrics_address)
+    except ValueError as err:
+        print(f"gatelb run: {err}", file=sys.stderr)
+        return 2
     return run_daemon(make, state_dir(args), args.log_format, health=not args.no_health, node=args.node,
-                      allow_host_addresses=args.allow_host_addresses)
+                      allow_host_addresses=args.allow_host_addresses, metrics_address=metrics_address,
+                      healthz_timeout_s=args.healthz_timeout)
+
+
+class _Version(argparse.Action):
+    """--version, looked up only when asked (importlib.metadata costs every command 70 ms)."""
+
+    def __call__(self, parser: argparse.ArgumentParser, *_: object) -> None:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("gatelb")
+        except PackageNotFoundError:
+            text = "unknown (not installed)"
+        parser.exit(message=f"gatelb {text}\n")
+
+
+def _status(args: argparse.Namespace) -> int:
+    """`gatelb status`: the daemon's answer when one runs (without importing the one-shot
+    commands: most of the command's time at 1,000 load balancers was imports), else the record."""
+    from gatelb.agent.client import DaemonError, daemon_status
+    from gatelb.cli.output import print_status, watch
+
+    backends = True if args.backends or args.output != "table" else None
+
+    def fetch() -> dict[str, Any]:
+        live = daemon_status(state_dir(args), args.name, backends)
+        if live is not None:
+            return live
+        from gatelb.agent import commands
+
+        return commands.status(commands.Context.create(state_dir(args)), args.name, backends)
+
+    try:
+        if args.watch:
+            return watch(fetch, args.output, args.interval)
+        print_status(fetch(), args.output)
+    except DaemonError as err:
+        print(f"gatelb status: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:
+        code = getattr(err, "code", None)
+        if os.environ.get("GATELB_DEBUG"):
+            raise
+        print(f"gatelb status: {err if code else f'{type(err).__name__}: {err}'}", file=sys.stderr)
+        return code if isinstance(code, int) else 1
+    return 0
 
 
 def _troubleshoot(ctx: object, args: argparse.Namespace) -> int:
@@ -178,17 +245,21 @@ def main(argv: list[str] | None = None) -> int:
         return run_demo(args.connections, args.act)
     if args.command == "run":
         return _run(args)
+    if args.command == "status":
+        return _status(args)
+    if args.command == "completion":
+        from gatelb.cli.completion import bash_script
+
+        print(bash_script(build_parser()), end="")
+        return 0
 
     from gatelb.agent import commands
     from gatelb.agent.lock import StateLocked, state_lock
     from gatelb.agent.statefile import StateFileError
-    from gatelb.cli.output import print_report, print_status
+    from gatelb.cli.output import print_report
 
     try:
         ctx = commands.Context.create(state_dir(args), getattr(args, "allow_host_addresses", False))
-        if args.command == "status":
-            print_status(commands.status(ctx), args.output)
-            return commands.EXIT_OK
         if args.command in ("trace", "diagnose"):
             return _troubleshoot(ctx, args)
         if args.command == "plan":  # read-only: no lock, so it works while the daemon runs

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import sys
 import time
-from collections.abc import Iterator
-from typing import Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
-import yaml
-from rich.console import Console
-from rich.table import Table
+if TYPE_CHECKING:
+    from rich.console import Console
+
+# yaml and rich are imported where they are used: `gatelb status` answered by the daemon as JSON
+# or above RICH_MAX_ROWS needs neither (each costs tens of ms of start-up).
 
 
 def print_report(report: dict[str, Any], applied: bool, show_nft: bool = False) -> None:
@@ -52,9 +54,14 @@ def print_status(data: dict[str, Any], output: str) -> None:
         print(json.dumps(data, indent=2 if len(data["loadBalancers"]) <= PRETTY_MAX else None))
         return
     if output == "yaml":
+        import yaml
+
         print(yaml.safe_dump(data, sort_keys=False), end="")
         return
     # Not a terminal (a pipe, a log): rich would wrap at 80 columns; this table wants more.
+    from rich.console import Console
+    from rich.table import Table
+
     console = Console(width=None if Console().is_terminal else 150)
     gen = data["generation"]
     if not gen["inSync"]:
@@ -85,6 +92,9 @@ def print_status(data: dict[str, Any], output: str) -> None:
         console.print(f"[yellow]warning: table {f['table']} chain {f['chain']} (hook {f['hook']}, priority "
                       f"{f['priority']}) can {f['can']} traffic to our VIPs: {f['why']}[/yellow]")
     rows = list(_status_rows(data["loadBalancers"]))
+    if any(lb.get("backendsOmitted") for lb in data["loadBalancers"]):
+        console.print(f"{len(data['loadBalancers'])} load balancers: one line each (`gatelb status NAME` or "
+                      "--backends for their backends)")
     if len(rows) > RICH_MAX_ROWS:
         # rich lays out every cell of every row (about 90 s for 110,000 rows): plain columns instead.
         _print_plain(rows)
@@ -104,7 +114,7 @@ def print_status(data: dict[str, Any], output: str) -> None:
 
 COLUMNS = ("NAME", "FRONTEND / BACKEND", "STATE", "MODE", "NEW", "PACKETS", "BYTES", "SINCE / WHY")
 JUSTIFY = ("left", "left", "left", "left", "right", "right", "right", "left")
-RICH_MAX_ROWS = 2000
+RICH_MAX_ROWS = 300  # rich lays out about 1,000 rows per second here; plain columns above
 
 
 def _status_rows(lbs: list[dict[str, Any]]) -> Iterator[tuple[tuple[str, ...], str]]:
@@ -121,8 +131,10 @@ def _status_rows(lbs: list[dict[str, Any]]) -> Iterator[tuple[tuple[str, ...], s
             mode.append("from " + ",".join(lb["sourceRanges"]))
         c = lb["counters"]
         state = lb["state"] if lb["programmed"] or lb["state"] != "active" else "active (not programmed)"
+        counts = lb.get("backendStates") or {}
+        summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n) if lb.get("backendsOmitted") else ""
         yield (lb["name"], front, state, " ".join(mode), str(c["newConnections"]), _human(c["packets"]),
-               _human(c["bytes"]), ""), "lb"
+               _human(c["bytes"]), f"backends: {summary or 'none'}" if lb.get("backendsOmitted") else ""), "lb"
         for b in lb["backends"]:
             style = {"up": "green", "down": "red", "draining": "yellow"}.get(b["state"], "white")
             bc = b["counters"]
@@ -153,3 +165,18 @@ def _print_l2(console: Console, l2: Any) -> None:
         console.print(f"l2 {inst['interface']} vrid {inst['vrid']} ({name}): {owner}, "
                       f"priority {inst['priority']}, preferred owner {inst['preferred']}: {', '.join(inst['vips'])}"
                       + (f" (no backend up here: {', '.join(inst['unservable'])})" if inst["unservable"] else ""))
+
+
+def watch(fetch: Callable[[], dict[str, Any]], output: str, interval: float) -> int:
+    """`gatelb status -w`: clear the terminal and print again every `interval` seconds."""
+    try:
+        while True:
+            data = fetch()
+            if sys.stdout.isatty():
+                sys.stdout.write("\033[H\033[2J")
+            print(f"every {interval:g}s: {time.strftime('%H:%M:%S')}  (Ctrl-C to stop)")
+            print_status(data, output)
+            sys.stdout.flush()
+            time.sleep(interval)
+    except KeyboardInterrupt:
+        return 0

@@ -255,9 +255,10 @@ class HealthMonitor:
         whether `gatelb status` needs rewriting, without diffing snapshots."""
         return self._revision
 
-    def snapshot(self) -> list[TargetStatus]:
-        """Every target's state, sorted by load balancer then backend."""
+    def snapshot(self, lb: str | None = None) -> list[TargetStatus]:
+        """Every target's state (or those of load balancer `lb`), sorted by load balancer then backend."""
         now, wall = self._clock(), time.time()
+        targets = self._targets if lb is None else {k: self._targets[k] for k in self._by_lb.get(lb, ())}
         rows = [
             TargetStatus(
                 key=key,
@@ -271,7 +272,7 @@ class HealthMonitor:
                 failures=t.state.failures,
                 hold_until=t.state.hold_until,
             )
-            for key, t in self._targets.items()
+            for key, t in targets.items()
         ]
         return sorted(rows, key=lambda r: r.key.sort_key())
 

@@ -74,6 +74,7 @@ class Core(Generic[Tag]):
         self._held: dict[str, dict[IPAddress, Holding[Tag]]] = {}
         # (pool, range index) -> int: every address of the range below it is not free.
         self._hint: dict[tuple[str, int], int] = {}
+        self.revision = 0  # bumped by every take and every release that dropped something
 
     # --- queries -------------------------------------------------------------------------------
 
@@ -153,6 +154,7 @@ class Core(Generic[Tag]):
     def take(self, owner: str, ip: IPAddress, pool: str, tag: Tag) -> None:
         """`owner` holds `ip` (too). The caller checked it may: the core does not refuse."""
         self.release_one(owner, ip)
+        self.revision += 1
         self._held.setdefault(owner, {})[ip] = Holding(ip, pool, tag)
         self._holds.setdefault(ip, {}).setdefault(tag, set()).add(owner)
 
@@ -161,6 +163,7 @@ class Core(Generic[Tag]):
         holding = mine.pop(ip, None) if mine is not None else None
         if holding is None:
             return None
+        self.revision += 1
         if not mine:
             del self._held[owner]
         tags = self._holds[ip]

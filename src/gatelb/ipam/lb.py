@@ -66,6 +66,7 @@ class Allocator:
 
     def __init__(self, pools: Iterable[IPPool], host: Callable[[IPAddress], bool] | None = None) -> None:
         self._core: Core[bool] = Core(pools, _shareable, host)
+        self._snapshot: tuple[int, Allocation] | None = None
 
     @property
     def pools(self) -> Mapping[str, IPPool]:
@@ -90,9 +91,16 @@ class Allocator:
         return self._core.holders(ip)
 
     def snapshot(self) -> Allocation:
+        """Every holding; the same object until something is taken or released (the daemon
+        publishes one after every round, and at 10,000 L4LBs building it costs milliseconds).
+        Callers must not change it."""
+        if self._snapshot is not None and self._snapshot[0] == self._core.revision:
+            return self._snapshot[1]
         names = sorted(self._core.owners())
         held = {n: self._core.held_by(n)[0] for n in names}
-        return Allocation({n: h.ip for n, h in held.items()}, {n: h.pool for n, h in held.items()})
+        snap = Allocation({n: h.ip for n, h in held.items()}, {n: h.pool for n, h in held.items()})
+        self._snapshot = (self._core.revision, snap)
+        return snap
 
     def pool_containing(self, ip: IPAddress) -> IPPool | None:
         return self._core.pool_containing(ip)

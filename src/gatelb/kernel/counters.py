@@ -13,10 +13,13 @@ never for the sync path.
 
 from __future__ import annotations
 
+import socket
+import struct
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from gatelb.dataplane.layout import COUNTER_SETS, GENERATION, SERVICE_MAPS, Key, Role
+from gatelb.dataplane.layout import COUNTER_SETS, FAMILY_SETS, GENERATION, SERVICE_MAPS, Key, Role
+from gatelb.model import IPAddress, Protocol
 
 FlowKey = tuple[str, str, str, int]  # (vip, protocol, backend address, backend port), canonical text
 Frontend = tuple[str, str, int]  # (vip, protocol, port): a key of the service maps, canonical text
@@ -32,14 +35,67 @@ class Counter:
         self.bytes += other.bytes
 
 
+RawCounts = dict[bytes, tuple[int, int]]  # a counter set as dumped: raw key -> (packets, bytes)
+
+
 @dataclass
 class TableCounters:
+    """Per-backend counters of our table. Either keyed as text (`flows`, `new_connections`: nft's
+    JSON, the reference reader) or as the kernel's raw keys (`raw`, set name -> counts: the
+    netlink reader, which skips converting 200,000 keys to text). `lookup` reads both."""
+
     generation: int | None = None
     flows: dict[FlowKey, Counter] = field(default_factory=dict)
     new_connections: dict[FlowKey, int] = field(default_factory=dict)
-    # The frontends the kernel's service maps (svc4/svc6) hold: what is programmed, whatever the
-    # state record says. None when it could not be read.
+    raw: dict[str, RawCounts] = field(default_factory=dict)
+    # The frontends the kernel's service maps (svc4/svc6) hold: what is programmed now, whatever
+    # the state record says. None when they were not read.
     frontends: set[Frontend] | None = None
+
+    def programmed(self, vip: IPAddress, protocol: Protocol, port: int) -> bool:
+        """Whether the kernel serves this frontend (when the service maps were not read: whether
+        our table exists)."""
+        if self.frontends is None:
+            return self.generation is not None
+        return (str(vip), protocol.value, port) in self.frontends
+
+    def lookup(self, vip: IPAddress, protocol: Protocol, address: IPAddress, port: int) -> tuple[Counter, int]:
+        """(packets and bytes, new connections) of one backend of one frontend address."""
+        if not self.raw:
+            key = (str(vip), protocol.value, str(address), port)
+            return self.flows.get(key, Counter()), self.new_connections.get(key, 0)
+        sets = FAMILY_SETS[vip.version]
+        raw = counter_key(vip, protocol, address, port)
+        packets, nbytes = self.raw.get(sets.flows, {}).get(raw, (0, 0))
+        return Counter(packets, nbytes), self.raw.get(sets.conns, {}).get(raw, (0, 0))[0]
+
+
+    def backends(self, vip: IPAddress, protocol: Protocol,
+                 backends: tuple[tuple[IPAddress, int], ...]) -> list[tuple[int, int, int]]:
+        """(packets, bytes, new connections) of each backend (address, port) of one frontend
+        address: `lookup` for a whole load balancer, its key prefix encoded once."""
+        if not self.raw:
+            return [(c.packets, c.bytes, n) for c, n in (self.lookup(vip, protocol, a, p) for a, p in backends)]
+        sets = FAMILY_SETS[vip.version]
+        flows, conns = self.raw.get(sets.flows, {}), self.raw.get(sets.conns, {})
+        head = vip.packed + _PROTO_BYTES[protocol]
+        zero = (0, 0)
+        out = []
+        for address, port in backends:
+            raw = head + address.packed + _PORT.pack(port) + b"\0\0"
+            packets, nbytes = flows.get(raw, zero)
+            out.append((packets, nbytes, conns.get(raw, zero)[0]))
+        return out
+
+
+def counter_key(vip: IPAddress, protocol: Protocol, address: IPAddress, port: int) -> bytes:
+    """The raw key of a backend's elements in the counter sets (layout: frontend address,
+    protocol, backend address, backend port; every field padded to 4 bytes)."""
+    return vip.packed + _PROTO_BYTES[protocol] + address.packed + _PORT.pack(port) + b"\0\0"
+
+
+_PORT = struct.Struct("!H")
+_PROTO_BYTES = {Protocol.TCP: bytes((socket.IPPROTO_TCP, 0, 0, 0)), Protocol.UDP: bytes((socket.IPPROTO_UDP, 0, 0, 0))}
 
 
 def flow_key(key: Key) -> FlowKey:
@@ -62,7 +118,7 @@ def _element(raw: Any) -> tuple[list[Any], Counter]:
 
 
 def parse_table(objects: list[dict[str, Any]]) -> TableCounters:
-    frontends: set[tuple[str, str, int]] = set()
+    frontends: set[Frontend] = set()
     out = TableCounters(frontends=frontends)
     for obj in objects:
         s = obj.get("set") or obj.get("map")
@@ -72,7 +128,7 @@ def parse_table(objects: list[dict[str, Any]]) -> TableCounters:
         layout = _COUNTED.get(name)
         if name in _SERVICE_MAPS:
             fields = _SERVICE_MAPS[name].key
-            for raw in elems:
+            for raw in elems:  # a map element is [key, data]
                 parts = raw[0]["concat"] if isinstance(raw, list) else _element(raw)[0]
                 vip, proto, port = (f.type.parse(p) for f, p in zip(fields, parts, strict=True))
                 frontends.add((str(vip), str(proto), cast(int, port)))

@@ -195,9 +195,9 @@ class NftCli:
 
     def read_counters(self) -> TableCounters:
         if self.bulk_elements:  # same condition: our netlink socket is in nft's namespace
-            from .nlcounters import read_counters
+            from .nlcounters import read_counters_raw
 
-            return read_counters(TABLE)
+            return read_counters_raw(TABLE)
         return parse_table(self.list_table_json())
 
     def list_table_json(self) -> list[dict[str, Any]]:

@@ -11,12 +11,15 @@ from __future__ import annotations
 import errno
 import socket
 import struct
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from typing import cast
 
-from gatelb.dataplane.layout import COUNTER_SETS, GENERATION, SERVICE_MAPS, FieldType, Role
+from gatelb.dataplane.layout import COUNTER_SETS, FAMILY_SETS, GENERATION, SERVICE_MAPS, FieldType, Role, SetLayout
+from gatelb.model import IPAddress, Protocol
 
-from .counters import Counter, FlowKey, TableCounters
+from .counters import Counter, FlowKey, Frontend, RawCounts, TableCounters, counter_key
 from .nlelements import (
     NETLINK_NETFILTER,
     NFNL_SUBSYS_NFTABLES,
@@ -27,6 +30,7 @@ from .nlelements import (
     NFTA_SET_ELEM_LIST_ELEMENTS,
     NFTA_SET_ELEM_LIST_SET,
     NFTA_SET_ELEM_LIST_TABLE,
+    NLM_F_ACK,
     NLM_F_REQUEST,
     NLMSG_ERROR,
     PROTOCOL_NUMBERS,
@@ -50,6 +54,12 @@ _PROTO_NAMES = {n: p.value for p, n in PROTOCOL_NUMBERS.items()}
 
 class TableMissing(Exception):
     pass
+
+
+@dataclass
+class RawDump:
+    generation: int | None = None  # None: our table does not exist
+    sets: dict[str, RawCounts] = field(default_factory=dict)
 
 
 def _counter(expr: bytes) -> Counter | None:
@@ -90,7 +100,8 @@ def _elements(payload: bytes) -> Iterator[tuple[bytes, Counter]]:
             yield key, counter
 
 
-def _dump(sock: socket.socket, table: str, set_name: str, seq: int) -> Iterator[tuple[bytes, Counter]]:
+def _messages(sock: socket.socket, table: str, set_name: str, seq: int) -> Iterator[bytes]:
+    """The payloads (after the nfgenmsg header) of one set's element dump."""
     payload = nla(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0") + nla(
         NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
     sock.send(nl_message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM, NLM_F_REQUEST | NLM_F_DUMP, seq,
@@ -111,7 +122,102 @@ def _dump(sock: socket.socket, table: str, set_name: str, seq: int) -> Iterator[
                 if code != 0:
                     raise OSError(-code, f"dumping set {set_name}")
                 continue
-            yield from _elements(body[4:])  # after the nfgenmsg header
+            yield body[4:]
+
+
+def _dump(sock: socket.socket, table: str, set_name: str, seq: int) -> Iterator[tuple[bytes, Counter]]:
+    for body in _messages(sock, table, set_name, seq):
+        yield from _elements(body)
+
+
+# The shape the kernel gives every element of a counter set: NFTA_LIST_ELEM { KEY { DATA_VALUE key },
+# EXPR { NAME "counter", DATA { BYTES u64, PACKETS u64 } } }, nested attributes without the
+# NLA_F_NESTED flag. The fast reader compares an element's attribute headers with that frame and
+# takes the numbers at fixed offsets (about 10x faster than walking the attributes: 200,000
+# elements at 10,000 services); an element of any other shape goes through the general parser.
+_HDR = struct.Struct("=HH")
+_U64 = struct.Struct("!Q")
+
+
+def _frame(key_length: int) -> tuple[int, bytes, bytes]:
+    """(element length, the bytes before the key, the bytes from the key's end to the byte count)."""
+    name = b"counter\0"
+    numbers = 2 * 12
+    expr_body = _HDR.pack(4 + len(name), NFTA_EXPR_NAME) + name + _HDR.pack(4 + numbers, NFTA_EXPR_DATA)
+    expr = _HDR.pack(4 + len(expr_body) + numbers, NFTA_SET_ELEM_EXPR) + expr_body
+    head_tail = _HDR.pack(8 + key_length, NFTA_SET_ELEM_KEY) + _HDR.pack(4 + key_length, NFTA_DATA_VALUE)
+    length = 4 + len(head_tail) + key_length + len(expr) + numbers
+    head = _HDR.pack(length, NFTA_LIST_ELEM) + head_tail
+    return length, head, expr + _HDR.pack(12, NFTA_COUNTER_BYTES)
+
+
+_PACKETS_HDR = _HDR.pack(12, NFTA_COUNTER_PACKETS)
+
+
+def _scan(data: bytes, key_length: int, out: RawCounts) -> None:
+    """One NFTA_SET_ELEM_LIST_ELEMENTS payload into `out` (raw key -> (packets, bytes))."""
+    length, head, after = _frame(key_length)
+    k0 = len(head)
+    k1 = k0 + key_length
+    b0 = k1 + len(after)  # the byte count; then the packet count's header and value
+    p0 = b0 + 8
+    u64 = _U64.unpack_from
+    hdr = _HDR.unpack_from
+    offset, end = 0, len(data)
+    while offset + 4 <= end:
+        size, _kind = hdr(data, offset)
+        if size < 4:
+            return
+        if (size == length and data[offset : offset + k0] == head and data[offset + k1 : offset + b0] == after
+                and data[offset + p0 : offset + p0 + 4] == _PACKETS_HDR):
+            out[data[offset + k0 : offset + k1]] = (u64(data, offset + p0 + 4)[0], u64(data, offset + b0)[0])
+        else:
+            for key, counter in _elements(nla(NFTA_SET_ELEM_LIST_ELEMENTS, data[offset : offset + size])):
+                out[key] = (counter.packets, counter.bytes)
+        offset += (size + 3) & ~3
+
+
+def _open() -> socket.socket:
+    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+    sock.bind((0, 0))
+    sock.settimeout(30)
+    return sock
+
+
+def _dump_set(table: str, layout: SetLayout) -> RawCounts:
+    key_length = ElementCodec(layout).key_length
+    counts: RawCounts = {}
+    with _open() as sock:
+        for body in _messages(sock, table, layout.name, 1):
+            for kind, value in attrs(body):
+                if kind == NFTA_SET_ELEM_LIST_ELEMENTS:
+                    _scan(value, key_length, counts)
+    return counts
+
+
+def dump_raw(table: str = "gatelb", sets: Sequence[SetLayout] = COUNTER_SETS) -> RawDump:
+    """The generation and `sets` of our table as raw key bytes -> (packets, bytes), for readers that
+    map keys themselves (the metrics collector encodes the keys it expects once per sync).
+
+    Each set is dumped on its own socket in its own thread: the kernel resumes a hash set's dump
+    by walking past the elements already sent, about 0.3 s of system time per 100,000-element set
+    (one 32 KiB message at a time), and that time runs on another core while the GIL is free."""
+    out = RawDump()
+    with _open() as sock:
+        generation = ElementCodec(GENERATION)
+        try:
+            gens = [generation.decode_key(key)[0] for key, _ in _dump(sock, table, GENERATION.name, 1)]
+        except TableMissing:
+            return out
+    out.generation = cast(int, gens[0]) if gens else 0
+    with ThreadPoolExecutor(max_workers=max(1, len(sets)), thread_name_prefix="counters") as pool:
+        dumps = [(layout.name, pool.submit(_dump_set, table, layout)) for layout in sets]
+        for name, future in dumps:
+            try:
+                out.sets[name] = future.result()
+            except TableMissing:  # removed between the generation and this set
+                return RawDump()
+    return out
 
 
 def _addr_text(raw: bytes) -> str:
@@ -128,60 +234,119 @@ _FIELD_TEXT: dict[FieldType, Callable[[bytes], str | int]] = {
 }
 
 
-def _socket() -> socket.socket:
-    sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
-    sock.bind((0, 0))
-    sock.settimeout(30)
-    return sock
+def read_counters(table: str = "gatelb") -> TableCounters:
+    """The generation and the per-backend counter sets of our table in this network namespace
+    (which sets, and the layout of their keys, from dataplane/layout.py), keyed as text."""
+    raw = dump_raw(table, (*COUNTER_SETS, *SERVICE_MAPS))
+    out = TableCounters(generation=raw.generation, frontends=_frontends(raw.sets))
+    for layout in COUNTER_SETS:
+        codec = ElementCodec(layout)
+        # Keys share their fields (a VIP for every backend of a service): convert each once.
+        fields: list[tuple[int, int, Callable[[bytes], str | int], dict[bytes, str | int]]] = [
+            (o, t.size, _FIELD_TEXT[t], {}) for o, t in codec.key_slices]
+        flows = layout.role is Role.FLOWS
+        for key, (packets, nbytes) in raw.sets.get(layout.name, {}).items():
+            if len(key) != codec.key_length:
+                raise OSError(f"{layout.name}: unexpected key length {len(key)}")
+            parts = []
+            for o, size, text, cache in fields:
+                chunk = key[o : o + size]
+                value = cache.get(chunk)
+                if value is None:
+                    value = cache[chunk] = text(chunk)
+                parts.append(value)
+            fk = cast(FlowKey, tuple(parts))
+            if flows:
+                out.flows[fk] = Counter(packets, nbytes)
+            else:
+                out.new_connections[fk] = packets
+    return out
 
 
-def _generation(sock: socket.socket, table: str) -> int:
-    codec = ElementCodec(GENERATION)
-    gens = [codec.decode_key(key)[0] for key, _ in _dump(sock, table, GENERATION.name, 1)]
-    return cast(int, gens[0]) if gens else 0
+def read_counters_raw(table: str = "gatelb") -> TableCounters:
+    """The same as read_counters with the kernel's raw keys (TableCounters.lookup reads them)."""
+    raw = dump_raw(table, (*COUNTER_SETS, *SERVICE_MAPS))
+    return TableCounters(generation=raw.generation, frontends=_frontends(raw.sets), raw=raw.sets)
+
+
+def _frontends(sets: dict[str, RawCounts]) -> set[Frontend]:
+    """The keys of the service maps (popped from `sets`) as (vip, protocol, port) text."""
+    out: set[Frontend] = set()
+    for layout in SERVICE_MAPS:
+        fields = [(o, t.size, _FIELD_TEXT[t]) for o, t in ElementCodec(layout).key_slices]
+        for key in sets.pop(layout.name, {}):
+            vip, proto, port = (text(key[o : o + size]) for o, size, text in fields)
+            out.add((str(vip), str(proto), cast(int, port)))
+    return out
 
 
 def read_generation(table: str = "gatelb") -> int | None:
     """The generation number in our table in this network namespace (None: no table). One tiny
-    dump: cheap enough for a periodic check."""
-    sock = _socket()
-    try:
-        return _generation(sock, table)
-    except TableMissing:
-        return None
-    finally:
-        sock.close()
-
-
-def read_counters(table: str = "gatelb") -> TableCounters:
-    """The generation, the per-backend counter sets and the frontends of the service maps of our
-    table in this network namespace (which sets, and the layout of their keys, from
-    dataplane/layout.py)."""
-    out = TableCounters()
-    sock = _socket()
-    try:
+    dump: cheap enough for the daemon's periodic check (agent/guard.py)."""
+    with _open() as sock:
         try:
-            out.generation = _generation(sock, table)
+            gens = [ElementCodec(GENERATION).decode_key(key)[0] for key, _ in _dump(sock, table, GENERATION.name, 1)]
+        except TableMissing:
+            return None
+    return cast(int, gens[0]) if gens else 0
+
+
+def read_counters_for(keys: Iterable[tuple[IPAddress, Protocol, IPAddress, int]],
+                      table: str = "gatelb") -> TableCounters:
+    """The counters of just these backends (frontend address, protocol, backend address, port):
+    one GETSETELEM request per set naming the keys, answered element by element, instead of a
+    dump of the whole set (`gatelb status NAME` at 10,000 services). A key the kernel does not
+    hold fails the request (ENOENT): then the whole sets are dumped instead."""
+    wanted: dict[str, list[bytes]] = {}
+    for vip, protocol, address, port in keys:
+        sets = FAMILY_SETS[vip.version]
+        raw = counter_key(vip, protocol, address, port)
+        wanted.setdefault(sets.flows, []).append(raw)
+        wanted.setdefault(sets.conns, []).append(raw)
+    out = TableCounters()
+    with _open() as sock:
+        generation = ElementCodec(GENERATION)
+        try:
+            gens = [generation.decode_key(key)[0] for key, _ in _dump(sock, table, GENERATION.name, 1)]
         except TableMissing:
             return out
+        out.generation = cast(int, gens[0]) if gens else 0
+        try:
+            for seq, (name, raws) in enumerate(wanted.items(), 2):
+                out.raw[name] = _get(sock, table, name, raws, seq)
+        except TableMissing:
+            return read_counters_raw(table)
+    # Whether each is programmed: the service maps are small (one element per frontend).
+    try:
+        out.frontends = _frontends({layout.name: _dump_set(table, layout) for layout in SERVICE_MAPS})
+    except TableMissing:
         out.frontends = set()
-        for seq, layout in enumerate(SERVICE_MAPS, 100):
-            fields = [(o, t.size, _FIELD_TEXT[t]) for o, t in ElementCodec(layout).key_slices]
-            for key, _ in _dump(sock, table, layout.name, seq):
-                vip, proto, port = (text(key[o : o + size]) for o, size, text in fields)
-                out.frontends.add((str(vip), str(proto), int(port)))
-        for seq, layout in enumerate(COUNTER_SETS, 2):
-            codec = ElementCodec(layout)
-            fields = [(o, t.size, _FIELD_TEXT[t]) for o, t in codec.key_slices]
-            flows = layout.role is Role.FLOWS
-            for key, counter in _dump(sock, table, layout.name, seq):
-                if len(key) != codec.key_length:
-                    raise OSError(f"{layout.name}: unexpected key length {len(key)}")
-                fk = cast(FlowKey, tuple(text(key[o : o + size]) for o, size, text in fields))
-                if flows:
-                    out.flows[fk] = counter
-                else:
-                    out.new_connections[fk] = counter.packets
-    finally:
-        sock.close()
     return out
+
+
+def _get(sock: socket.socket, table: str, set_name: str, keys: list[bytes], seq: int) -> RawCounts:
+    elements = b"".join(nla(NFTA_LIST_ELEM, nla(NFTA_SET_ELEM_KEY, nla(NFTA_DATA_VALUE, k))) for k in keys)
+    payload = (nla(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0")
+               + nla(NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
+               + nla(NFTA_SET_ELEM_LIST_ELEMENTS, elements))
+    sock.send(nl_message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM, NLM_F_REQUEST | NLM_F_ACK, seq,
+                         NFPROTO_INET, 0, payload))
+    counts: RawCounts = {}
+    key_length = len(keys[0]) if keys else 0
+    while True:
+        data = sock.recv(1 << 20)
+        offset = 0
+        while offset + 16 <= len(data):
+            length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, offset)
+            body = data[offset + 16 : offset + length]
+            offset += (length + 3) & ~3
+            if kind == NLMSG_ERROR:
+                (code,) = struct.unpack_from("=i", body, 0)
+                if code == -errno.ENOENT:
+                    raise TableMissing(set_name)
+                if code != 0:
+                    raise OSError(-code, f"reading elements of set {set_name}")
+                return counts  # the ACK: every element has been answered
+            for attr, value in attrs(body[4:]):
+                if attr == NFTA_SET_ELEM_LIST_ELEMENTS:
+                    _scan(value, key_length, counts)

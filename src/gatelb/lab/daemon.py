@@ -88,6 +88,17 @@ class LabDaemon:
         stop_process(self._proc, timeout=timeout)
         return self._proc.returncode
 
+    def wait(self, timeout: float = 10.0) -> int | None:
+        """Wait for the daemon to exit by itself (after a signal() of ours: a second SIGTERM would
+        end it at once, with exit 1, by design); stop() it if it has not exited within `timeout`."""
+        if self._proc is None:
+            return None
+        try:
+            return self._proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.stop()
+            raise LabError(f"{self._name} did not exit within {timeout} s:\n{self.log_text()[-4000:]}") from None
+
     def signal(self, sig: int) -> None:
         """Send `sig` to the daemon (SIGTERM, SIGHUP) without waiting."""
         if self._proc is not None and self._proc.poll() is None:

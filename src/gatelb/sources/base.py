@@ -53,6 +53,9 @@ class Contribution:
     origins: Mapping[str, ObjectRef] = field(default_factory=dict)
     full: bool = False
     config: Mapping[ObjectRef, ConfigObject | None] = field(default_factory=dict)
+    # Addresses load balancers had according to the source (an object's status): they get them
+    # back when still free, as after a restart with the state record.
+    recorded: Mapping[str, IPAddress] = field(default_factory=dict)
 
     @property
     def empty(self) -> bool:

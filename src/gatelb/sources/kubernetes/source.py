@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
+import ipaddress
 import logging
 import os
 import socket
@@ -203,9 +205,11 @@ class KubeSource:
             t = self._tracker.translate_service(key, addresses)
             self._take_result(t.origin, t.load_balancers, (*request_errors.get(key, ()), *t.errors),
                               changes, origins, errors)
+        recorded: dict[str, IPAddress] = {}
         for key in l4lbs:
             t = self._tracker.translate_l4lb(key)
-            self._take_result(t.origin, t.load_balancers, t.errors, changes, origins, errors)
+            lbs = self._l4lb_as(leader, key, t.load_balancers, recorded)
+            self._take_result(t.origin, lbs, t.errors, changes, origins, errors)
         if pools is not None:
             for ref in [r for r in self._errors_of if r.kind in (IPPOOL, IPADDRESSPOOL)]:
                 errors[ref] = ()
@@ -222,7 +226,24 @@ class KubeSource:
                 self._errors_of[ref] = errs
             else:
                 self._errors_of.pop(ref, None)
-        return Contribution(changes, pools, errors, origins, config=config)
+        return Contribution(changes, pools, errors, origins, config=config, recorded=recorded)
+
+    def _l4lb_as(self, leader: bool, key: str, lbs: tuple[LoadBalancer, ...],
+                 recorded: dict[str, IPAddress]) -> tuple[LoadBalancer, ...]:
+        """An L4LB object as this instance serves it. Only the leader allocates (as for Services):
+        it gets the address the object's status names back when that is still free (a restart
+        with a new state directory, another leader). A follower serves the address the leader
+        wrote into status, and nothing before that, so all gateways agree."""
+        obj = self._tracker.objects(L4LBS).get(key)
+        written = _status_frontend(obj) if obj is not None else None
+        if leader:
+            if written is not None:
+                recorded.update((lb.name, written) for lb in lbs)
+            return lbs
+        if written is None:
+            return tuple(lb for lb in lbs if lb.frontend_ip is not None)
+        return tuple(lb if lb.frontend_ip is not None else dataclasses.replace(lb, frontend_ip=written)
+                     for lb in lbs)
 
     def _collect_config(self, everything: bool) -> tuple[dict[ObjectRef, ConfigObject | None],
                                                          dict[ObjectRef, tuple[ValidationError, ...]]]:
@@ -504,3 +525,10 @@ class KubeSource:
             "problems": [p for p in (getattr(self._elector, "problem", None),) if p],
         }
 
+
+def _status_frontend(obj: Obj) -> IPAddress | None:
+    text = _dig(obj, "status", "frontendIP")
+    try:
+        return ipaddress.ip_address(text) if isinstance(text, str) and text else None
+    except ValueError:
+        return None  # someone else's garbage: not an address we wrote

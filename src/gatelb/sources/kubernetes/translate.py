@@ -29,6 +29,7 @@ from typing import Any
 
 import pydantic
 
+from gatelb.addresses import ip_address
 from gatelb.ipam.services import (
     FamilyPolicy,
     Selector,
@@ -380,7 +381,7 @@ def _endpoints(slices: Sequence[Obj], port_name: str, protocol: Protocol, family
             if not addresses:
                 continue
             try:
-                addr = ipaddress.ip_address(addresses[0])  # consumers use the first (kube-proxy does)
+                addr = ip_address(str(addresses[0]))  # consumers use the first (kube-proxy does)
             except ValueError:
                 continue
             e = _Endpoint(addr, int(sport["port"]), ep.get("nodeName"))
