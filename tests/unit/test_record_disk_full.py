@@ -60,3 +60,21 @@ def test_a_full_disk_is_retried_and_the_writer_keeps_running(tmp_path: Path, mon
     asyncio.run(main())
     assert store.attempts >= 5 and writer.failures == 0
     assert caplog.text.count("state-save-failed") == 3
+
+
+def test_the_writer_ends_when_cancelled_as_a_state_arrives(tmp_path: Path) -> None:
+    """A stop that coincides with a last set(): with asyncio.wait_for (Python 3.11) the task lost
+    the cancellation and never ended, so the daemon's shutdown took the full grace period and
+    exited 1 ("shutdown-stuck")."""
+    writer = RecordWriter(StateStore(tmp_path), ("file x",))
+
+    async def main() -> None:
+        task = asyncio.create_task(writer.run())
+        await asyncio.sleep(0.01)  # waiting for a state
+        writer.set(synced(1))
+        task.cancel()  # in the same step
+        done, _ = await asyncio.wait({task}, timeout=1.0)
+        assert done, "the writer did not end when cancelled"
+        assert task.cancelled()
+
+    asyncio.run(main())

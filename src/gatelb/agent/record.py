@@ -113,8 +113,11 @@ class RecordWriter:
 
     async def run(self) -> None:
         while True:
+            # asyncio.timeout, not wait_for: Python 3.11's wait_for loses a cancellation that arrives
+            # as the event is set, and the task then never ends (seen at shutdown).
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wanted.wait(), SAVE_INTERVAL_S)
+                async with asyncio.timeout(SAVE_INTERVAL_S):
+                    await self._wanted.wait()
             if not self._wanted.is_set() and not self._revised():
                 continue
             self._wanted.clear()

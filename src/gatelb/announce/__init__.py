@@ -96,8 +96,9 @@ class Announcer:
     async def run(self) -> None:
         try:
             while True:
-                try:
-                    await asyncio.wait_for(self._wake.wait(), WATCH_S)
+                try:  # not wait_for: in Python 3.11 it can lose a cancellation (a stop never ends)
+                    async with asyncio.timeout(WATCH_S):
+                        await self._wake.wait()
                 except TimeoutError:
                     if self._frr_up and len(self.frr.running()) < 3:
                         event(logging.ERROR, "frr-daemon-died", running=self.frr.running())

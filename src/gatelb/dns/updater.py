@@ -200,8 +200,10 @@ class DNSUpdater:
         while True:
             timeout = self._next_deadline() - time.monotonic()
             if timeout > 0:
+                # not wait_for: in Python 3.11 it can lose a cancellation (a stop never ends)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._wake.wait(), timeout)
+                    async with asyncio.timeout(timeout):
+                        await self._wake.wait()
             self._wake.clear()
             if self._state is not None:
                 await self.round(self._state)
