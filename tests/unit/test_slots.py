@@ -8,6 +8,8 @@ from __future__ import annotations
 import time
 from collections import Counter
 from fractions import Fraction
+from functools import reduce
+from math import gcd
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -37,8 +39,10 @@ def check_tolerance(weights: list[int]) -> None:
     assert all(counts[i] >= 1 for i in live)  # every live backend takes traffic
     total_w, budget = sum(weights), sum(counts)
     assert budget <= slot_budget(len(live))
-    if budget < slot_budget(len(live)):  # the reduced weights fit: exact
+    divisor = reduce(gcd, (weights[i] for i in live))
+    if total_w // divisor <= slot_budget(len(live)):  # the reduced weights fit: exact
         assert all(Fraction(counts[i], budget) == Fraction(weights[i], total_w) for i in live)
+        assert slot_tolerance(weights) == 0.0
         return
     raised = sum(1 for i in live if counts[i] == 1 and Fraction(weights[i] * budget, total_w) < 1)
     bound = Fraction(raised + 1, budget)
