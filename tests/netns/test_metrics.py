@@ -169,12 +169,13 @@ def test_healthz_turns_503_while_the_kernel_refuses_our_transactions(fresh: Lab)
         # The fault: our table replaced by one with the `owner` flag, held by another process's
         # netlink socket. The kernel refuses every change to it from anyone else (EPERM) until
         # that process exits, when the table goes away with it.
-        lab.run("gw", ["nft", "delete table inet gatelb"])
+        # One transaction: the daemon repairs a deleted table at once (agent/guard.py), so the
+        # replacement must take its place in the same commit; the repair then fails with EPERM.
         owner = lab.popen("gw", ["nft", "-i"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
                           stderr=subprocess.DEVNULL)
         try:
             assert owner.stdin is not None
-            owner.stdin.write(b"add table inet gatelb { flags owner; }\n")
+            owner.stdin.write(b"delete table inet gatelb; add table inet gatelb { flags owner; }\n")
             owner.stdin.flush()
             deadline = time.monotonic() + 5
             while "flags owner" not in lab.run("gw", ["nft", "list table inet gatelb"], check=False).stdout:

@@ -11,7 +11,7 @@ import pytest
 
 from gatelb.agent.engine import DataplaneSync
 from gatelb.dataplane import compile_full, compile_ruleset
-from gatelb.dataplane.slots import MAX_SLOTS, slot_counts, slot_sequence
+from gatelb.dataplane.slots import MIN_SLOTS, slot_counts, slot_sequence
 from gatelb.kernel.fake import FakeNft
 from gatelb.kernel.nft import NftError
 from gatelb.model import (
@@ -80,7 +80,7 @@ def test_weights_become_slots() -> None:
     assert slot_counts([10, 10, 20]) == [1, 1, 2]  # divided by the gcd
     assert slot_counts([0, 3]) == [0, 1]
     big = slot_counts([1, 1000, 7])
-    assert sum(big) == MAX_SLOTS and min(big) >= 1
+    assert sum(big) == MIN_SLOTS and min(big) >= 1
     assert sorted(slot_sequence([5, 1, 1])) == [0, 0, 0, 0, 0, 1, 2]
     # smooth order: the heavy backend never takes more than two slots in a row here
     seq = "".join("abc"[i] for i in slot_sequence([5, 1, 1]))

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from gatelb.dataplane.slots import MAX_SLOTS, slot_counts, slot_tolerance
+from gatelb.dataplane.slots import slot_budget, slot_counts, slot_tolerance
 from gatelb.dataplane.trace import (
     DNAT,
     DROPPED_SOURCE,
@@ -57,7 +57,7 @@ def test_small_weights_are_exact_and_large_ones_stay_within_the_documented_bound
         counts = slot_counts(weights)
         total, wsum = sum(counts), sum(weights)
         tol = slot_tolerance(weights)
-        assert total <= max(MAX_SLOTS, len(weights))
+        assert total <= slot_budget(len(weights))
         assert all(abs(c / total - w / wsum) <= tol + 1e-12 for c, w in zip(counts, weights, strict=True))
 
 

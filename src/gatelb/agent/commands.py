@@ -12,16 +12,18 @@ work while the daemon runs.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from gatelb.agent.client import DaemonError, daemon_status
 from gatelb.agent.engine import DataplaneSync
+from gatelb.agent.lock import TableOwned, table_lock
 from gatelb.agent.reconciler import Reconciler, one_round
 from gatelb.agent.record import stored_state
 from gatelb.agent.statefile import StateStore, StoredState, released_after
@@ -31,6 +33,7 @@ from gatelb.dataplane.changes import describe_changes
 from gatelb.dataplane.render import render_delete
 from gatelb.kernel.addresses import HostAddresses
 from gatelb.kernel.conntrack import flush_flows
+from gatelb.kernel.foreign import hazards
 from gatelb.kernel.nft import Nft, NftCli, NftError
 from gatelb.model import DesiredState, IPAddress, ResolvedState, ValidationError, ValidationErrors, printable
 from gatelb.sources.base import Source
@@ -50,6 +53,8 @@ class Context:
     store: StateStore
     nft: Nft
     host_address: Callable[[IPAddress], bool] | None = None  # None: any address may be a VIP
+    # Ownership of the table in this network namespace while a command writes (agent/lock.py).
+    owner: Callable[[], contextlib.AbstractContextManager[None]] = table_lock
 
     @classmethod
     def create(cls, state_dir: Path, allow_host_addresses: bool = False) -> Context:
@@ -73,6 +78,15 @@ def read_input(path: str) -> str:
         raise CommandError(f"cannot read {path}: {err.strerror}", EXIT_INVALID) from err
 
 
+@contextlib.contextmanager
+def _owning(ctx: Context) -> Iterator[None]:
+    try:
+        with ctx.owner():
+            yield
+    except TableOwned as err:
+        raise CommandError(f"{err}; nothing changed", EXIT_FAILED) from err
+
+
 def apply_source(ctx: Context, source: Source, dry_run: bool = False, want_nft_text: bool = False,
                  describe: bool = True) -> dict[str, Any]:
     """Validate, allocate, compile and apply (or only plan) what `source` holds, as one round of
@@ -80,6 +94,14 @@ def apply_source(ctx: Context, source: Source, dry_run: bool = False, want_nft_t
 
     want_nft_text: put in report["nftText"] the complete nft script equivalent to what was
     applied (a full load may have sent its bulk elements over netlink instead of as text)."""
+    if dry_run:
+        return _apply_source(ctx, source, dry_run, want_nft_text, describe)
+    with _owning(ctx):
+        return _apply_source(ctx, source, dry_run, want_nft_text, describe)
+
+
+def _apply_source(ctx: Context, source: Source, dry_run: bool, want_nft_text: bool,
+                  describe: bool) -> dict[str, Any]:
     t0 = time.perf_counter()
     stored = ctx.store.load()
     reconciler = Reconciler([source], DataplaneSync(ctx.nft, indexed=True),
@@ -186,10 +208,11 @@ def names_in(text: str, source: str) -> tuple[set[str], set[str]]:
 
 
 def flush(ctx: Context) -> None:
-    try:
-        ctx.nft.apply(render_delete())
-    except NftError as err:
-        raise CommandError(f"nft failed: {err}", EXIT_FAILED) from err
+    with _owning(ctx):
+        try:
+            ctx.nft.apply(render_delete())
+        except NftError as err:
+            raise CommandError(f"nft failed: {err}", EXIT_FAILED) from err
     stored = ctx.store.load()
     # Keep the allocations: a later apply gives every L4LB its old address back.
     ctx.store.save(StoredState(allocations=stored.allocations, pools=stored.pools, applied=None,
@@ -209,10 +232,14 @@ def status(ctx: Context, name: str | None = None, backends: bool | None = True) 
     applied = stored.applied
     chosen = None if name is None or applied is None else [s for s in applied.services.services if s.name == name]
     counters = counters_for(ctx.nft, chosen)
+    # Other tables' base chains that can drop or rewrite traffic to our VIPs (kernel/foreign.py).
+    foreign = [h.as_dict() for h in hazards(ctx.nft.query_json)]
     if applied is None:
         if name is not None:
             raise CommandError(f"no load balancer named {name!r} (nothing is applied)", EXIT_FAILED)
-        return build_status(DesiredState(), {}, ResolvedState(), counters, None, {})
+        data = build_status(DesiredState(), {}, ResolvedState(), counters, None, {})
+        data["foreignRules"] = foreign
+        return data
     lbs = applied.load_balancers
     if name is not None:
         lbs = tuple(lb for lb in lbs if lb.name == name)
@@ -221,6 +248,7 @@ def status(ctx: Context, name: str | None = None, backends: bool | None = True) 
     desired = DesiredState(applied.pools, lbs)
     data = build_status(desired, stored.allocations, applied.services, counters, applied.generation,
                         applied.health, True if name is not None else backends)
+    data["foreignRules"] = foreign
     data["sources"] = list(applied.sources)
     data["errors"] = list(applied.errors)
     if applied.info:

@@ -26,7 +26,8 @@ from typing import TYPE_CHECKING, Any
 
 from gatelb.agent.client import SOCKET_NAME
 from gatelb.agent.engine import DataplaneSync
-from gatelb.agent.lock import StateLocked, state_lock
+from gatelb.agent.guard import KernelGuard
+from gatelb.agent.lock import StateLocked, TableOwned, state_lock, table_lock
 from gatelb.agent.metrics import DEFAULT_HEALTHZ_TIMEOUT_S, Metrics
 from gatelb.agent.reconciler import Consumer, Reconciler, run_sources
 from gatelb.agent.record import RecordWriter, health_records
@@ -41,6 +42,7 @@ from gatelb.health.probes import probe
 from gatelb.kernel.addresses import HostAddresses
 from gatelb.kernel.conntrack import flush_flows
 from gatelb.kernel.nft import Nft, NftCli
+from gatelb.kernel.nlcounters import read_generation
 from gatelb.model import Backend, IPAddress, SyncedState
 from gatelb.sources.base import Source
 
@@ -96,6 +98,8 @@ class Daemon:
         self.writer = RecordWriter(store, tuple(s.name for s in parts.sources), self.monitor, self._info)
         self.reconciler.consumers += [self.writer, *parts.consumers, self.dns]
         self.metrics.attach(self.reconciler, self.monitor)
+        # Repairs what others do to our table, warns about their tables (agent/guard.py).
+        self.guard = KernelGuard(self.reconciler, read_generation, nft.query_json)
 
     def _info(self) -> dict[str, Any]:
         info = dict(self.parts.info()) if self.parts.info is not None else {}
@@ -119,8 +123,10 @@ class Daemon:
         info = self._info()
         chosen = None if name is None else [s for n, s in state.services.items() if n == name]
         counters = await asyncio.to_thread(counters_for, self.nft, chosen)
-        return await asyncio.to_thread(live_status, state, counters, health,
+        data = await asyncio.to_thread(live_status, state, counters, health,
                                        tuple(s.name for s in self.parts.sources), info, name, backends)
+        data["foreignRules"] = [h.as_dict() for h in self.guard.hazards]  # kept current by the guard
+        return data
 
     def _usable(self, lb: str, backend: Backend) -> bool:
         assert self.monitor is not None
@@ -155,6 +161,7 @@ class Daemon:
             "reconcile": self.reconciler.run(),
             "sources": run_sources(self.reconciler, self.parts.sources),
             "state-save": self.writer.run(),
+            "kernel-guard": self.guard.run(),
             "dns": self.dns.run(),
             **self.parts.tasks,
         }
@@ -244,10 +251,10 @@ def run_daemon(make_parts: Callable[[], Coroutine[Any, Any, Parts]], state_dir: 
         event(logging.INFO, "nofile-raised", before=before, after=after)
     endpoints = Endpoints(metrics_address, state_dir / SOCKET_NAME, healthz_timeout_s)
     try:
-        with state_lock(state_dir):
+        with state_lock(state_dir), table_lock():
             return asyncio.run(_main(make_parts, StateStore(state_dir), health, node or socket.gethostname(),
                                      endpoints, allow_host_addresses))
-    except StateLocked as err:
+    except (StateLocked, TableOwned) as err:
         print(f"gatelb run: {err}", file=sys.stderr)
         return 1
     except StateFileError as err:

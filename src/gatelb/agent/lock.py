@@ -1,7 +1,8 @@
-"""One writer per state directory: the daemon, or a one-shot apply/delete/flush, never both.
+"""One writer per state directory, and one owner of the table per network namespace: the daemon,
+or a one-shot apply/delete/flush, never both.
 
 An flock on `<state-dir>/lock` is released by the kernel when the holder dies, so a crash never
-leaves a stale lock behind.
+leaves a stale lock behind; so is the namespace's owner socket (below).
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import socket
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -46,3 +49,62 @@ def state_lock(directory: Path, wait: bool = False) -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+# -- one owner of the table per network namespace -------------------------------------------------
+#
+# The table lives in the network namespace, not in a state directory: two gatelb processes with
+# different state directories in one namespace would replace each other's table. The owner holds
+# an abstract unix socket, whose name the kernel scopes to the network namespace exactly like the
+# table: released when the holder dies (nothing stale, no file), and seen across mount and PID
+# namespaces (two containers on the host network see each other; a lock file under /run would
+# not, each with its own /run). The holder is named through SO_PEERCRED. The price: any process
+# in the namespace may bind the name first; the refusal then names it (pid and uid).
+
+OWNER_NAME = b"\0gatelb/table/inet/gatelb"
+
+
+class TableOwned(RuntimeError):
+    pass
+
+
+def _holder() -> str:
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(0.5)
+    try:
+        probe.connect(OWNER_NAME)
+        pid, uid, _gid = struct.unpack("3i", probe.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))
+    except OSError:
+        return "another process"
+    finally:
+        probe.close()
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return f"pid {pid} (uid {uid})"
+    words = [a.decode(errors="replace") for a in argv if a]
+    if not any("gatelb" in w for w in words):
+        return f"pid {pid} (uid {uid}, not gatelb: {' '.join(words)[:120]})"
+    state = next((words[i + 1] for i, w in enumerate(words[:-1]) if w == "--state-dir"), None)
+    command = "gatelb run" if "run" in words else "a gatelb command"
+    return f"{command} pid {pid}" + (f" (state dir {state})" if state else "")
+
+
+@contextmanager
+def table_lock() -> Iterator[None]:
+    """Own table inet gatelb in this network namespace while the block runs (the daemon for its
+    lifetime, a one-shot command while it writes); raises TableOwned when someone else does."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        try:
+            sock.bind(OWNER_NAME)
+        except OSError as err:
+            if err.errno != errno.EADDRINUSE:
+                raise
+            raise TableOwned(
+                f"table inet gatelb in this network namespace is owned by {_holder()}; one gatelb per "
+                "network namespace: stop it, or give it this configuration (its state directory)") from None
+        sock.listen(64)
+        yield
+    finally:
+        sock.close()

@@ -142,6 +142,8 @@ class Reconciler:
         self.last_error: str | None = None
         self.triggered_at = 0.0
         self._reasons: set[str] = set()  # why the pending round runs (for its log line)
+        self._resync_due = False  # resync(): the next round reloads the whole table
+        self._busy = False  # a round is running (its transaction may be in flight)
         # Triggers not yet handled by a successful round, and when the oldest of them arrived
         # (UNIX time): what /healthz and gatelb_changes_pending report. A failed round keeps them.
         self.pending = 0
@@ -201,6 +203,22 @@ class Reconciler:
         event(logging.INFO, "adopted", generation=generation, services=len(previous.services))
         return True
 
+    # -- repair: the kernel changed behind our back (agent/guard.py) -------------------------
+
+    @property
+    def expected_generation(self) -> int | None:
+        """The generation our table holds if nobody else touched it; None while a round runs or
+        before anything was applied (nothing to compare with then)."""
+        if self._busy or not self._engine.has_applied:
+            return None
+        return self._engine.generation
+
+    def resync(self, reason: str) -> None:
+        """Reload the whole table in the next round, through the usual path (someone deleted,
+        flushed or edited it: the in-memory diff would be empty)."""
+        self._resync_due = True
+        self.trigger(f"repair:{reason}")
+
     # -- the loop ----------------------------------------------------------------------------
 
     async def run(self) -> None:
@@ -238,7 +256,11 @@ class Reconciler:
 
     async def round(self, dry_run: bool = False) -> bool:
         """One round; False when the kernel refused (the next round is then a full resync)."""
-        report = await self.run_round(dry_run=dry_run)
+        self._busy = True
+        try:
+            report = await self.run_round(dry_run=dry_run)
+        finally:
+            self._busy = False
         return report is not None
 
     async def run_round(self, dry_run: bool = False) -> RoundReport | None:
@@ -258,6 +280,9 @@ class Reconciler:
         # source that has not loaded yet may still want.
         if self._first_pass_due and all(slot.committed for slot in self._slots):
             everything = True
+        if self._resync_due and not dry_run:
+            self._resync_due = False
+            self._engine.force_full()
         if self._health is not None and (changes or everything):
             self._health.desired(self._lbs, None if everything else changes.keys())
         upserts, removed, previous = self._resolve(changes, everything)

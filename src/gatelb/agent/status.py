@@ -101,7 +101,9 @@ def _lb_status(
     out = {
         "name": lb.name,
         "state": lb.state.value,
-        "programmed": svc is not None and counters.generation is not None,
+        # In the kernel's service map, not only in the state record: a table deleted or flushed
+        # behind our back shows here at once.
+        "programmed": svc is not None and counters.programmed(svc.vip, svc.protocol, svc.port),
         "protocol": lb.protocol.value,
         "frontend": {"ip": ip, "port": lb.port},
         "pool": lb.pool,

@@ -89,6 +89,9 @@ def print_status(data: dict[str, Any], output: str) -> None:
     _print_l2(console, info.get("l2"))
     for error in data.get("errors") or []:
         console.print(f"[yellow]{error}[/yellow]")
+    for f in data.get("foreignRules") or []:
+        console.print(f"[yellow]warning: table {f['table']} chain {f['chain']} (hook {f['hook']}, priority "
+                      f"{f['priority']}) can {f['can']} traffic to our VIPs: {f['why']}[/yellow]")
     rows = list(_status_rows(data["loadBalancers"]))
     if any(lb.get("backendsOmitted") for lb in data["loadBalancers"]):
         console.print(f"{len(data['loadBalancers'])} load balancers: one line each (`gatelb status NAME` or "

@@ -114,6 +114,7 @@ class Role(enum.Enum):
     FLOWS = "flows"  # packets and bytes, keyed (frontend address, protocol, backend address, port)
     CONNS = "conns"  # new connections (the counter's packets), same key
     GENERATION = "generation"  # the single element is the generation number of the table
+    SERVICES = "services"  # the service maps: a frontend is programmed when it is a key here
 
 
 VERDICT: Final = "verdict"
@@ -223,13 +224,17 @@ def _family_sets(f: int) -> list[SetLayout]:
         return SetLayout(name, key, data, netlink_bulk=True, netlink_increments=True, family=f, **kw)  # type: ignore[arg-type]
 
     return [
-        bulk(f"svc{f}", frontend, VERDICT),
+        bulk(f"svc{f}", frontend, VERDICT, role=Role.SERVICES),
         bulk(f"be{f}", slot, (Field(addr, f"{ip} daddr"), Field(service, "tcp dport"))),
         bulk(f"beu{f}", slot, (Field(addr, f"{ip} daddr"), Field(service, "udp dport"))),
         bulk(f"flows{f}", flow, flags=(Flag.COUNTER,), role=Role.FLOWS),
         bulk(f"conns{f}", flow, flags=(Flag.COUNTER,), role=Role.CONNS),
         # FULLNAT services' flows (same key): masqueraded towards the backend.
         SetLayout(f"fullnat{f}", flow, netlink_increments=True, family=f),
+        # Hairpin (a backend connecting to a VIP and balanced to itself): (backend, backend),
+        # masqueraded so that its reply comes back through us (kube-proxy does the same). One
+        # element per backend address, shared by every service it serves.
+        bulk(f"hairpin{f}", (Field(addr, f"{ip} saddr"), Field(addr, f"{ip} daddr"))),
         # Frontends with source ranges, and the (frontend . client network) pairs they allow.
         SetLayout(f"restricted{f}", frontend, netlink_increments=True, family=f),
         SetLayout(f"allow{f}", (*frontend, Field(addr)), flags=(Flag.INTERVAL,), family=f),
@@ -246,6 +251,7 @@ SETS: Final[dict[str, SetLayout]] = {
 NETLINK_BULK_SETS: Final = tuple(n for n, s in SETS.items() if s.netlink_bulk)
 NETLINK_INCREMENT_SETS: Final = tuple(n for n, s in SETS.items() if s.netlink_increments)
 COUNTER_SETS: Final = tuple(s for s in SETS.values() if s.role in (Role.FLOWS, Role.CONNS))
+SERVICE_MAPS: Final = tuple(s for s in SETS.values() if s.role is Role.SERVICES)
 GENERATION: Final = next(s for s in SETS.values() if s.role is Role.GENERATION)
 
 
@@ -259,6 +265,7 @@ class FamilySets:
     flows: str
     conns: str
     fullnat: str
+    hairpin: str
     restricted: str
     allow: str
 

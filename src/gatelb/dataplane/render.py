@@ -38,11 +38,16 @@ def _services_rules() -> list[str]:
 
 
 def _fullnat_rules() -> list[str]:
-    return [
+    rules = [
         f"ct status dnat ct direction original ct original {ip} daddr . meta l4proto . {ip} daddr . th dport"
         f" @fullnat{f} masquerade"
         for f, ip in ((4, "ip"), (6, "ip6"))
     ]
+    # Hairpin: source and (translated) destination are the same backend. Without masquerade the
+    # backend would answer itself directly and its connection to the VIP would never complete.
+    rules += [f"ct status dnat ct direction original {ip} saddr . {ip} daddr @hairpin{f} masquerade"
+              for f, ip in ((4, "ip"), (6, "ip6"))]
+    return rules
 
 
 def _counter_rules() -> list[str]:

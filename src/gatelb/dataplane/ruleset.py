@@ -170,6 +170,8 @@ def _compile_service(rs: Ruleset, svc: Service) -> None:
 
     if svc.nat is NatMode.FULLNAT:
         elements.setdefault(names.fullnat, {}).update(dict.fromkeys(flow_keys))
+    else:  # fullnat masquerades every flow already, hairpin included
+        elements.setdefault(names.hairpin, {}).update(dict.fromkeys((a, a) for a, _ in targets))
 
     slots = slot_sequence([b.weight for b in svc.backends])
     if svc.affinity is not None:

@@ -18,10 +18,11 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from gatelb.dataplane.layout import COUNTER_SETS, FAMILY_SETS, GENERATION, Key, Role
+from gatelb.dataplane.layout import COUNTER_SETS, FAMILY_SETS, GENERATION, SERVICE_MAPS, Key, Role
 from gatelb.model import IPAddress, Protocol
 
 FlowKey = tuple[str, str, str, int]  # (vip, protocol, backend address, backend port), canonical text
+Frontend = tuple[str, str, int]  # (vip, protocol, port): a key of the service maps, canonical text
 
 
 @dataclass
@@ -47,6 +48,16 @@ class TableCounters:
     flows: dict[FlowKey, Counter] = field(default_factory=dict)
     new_connections: dict[FlowKey, int] = field(default_factory=dict)
     raw: dict[str, RawCounts] = field(default_factory=dict)
+    # The frontends the kernel's service maps (svc4/svc6) hold: what is programmed now, whatever
+    # the state record says. None when they were not read.
+    frontends: set[Frontend] | None = None
+
+    def programmed(self, vip: IPAddress, protocol: Protocol, port: int) -> bool:
+        """Whether the kernel serves this frontend (when the service maps were not read: whether
+        our table exists)."""
+        if self.frontends is None:
+            return self.generation is not None
+        return (str(vip), protocol.value, port) in self.frontends
 
     def lookup(self, vip: IPAddress, protocol: Protocol, address: IPAddress, port: int) -> tuple[Counter, int]:
         """(packets and bytes, new connections) of one backend of one frontend address."""
@@ -94,6 +105,7 @@ def flow_key(key: Key) -> FlowKey:
 
 
 _COUNTED = {s.name: s for s in COUNTER_SETS}
+_SERVICE_MAPS = {s.name: s for s in SERVICE_MAPS}
 
 
 def _element(raw: Any) -> tuple[list[Any], Counter]:
@@ -106,14 +118,21 @@ def _element(raw: Any) -> tuple[list[Any], Counter]:
 
 
 def parse_table(objects: list[dict[str, Any]]) -> TableCounters:
-    out = TableCounters()
+    frontends: set[Frontend] = set()
+    out = TableCounters(frontends=frontends)
     for obj in objects:
-        s = obj.get("set")
+        s = obj.get("set") or obj.get("map")
         if not s:
             continue
         name, elems = s.get("name", ""), s.get("elem") or []
         layout = _COUNTED.get(name)
-        if name == GENERATION.name:
+        if name in _SERVICE_MAPS:
+            fields = _SERVICE_MAPS[name].key
+            for raw in elems:  # a map element is [key, data]
+                parts = raw[0]["concat"] if isinstance(raw, list) else _element(raw)[0]
+                vip, proto, port = (f.type.parse(p) for f, p in zip(fields, parts, strict=True))
+                frontends.add((str(vip), str(proto), cast(int, port)))
+        elif name == GENERATION.name:
             out.generation = int(elems[0]) if elems else 0
         elif layout is not None:
             for raw in elems:

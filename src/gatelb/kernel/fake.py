@@ -76,7 +76,17 @@ class FakeNft:
         raise NftError("FakeNft keeps no counters")
 
     def read_counters(self) -> TableCounters:
-        return TableCounters(generation=self.generation())
+        if self.table is None:
+            return TableCounters()
+        frontends = set()
+        for name in ("svc4", "svc6"):
+            for key in self.table.sets.get(name, {}):
+                vip, proto, port = key.split(" . ")
+                frontends.add((vip, proto, int(port)))
+        return TableCounters(generation=self.generation(), frontends=frontends)
+
+    def query_json(self, *args: str) -> list[dict[str, Any]]:
+        return []  # no other tables here
 
     bulk_elements = True  # exercised like the real two-step load: structure, then elements
 

@@ -12,6 +12,8 @@ import os
 import shutil
 import subprocess
 import sys
+import threading
+import time
 from collections.abc import Mapping
 from typing import Any, Protocol
 
@@ -22,6 +24,37 @@ from gatelb.dataplane.ruleset import FAMILY, TABLE
 from .counters import TableCounters, parse_table
 
 NO_GENERATION = -1  # Nft.generation() of a table whose generation set holds several elements
+
+
+class Committers:
+    """Who committed our own transactions: the pids of the nft processes we start (libmnl binds
+    their netlink socket to the pid) and the port ids and thread ids of our netlink batches. The
+    kernel names the committer of every nftables transaction in its NEWGEN notification, so the
+    monitor (kernel/monitor.py) can tell our commits from everyone else's. An id counts as ours
+    for `keep_s` after it was last noted: the monitor looks it up within moments of the commit,
+    and a pid the system later gives to another process must not stay ours."""
+
+    def __init__(self, keep_s: float = 120.0) -> None:
+        self._seen: dict[int, float] = {}
+        self._keep = keep_s
+        self._lock = threading.Lock()
+
+    def note(self, *ids: int) -> None:
+        now = time.monotonic()
+        with self._lock:
+            for i in ids:
+                if i > 0:
+                    self._seen[i] = now
+            if len(self._seen) > 4096:
+                self._seen = {i: t for i, t in self._seen.items() if now - t < self._keep}
+
+    def __contains__(self, ident: object) -> bool:
+        with self._lock:
+            seen = self._seen.get(ident)  # type: ignore[call-overload]
+        return seen is not None and time.monotonic() - seen < self._keep
+
+
+OWN_COMMITTERS = Committers()
 
 
 class NftError(RuntimeError):
@@ -52,7 +85,12 @@ class Nft(Protocol):
         ...
 
     def read_counters(self) -> TableCounters:
-        """Generation and per-backend counters (for `gatelb status`)."""
+        """Generation, per-backend counters and the frontends in the service maps (for `gatelb status`)."""
+        ...
+
+    def query_json(self, *args: str) -> list[dict[str, Any]]:
+        """`nft -j ARGS` as nft's JSON objects (empty when nft refuses): for small, read-only
+        queries such as other tables' base chains (kernel/foreign.py)."""
         ...
 
     @property
@@ -88,10 +126,18 @@ class NftCli:
     def _run(self, args: list[str], stdin: str | None = None) -> subprocess.CompletedProcess[str]:
         if self._binary is None:
             self._binary = _nft_binary()
-        return subprocess.run(
-            [*self._prefix, self._binary, *args],
-            input=stdin, capture_output=True, text=True, timeout=self._timeout, check=False,
-        )
+        # Popen rather than run(): the pid is noted before nft can commit anything (it first reads
+        # its whole input), so the monitor never takes our own transaction for someone else's.
+        with subprocess.Popen([*self._prefix, self._binary, *args], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) as proc:
+            OWN_COMMITTERS.note(proc.pid)
+            try:
+                out, err = proc.communicate(stdin, timeout=self._timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
     @property
     def bulk_elements(self) -> bool:
@@ -155,7 +201,10 @@ class NftCli:
         return parse_table(self.list_table_json())
 
     def list_table_json(self) -> list[dict[str, Any]]:
-        proc = self._run(["-j", "list", "table", FAMILY, TABLE])
+        return self.query_json("list", "table", FAMILY, TABLE)
+
+    def query_json(self, *args: str) -> list[dict[str, Any]]:
+        proc = self._run(["-j", *args])
         if proc.returncode != 0:
             return []
         objs: list[dict[str, Any]] = json.loads(proc.stdout).get("nftables", [])

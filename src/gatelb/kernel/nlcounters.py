@@ -16,10 +16,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import cast
 
-from gatelb.dataplane.layout import COUNTER_SETS, FAMILY_SETS, GENERATION, FieldType, Role, SetLayout
+from gatelb.dataplane.layout import COUNTER_SETS, FAMILY_SETS, GENERATION, SERVICE_MAPS, FieldType, Role, SetLayout
 from gatelb.model import IPAddress, Protocol
 
-from .counters import Counter, FlowKey, RawCounts, TableCounters, counter_key
+from .counters import Counter, FlowKey, Frontend, RawCounts, TableCounters, counter_key
 from .nlelements import (
     NETLINK_NETFILTER,
     NFNL_SUBSYS_NFTABLES,
@@ -237,8 +237,8 @@ _FIELD_TEXT: dict[FieldType, Callable[[bytes], str | int]] = {
 def read_counters(table: str = "gatelb") -> TableCounters:
     """The generation and the per-backend counter sets of our table in this network namespace
     (which sets, and the layout of their keys, from dataplane/layout.py), keyed as text."""
-    raw = dump_raw(table)
-    out = TableCounters(generation=raw.generation)
+    raw = dump_raw(table, (*COUNTER_SETS, *SERVICE_MAPS))
+    out = TableCounters(generation=raw.generation, frontends=_frontends(raw.sets))
     for layout in COUNTER_SETS:
         codec = ElementCodec(layout)
         # Keys share their fields (a VIP for every backend of a service): convert each once.
@@ -265,8 +265,30 @@ def read_counters(table: str = "gatelb") -> TableCounters:
 
 def read_counters_raw(table: str = "gatelb") -> TableCounters:
     """The same as read_counters with the kernel's raw keys (TableCounters.lookup reads them)."""
-    raw = dump_raw(table)
-    return TableCounters(generation=raw.generation, raw=raw.sets)
+    raw = dump_raw(table, (*COUNTER_SETS, *SERVICE_MAPS))
+    return TableCounters(generation=raw.generation, frontends=_frontends(raw.sets), raw=raw.sets)
+
+
+def _frontends(sets: dict[str, RawCounts]) -> set[Frontend]:
+    """The keys of the service maps (popped from `sets`) as (vip, protocol, port) text."""
+    out: set[Frontend] = set()
+    for layout in SERVICE_MAPS:
+        fields = [(o, t.size, _FIELD_TEXT[t]) for o, t in ElementCodec(layout).key_slices]
+        for key in sets.pop(layout.name, {}):
+            vip, proto, port = (text(key[o : o + size]) for o, size, text in fields)
+            out.add((str(vip), str(proto), cast(int, port)))
+    return out
+
+
+def read_generation(table: str = "gatelb") -> int | None:
+    """The generation number in our table in this network namespace (None: no table). One tiny
+    dump: cheap enough for the daemon's periodic check (agent/guard.py)."""
+    with _open() as sock:
+        try:
+            gens = [ElementCodec(GENERATION).decode_key(key)[0] for key, _ in _dump(sock, table, GENERATION.name, 1)]
+        except TableMissing:
+            return None
+    return cast(int, gens[0]) if gens else 0
 
 
 def read_counters_for(keys: Iterable[tuple[IPAddress, Protocol, IPAddress, int]],
@@ -294,6 +316,11 @@ def read_counters_for(keys: Iterable[tuple[IPAddress, Protocol, IPAddress, int]]
                 out.raw[name] = _get(sock, table, name, raws, seq)
         except TableMissing:
             return read_counters_raw(table)
+    # Whether each is programmed: the service maps are small (one element per frontend).
+    try:
+        out.frontends = _frontends({layout.name: _dump_set(table, layout) for layout in SERVICE_MAPS})
+    except TableMissing:
+        out.frontends = set()
     return out
 
 

@@ -22,12 +22,13 @@ import os
 import socket
 import struct
 import sys
+import threading
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from gatelb.dataplane.layout import SETS, VERDICT, Data, Field, FieldType, FieldValue, Key, SetLayout
 from gatelb.model import Protocol
 
-from .nft import NftError
+from .nft import OWN_COMMITTERS, NftError
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_NFTABLES = 10
@@ -339,6 +340,7 @@ def send_batch(batch: bytes, expected_acks: int, timeout_s: float = 30.0) -> Non
     sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
     try:
         sock.bind((0, 0))
+        OWN_COMMITTERS.note(sock.getsockname()[0], threading.get_native_id())
         size = max(1 << 20, 2 * len(batch))
         sock.setsockopt(socket.SOL_SOCKET, SO_SNDBUFFORCE, size)
         sock.setsockopt(socket.SOL_SOCKET, SO_RCVBUFFORCE, 1 << 22)

@@ -88,6 +88,10 @@ def _gw_script(lab: Lab) -> str:
     for i in lab.backend_ids:
         lines.append(f"link add to-be{i} type veth peer name eth0 netns {lab.backend(i)}")
         lines.append(f"link set to-be{i} master br-be up")
+        # Hairpin mode, as kubelet sets on its pod bridge: with br_netfilter active (common on
+        # hosts that run containers) a DNAT back to a host on the same bridge is bridged, not
+        # routed, and a bridge port otherwise never sends a frame back where it came from.
+        lines.append(f"link set to-be{i} type bridge_slave hairpin on")
     lines += [
         "link set lo up",
         "link set to-client up",
