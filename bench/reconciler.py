@@ -62,6 +62,7 @@ from bench.common import (
     scratch_netns,
     wait_quiet,
 )
+from gatelb.agent.runtime import parse_time
 
 MIB = 1024
 API = "gatelb.io/v1alpha1"
@@ -245,9 +246,9 @@ def restart(ns: str, old: Gatelb, args: list[str], state_dir: str, timeout_s: fl
     writes0 = count_writes() if count_writes else 0
     d = Gatelb(ns, args, state_dir)
     ready = d.wait(lambda e: e.get("event") == "ready", timeout_s, "ready after restart")
-    r.ready_s = float(ready["time"]) - d.started
+    r.ready_s = parse_time(ready["time"]) - d.started
     synced = d.events("synced")
-    r.synced_s = float(synced[0]["time"]) - d.started if synced else float("nan")
+    r.synced_s = parse_time(synced[0]["time"]) - d.started if synced else float("nan")
     time.sleep(settle_s)  # anything the restart would still do (a late sync, status writes) shows up
     r.adopted = bool(d.events("adopted"))
     syncs = d.events("sync")
@@ -434,7 +435,7 @@ def kube_mode(n: int, changes: int, adds: int, workdir: Path) -> KubeFigures:
                            "every Service in the kernel")
             figs.first_kernel_s = float(first["wall_time"]) - d.started
             figs.first_sync_duration_ms = sum(float(e["duration_ms"]) for e in d.events("sync"))
-            figs.first_synced_s = float(d.events("synced")[0]["time"]) - d.started
+            figs.first_synced_s = parse_time(d.events("synced")[0]["time"]) - d.started
             deadline = time.monotonic() + 120.0 + n * 0.03
             while len(cluster.status_at) < n:
                 if time.monotonic() > deadline or d.proc.poll() is not None:
