@@ -147,6 +147,36 @@ def test_a_service_event_dirties_that_service_only() -> None:
     assert tracker.take() == Dirty(services=frozenset({"default/s3", "default/new"}))
 
 
+def written_back(svc: Obj, ip: str = "203.0.113.5") -> Obj:
+    """`svc` as the API server holds it after gatelb's write-back (and a field manager's entry)."""
+    out = copy.deepcopy(svc)
+    out["metadata"].setdefault("annotations", {})["gatelb.io/ip-pool"] = "public"
+    out["metadata"]["managedFields"] = [{"manager": "gatelb", "operation": "Update", "subresource": "status"}]
+    out["metadata"]["generation"] = 2
+    out["status"] = {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}}
+    return out
+
+
+def test_a_service_change_in_what_gatelb_writes_back_only_is_written_not_translated() -> None:
+    tracker, feed = loaded(5)
+    feed.put(SERVICES, written_back(feed.objects[SERVICES]["default/s2"]))
+    assert tracker.take() == Dirty(written=frozenset({"default/s2"}))
+    feed.put(SERVICES, written_back(feed.objects[SERVICES]["default/s2"], "203.0.113.6"))  # someone else's
+    assert tracker.take() == Dirty(written=frozenset({"default/s2"}))
+    assert tracker.service_keys(Dirty(written=frozenset({"default/s2"}))) == []
+    relabelled = copy.deepcopy(feed.objects[SERVICES]["default/s2"])
+    relabelled["metadata"]["labels"] = {"tier": "web"}  # pool selection reads labels
+    feed.put(SERVICES, relabelled)
+    assert tracker.take() == Dirty(services=frozenset({"default/s2"}))
+    other = copy.deepcopy(feed.objects[SERVICES]["default/s2"])
+    other["metadata"]["annotations"]["gatelb.io/address-pool"] = "p2"  # a user's annotation
+    feed.put(SERVICES, written_back(other))
+    assert tracker.take() == Dirty(services=frozenset({"default/s2"}))
+    feed.put(SERVICES, written_back(feed.objects[SERVICES]["default/s3"]))
+    feed.put(SERVICES, service("s3", sessionAffinity="ClientIP"))  # and then a real change
+    assert tracker.take() == Dirty(services=frozenset({"default/s3"}))
+
+
 @pytest.mark.parametrize("options", [POD, NODEPORT], ids=["pod", "nodeport"])
 def test_node_changes_dirty_every_service_in_nodeport_mode_only_when_relevant(options: Options) -> None:
     tracker, feed = loaded(4, options)
@@ -423,6 +453,10 @@ def test_incremental_translation_equals_to_model(seed: int) -> None:
         kind = rng.choices(list(weights), list(weights.values()))[0]
         if feed.objects[kind] and rng.random() < 0.25:
             feed.delete(kind, rng.choice(sorted(feed.objects[kind])))
+        elif kind == SERVICES and feed.objects[kind] and rng.random() < 0.3:
+            # The write-back's own change (status, ip-pool annotation): must not need a translation.
+            held = feed.objects[kind][rng.choice(sorted(feed.objects[kind]))]
+            feed.put(kind, written_back(held, f"203.0.113.{rng.randint(1, 9)}"))
         else:
             feed.put(kind, random_object(rng, kind))
         if rng.random() < 0.3 or step == 399:

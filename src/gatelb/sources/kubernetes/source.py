@@ -178,6 +178,14 @@ class KubeSource:
     def collect(self, view: AddressView) -> Contribution | None:
         dirty = self._tracker.take()
         leader = self._elector.is_leader
+        written = dirty.written
+        if leader and written:
+            # Only what the write-back owns changed (mostly our own writes coming back): nothing to
+            # translate. The writer compares each with what it should say and rewrites what differs.
+            self._to_write.update(ObjectRef(SERVICE, k) for k in written)
+            self._wake_writer.set()
+            written = frozenset()
+            dirty = dataclasses.replace(dirty, written=written)
         everything = self._first or dirty.pools_changed or leader != self._leader_was
         config, config_errors = self._collect_config(everything)
         if dirty.empty and not everything and not config and not config_errors:
@@ -194,7 +202,8 @@ class KubeSource:
         else:
             # Services that got no address are tried again in every round (they are few): one
             # of this round's changes may have freed what they wait for.
-            services = sorted(set(self._tracker.service_keys(dirty)) | set(self._failures))
+            # A follower serves what the leader wrote into status: `written` is news for it.
+            services = sorted(set(self._tracker.service_keys(dirty)) | set(self._failures) | written)
             l4lbs = sorted(dirty.l4lbs)
         changes: dict[str, LoadBalancer | None] = {}
         origins: dict[str, ObjectRef] = {}
