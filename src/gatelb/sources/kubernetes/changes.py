@@ -77,6 +77,8 @@ def translation_part(svc: Obj) -> Obj:
     annotations = meta.get("annotations")
     if annotations and tr.ANN_POOL_RECORD in annotations:
         meta["annotations"] = {k: v for k, v in annotations.items() if k != tr.ANN_POOL_RECORD}
+    if not meta.get("annotations"):  # none and empty are the same (ours may be the only one)
+        meta.pop("annotations", None)
     return {**{k: v for k, v in svc.items() if k != "status"}, "metadata": meta}
 
 
