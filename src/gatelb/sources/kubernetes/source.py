@@ -40,6 +40,7 @@ from gatelb.model import (
 from gatelb.sources.base import AddressView, Contribution, Notify
 from gatelb.sources.file.loader import CONFIG_KINDS, ConfigParser
 from gatelb.sources.kubernetes import config as kconfig
+from gatelb.sources.kubernetes import slim
 from gatelb.sources.kubernetes.api import METALLB, WATCHED, ApiException, Kind, KubeApi, Obj, describe
 from gatelb.sources.kubernetes.changes import IPADDRESSPOOLS, IPPOOLS, L4LBS, NODES, SERVICES, ChangeTracker
 from gatelb.sources.kubernetes.informer import Informer
@@ -89,7 +90,7 @@ class KubeSource:
         self._options = settings.options
         self._tracker = ChangeTracker(settings.options)
         kinds = [*WATCHED, *(kind for kind, _ in CONFIG_RESOURCES.values())]
-        self._informers = {k.name: Informer(api, k, self._on_event) for k in kinds}
+        self._informers = {k.name: Informer(api, k, self._on_event, slim=slim.for_kind(k.name)) for k in kinds}
         self._metallb = {k.name for k in kinds if k.group == METALLB}
         self._metallb_ns = settings.metallb_namespace
         self._config_objects: dict[str, dict[str, Obj]] = {name: {} for name in CONFIG_RESOURCES}
