@@ -137,6 +137,7 @@ class Reconciler:
         self._synced_once = False
         self._first_pass_due = True
         self._pools_changed = False
+        self._contributed = False  # the last _gather() got a contribution from some source
         self.rounds = 0
         self._full_passes = _full_passes()
         self.last_state: SyncedState | None = None
@@ -261,6 +262,7 @@ class Reconciler:
         reasons, self._reasons = self._reasons, set()
         triggered_at = self.triggered_at if reasons else t0
         changes, rejected, everything = self._gather()
+        contributed = self._contributed
         if self._slots and not any(slot.committed for slot in self._slots):
             # No good configuration yet: program nothing. Whatever the kernel serves (an adopted
             # table) stays as it is until there is one.
@@ -297,6 +299,19 @@ class Reconciler:
             self._first_pass_due = False
         if self._flush_udp is not None and previous:
             await self._flush(previous)
+        if not (contributed or previous or everything or rejected or result is not None):
+            # Woken, but no source had anything new (a Kubernetes Service whose only change is our
+            # own status write coming back) and no health change moved a service: the state is the
+            # one the consumers already have. Publishing it again would copy every map and wake
+            # every consumer (a state save of 10,000 services) for nothing, 1,200 times in a
+            # first sync at 10,000.
+            self.pending = max(0, self.pending - taken)
+            if self.pending == 0:
+                self.pending_since = None
+            quiet = RoundReport(frozenset(), {}, None, rejected, prepare_s=t1 - t0)
+            for observer in self.observers:
+                observer.round_done(quiet, time.perf_counter() - t0)
+            return quiet
         state = self._publish(previous.keys() | changes.keys(), everything or (result is not None and result.full),
                               result)
         if result is not None and (result.changes or result.full):
@@ -339,6 +354,7 @@ class Reconciler:
         changes: dict[str, LoadBalancer | None] = {}
         rejected: dict[str, tuple[ValidationError, ...]] = {}
         self._pools_changed = False
+        self._contributed = False
         for slot in self._slots:
             if not slot.news:
                 continue
@@ -347,6 +363,7 @@ class Reconciler:
             if contribution is None:  # nothing (new): for a source that never gave anything, empty
                 slot.committed = True
                 continue
+            self._contributed = True
             problems = self._accept(slot, contribution, changes)
             if problems:
                 slot.rejected = problems
