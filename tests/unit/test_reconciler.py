@@ -6,11 +6,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import ipaddress
+import weakref
 
 import pytest
 
 from gatelb.agent.engine import DataplaneSync
-from gatelb.agent.reconciler import Reconciler, run_sources
+from gatelb.agent.reconciler import THOROUGH_GROWTH, Reconciler, run_sources
 from gatelb.kernel.fake import FakeNft
 from gatelb.model import (
     AddressRange,
@@ -349,6 +350,7 @@ def test_what_survives_a_full_collection_is_frozen_after_the_next_round() -> Non
     kept = [[i] for i in range(5000)]  # containers: tracked by the collector
     gc.collect()  # the full pass (the collector's own, in the daemon)
     before = gc.get_freeze_count()
+    r._frozen_base = before  # not grown since the last thorough pass (that is the next test)
     r._collect_garbage()  # what the loop does after each round
     assert gc.get_freeze_count() >= before + len(kept)
     frozen = gc.get_freeze_count()
@@ -379,3 +381,28 @@ def test_a_round_where_no_source_has_anything_new_publishes_nothing() -> None:
         assert len(rec.states) == 2 and rec.states[-1].changed == frozenset({"lb002"})
         assert nft.generation() == 2
     asyncio.run(go())
+
+
+class _Cycle:
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_garbage_cycles_among_frozen_objects_are_found_once_the_frozen_set_has_grown() -> None:
+    """A cycle frozen while alive and dropped later is kept by the freeze until a pass over the
+    frozen objects; that pass runs once they have grown by THOROUGH_GROWTH (and not before)."""
+    r, _nft, _rec = make()
+    cycle = _Cycle()
+    gone = weakref.ref(cycle)
+    gc.collect()
+    r._collect_garbage()  # frozen, cycle included
+    del cycle
+    gc.collect()  # a full pass of the collector: does not look at frozen objects
+    assert gone() is not None
+    r._frozen_base = gc.get_freeze_count()  # no growth since the last thorough pass
+    r._collect_garbage()
+    assert gone() is not None
+    r._frozen_base = int(gc.get_freeze_count() / THOROUGH_GROWTH) - 1  # grown by that much
+    gc.collect()
+    r._collect_garbage()
+    assert gone() is None
