@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import ipaddress
+import resource
 import weakref
 
 import pytest
@@ -350,7 +351,7 @@ def test_what_survives_a_full_collection_is_frozen_after_the_next_round() -> Non
     kept = [[i] for i in range(5000)]  # containers: tracked by the collector
     gc.collect()  # the full pass (the collector's own, in the daemon)
     before = gc.get_freeze_count()
-    r._frozen_base = before  # not grown since the last thorough pass (that is the next test)
+    r._thorough_kib = 1 << 40  # not grown since the last thorough pass (that is the next test)
     r._collect_garbage()  # what the loop does after each round
     assert gc.get_freeze_count() >= before + len(kept)
     frozen = gc.get_freeze_count()
@@ -390,7 +391,7 @@ class _Cycle:
 
 def test_garbage_cycles_among_frozen_objects_are_found_once_the_frozen_set_has_grown() -> None:
     """A cycle frozen while alive and dropped later is kept by the freeze until a pass over the
-    frozen objects; that pass runs once they have grown by THOROUGH_GROWTH (and not before)."""
+    frozen objects; that pass runs once the process has grown by THOROUGH_GROWTH (not before)."""
     r, _nft, _rec = make()
     cycle = _Cycle()
     gone = weakref.ref(cycle)
@@ -399,10 +400,11 @@ def test_garbage_cycles_among_frozen_objects_are_found_once_the_frozen_set_has_g
     del cycle
     gc.collect()  # a full pass of the collector: does not look at frozen objects
     assert gone() is not None
-    r._frozen_base = gc.get_freeze_count()  # no growth since the last thorough pass
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    r._thorough_kib = peak  # no growth since the last thorough pass
     r._collect_garbage()
     assert gone() is not None
-    r._frozen_base = int(gc.get_freeze_count() / THOROUGH_GROWTH) - 1  # grown by that much
+    r._thorough_kib = int(peak / THOROUGH_GROWTH) - 1  # grown by that much
     gc.collect()
     r._collect_garbage()
     assert gone() is None
