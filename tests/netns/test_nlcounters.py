@@ -71,3 +71,35 @@ def test_netlink_counter_dump_equals_nft_json(netns: str) -> None:
     done = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", SCRIPT],
                           capture_output=True, text=True, cwd=HERE, check=False)
     assert done.returncode == 0 and done.stdout.startswith("ok"), done.stdout + done.stderr
+
+
+RULES_SCRIPT = """
+from tests.unit.test_dataplane import example_state
+from gatelb.dataplane import compile_full
+from gatelb.dataplane.render import rule_counts as compiled_counts
+from gatelb.dataplane import compile_ruleset
+from gatelb.kernel.nft import NftCli
+from gatelb.kernel.nlrules import rule_counts
+nft = NftCli()
+assert rule_counts() is None and nft.rule_counts() is None   # no table yet
+nft._run(["add", "table", "inet", "other"])
+nft._run(["add", "chain", "inet", "other", "c"])
+nft._run(["add", "rule", "inet", "other", "c", "counter"])
+assert rule_counts() is None                                 # another table's chains are not ours
+nft.apply(compile_full(example_state(), generation=7))
+fast = rule_counts()
+nft._prefix = ["env"]  # NftCli's nft listing (not the netlink reader), for the reference
+reference = nft.rule_counts()
+assert fast == reference == compiled_counts(compile_ruleset(example_state()).chains), (fast, reference)
+assert len(fast) > 100 and sum(fast.values()) > len(fast), fast
+nft._run(["flush", "table", "inet", "gatelb"])                 # what the adoption check must see
+flushed = rule_counts()
+assert flushed == nft.rule_counts() and not any(flushed.values()) and set(flushed) == set(fast), flushed
+print("ok", len(fast), sum(fast.values()))
+"""
+
+
+def test_netlink_rule_counts_equal_nft_listing(netns: str) -> None:
+    done = subprocess.run(["ip", "netns", "exec", netns, sys.executable, "-c", RULES_SCRIPT],
+                          capture_output=True, text=True, cwd=HERE, check=False)
+    assert done.returncode == 0 and done.stdout.startswith("ok"), done.stdout + done.stderr

@@ -15,6 +15,7 @@ import pytest
 
 from gatelb.ipam.services import ServiceRequest
 from gatelb.model import IPAddress, ObjectRef, ValidationError
+from gatelb.sources.kubernetes import slim
 from gatelb.sources.kubernetes.api import WATCHED, Gone, Kind
 from gatelb.sources.kubernetes.changes import (
     ENDPOINTSLICES,
@@ -46,25 +47,33 @@ NODEPORT = Options()
 
 
 class Feed:
-    """The informers, reduced: per-kind caches with resourceVersions, reporting to the tracker."""
+    """The informers, reduced: per-kind caches with resourceVersions, reporting to the tracker.
+    `objects` are the objects as the API server holds them (with the fields a real one adds that
+    gatelb never reads); the tracker gets them as the informers cache them (`slim`)."""
 
     def __init__(self, tracker: ChangeTracker) -> None:
         self.tracker = tracker
         self.objects: dict[str, dict[str, Obj]] = {k: {} for k in KINDS}
+        self.cached: dict[str, dict[str, Obj]] = {k: {} for k in KINDS}
         self._rv = 0
 
     def put(self, kind: str, obj: Obj) -> Obj:
         obj = copy.deepcopy(obj)
         self._rv += 1
-        obj.setdefault("metadata", {})["resourceVersion"] = str(self._rv)
+        meta = obj.setdefault("metadata", {})
+        meta["resourceVersion"] = str(self._rv)
+        meta["managedFields"] = [{"manager": "kubectl", "operation": "Update", "fieldsV1": {"f:spec": {}}}]
+        meta.setdefault("annotations", {})["kubectl.kubernetes.io/last-applied-configuration"] = "{}"
         key = key_of(obj)
-        old = self.objects[kind].get(key)
+        old = self.cached[kind].get(key)
         self.objects[kind][key] = obj
-        self.tracker.on_change(kind, key, old, obj)
+        self.cached[kind][key] = slim.for_kind(kind)(obj)
+        self.tracker.on_change(kind, key, old, self.cached[kind][key])
         return obj
 
     def delete(self, kind: str, key: str) -> None:
-        old = self.objects[kind].pop(key)
+        del self.objects[kind][key]
+        old = self.cached[kind].pop(key)
         self.tracker.on_change(kind, key, old, None)
 
     def cluster(self) -> Cluster:
@@ -145,6 +154,36 @@ def test_a_service_event_dirties_that_service_only() -> None:
     feed.put(SERVICES, service("s3", sessionAffinity="ClientIP"))
     feed.put(SERVICES, service("new"))
     assert tracker.take() == Dirty(services=frozenset({"default/s3", "default/new"}))
+
+
+def written_back(svc: Obj, ip: str = "203.0.113.5") -> Obj:
+    """`svc` as the API server holds it after gatelb's write-back (and a field manager's entry)."""
+    out = copy.deepcopy(svc)
+    out["metadata"].setdefault("annotations", {})["gatelb.io/ip-pool"] = "public"
+    out["metadata"]["managedFields"] = [{"manager": "gatelb", "operation": "Update", "subresource": "status"}]
+    out["metadata"]["generation"] = 2
+    out["status"] = {"loadBalancer": {"ingress": [{"ip": ip, "ipMode": "VIP"}]}}
+    return out
+
+
+def test_a_service_change_in_what_gatelb_writes_back_only_is_written_not_translated() -> None:
+    tracker, feed = loaded(5)
+    feed.put(SERVICES, written_back(feed.objects[SERVICES]["default/s2"]))
+    assert tracker.take() == Dirty(written=frozenset({"default/s2"}))
+    feed.put(SERVICES, written_back(feed.objects[SERVICES]["default/s2"], "203.0.113.6"))  # someone else's
+    assert tracker.take() == Dirty(written=frozenset({"default/s2"}))
+    assert tracker.service_keys(Dirty(written=frozenset({"default/s2"}))) == []
+    relabelled = copy.deepcopy(feed.objects[SERVICES]["default/s2"])
+    relabelled["metadata"]["labels"] = {"tier": "web"}  # pool selection reads labels
+    feed.put(SERVICES, relabelled)
+    assert tracker.take() == Dirty(services=frozenset({"default/s2"}))
+    other = copy.deepcopy(feed.objects[SERVICES]["default/s2"])
+    other["metadata"]["annotations"]["gatelb.io/address-pool"] = "p2"  # a user's annotation
+    feed.put(SERVICES, written_back(other))
+    assert tracker.take() == Dirty(services=frozenset({"default/s2"}))
+    feed.put(SERVICES, written_back(feed.objects[SERVICES]["default/s3"]))
+    feed.put(SERVICES, service("s3", sessionAffinity="ClientIP"))  # and then a real change
+    assert tracker.take() == Dirty(services=frozenset({"default/s3"}))
 
 
 @pytest.mark.parametrize("options", [POD, NODEPORT], ids=["pod", "nodeport"])
@@ -337,8 +376,12 @@ def random_slice(rng: random.Random) -> Obj:
                  for _ in range(rng.randint(0, 4))]
     ports = rng.sample([{"name": "http", "port": 8080, "protocol": "TCP"}, {"name": "dns", "port": 5353,
                         "protocol": "UDP"}, {"port": 8443}], rng.randint(0, 3))
+    for ep in endpoints:  # what a real controller adds and gatelb never reads
+        ep.update(targetRef={"kind": "Pod", "name": f"p{rng.randint(0, 9)}", "uid": str(rng.random())},
+                  zone="z1", hints={"forZones": [{"name": "z1"}]})
     sl = eps(rng.choice(SERVICE_NAMES), *endpoints, name=f"sl{rng.randint(0, 9)}", family=family, ports=ports,
              ns=rng.choice(NAMESPACE_NAMES))
+    sl["metadata"]["labels"] = {**sl["metadata"].get("labels", {}), "endpointslice.kubernetes.io/managed-by": "x"}
     if rng.random() < 0.1:
         del sl["metadata"]["labels"]
     return sl
@@ -349,6 +392,8 @@ def random_node(rng: random.Random) -> Obj:
     labels = {"node.kubernetes.io/exclude-from-external-load-balancers": ""} if rng.random() < 0.2 else {}
     n = node(f"n{rng.randint(0, 3)}", *addresses, ready=rng.random() < 0.8, labels=labels)
     n["status"]["conditions"].append({"type": "Heartbeat", "lastHeartbeatTime": str(rng.random())})
+    n["status"]["images"] = [{"names": [f"registry.example/i{k}"], "sizeBytes": 1 << 20} for k in range(3)]
+    n["spec"] = {"podCIDR": "10.0.0.0/24", "taints": [{"key": "k", "effect": "NoSchedule"}]}
     return n
 
 
@@ -423,9 +468,14 @@ def test_incremental_translation_equals_to_model(seed: int) -> None:
         kind = rng.choices(list(weights), list(weights.values()))[0]
         if feed.objects[kind] and rng.random() < 0.25:
             feed.delete(kind, rng.choice(sorted(feed.objects[kind])))
+        elif kind == SERVICES and feed.objects[kind] and rng.random() < 0.3:
+            # The write-back's own change (status, ip-pool annotation): must not need a translation.
+            held = feed.objects[kind][rng.choice(sorted(feed.objects[kind]))]
+            feed.put(kind, written_back(held, f"203.0.113.{rng.randint(1, 9)}"))
         else:
             feed.put(kind, random_object(rng, kind))
         if rng.random() < 0.3 or step == 399:
             consumer.catch_up()
             consumer.check(feed.cluster(), options)
-    assert tracker.cluster == Cluster(**{k: dict(v) for k, v in feed.objects.items()})
+    assert tracker.cluster == Cluster(**{k: dict(v) for k, v in feed.cached.items()})
+    assert tracker.cluster != Cluster(**{k: dict(v) for k, v in feed.objects.items()})  # reduced

@@ -11,7 +11,14 @@ The tracker holds the cluster indexed so that translating one Service reads only
 Service needs (its EndpointSlices by (namespace, service-name label), its namespace's labels, the
 usable node addresses), and records which objects' translation may have changed:
 
-    Service event        -> that Service
+    Service event        -> that Service, unless all that changed is what gatelb writes back
+                            (status, the gatelb.io/ip-pool annotation, and the metadata the API
+                            server bumps with every write): `written` then, which translates
+                            nothing (the translation does not read those) and only tells the
+                            source that a follower's served addresses or a leader's write-back
+                            may be affected. Without this, each of the 2 writes per Service of a
+                            first sync would come back as a watch event and translate the
+                            Service again (29,731 translations for 10,000 Services).
     EndpointSlice event  -> the Services named by the slice's old and new service-name labels
                             (both, when the label moves; the old one when the slice is deleted)
     Node event           -> every Service (`all_services`), in nodeport mode only, and only when
@@ -56,6 +63,25 @@ IPADDRESSPOOLS = "ipaddresspools"  # MetalLB's pools (metallb.io IPAddressPool)
 KINDS = (SERVICES, ENDPOINTSLICES, NODES, NAMESPACES, IPPOOLS, L4LBS, IPADDRESSPOOLS)
 
 
+# Fields the API server changes on every write, and what gatelb itself writes to a Service: a
+# change confined to these cannot change the Service's translation.
+_WRITE_META = ("resourceVersion", "managedFields", "generation")
+
+
+def translation_part(svc: Obj) -> Obj:
+    """A Service without what gatelb writes back (status, the ip-pool annotation) and without the
+    metadata every write bumps: two versions with equal parts translate the same."""
+    meta = dict(svc.get("metadata") or {})
+    for name in _WRITE_META:
+        meta.pop(name, None)
+    annotations = meta.get("annotations")
+    if annotations and tr.ANN_POOL_RECORD in annotations:
+        meta["annotations"] = {k: v for k, v in annotations.items() if k != tr.ANN_POOL_RECORD}
+    if not meta.get("annotations"):  # none and empty are the same (ours may be the only one)
+        meta.pop("annotations", None)
+    return {**{k: v for k, v in svc.items() if k != "status"}, "metadata": meta}
+
+
 def same_version(old: Obj | None, new: Obj | None) -> bool:
     """Whether two versions of one object are the same (resourceVersion, else the whole object)."""
     if old is None or new is None:
@@ -79,10 +105,13 @@ class Dirty:
     l4lbs: frozenset[str] = frozenset()
     pools_changed: bool = False
     all_services: bool = False
+    # Services whose only change is in what gatelb writes back (status, the ip-pool annotation):
+    # not to translate again; a follower reads its addresses from them, a leader may rewrite them.
+    written: frozenset[str] = frozenset()
 
     @property
     def empty(self) -> bool:
-        return not (self.services or self.l4lbs or self.pools_changed or self.all_services)
+        return not (self.services or self.l4lbs or self.pools_changed or self.all_services or self.written)
 
 
 class ChangeTracker:
@@ -96,6 +125,7 @@ class ChangeTracker:
         self._services_by_namespace: dict[str, set[str]] = {}
         self._node_ips: dict[int, tuple[tuple[str, IPAddress], ...]] = {}  # family -> cached
         self._services: set[str] = set()
+        self._written: set[str] = set()
         self._l4lbs: set[str] = set()
         self._pools_changed = False
         self._all_services = False
@@ -131,6 +161,9 @@ class ChangeTracker:
             self._l4lbs.add(key)
 
     def _service(self, key: str, prev: Obj | None, new: Obj | None) -> None:
+        if prev is not None and new is not None and translation_part(prev) == translation_part(new):
+            self._written.add(key)
+            return
         self._services.add(key)
         ns = key.partition("/")[0]
         if new is None:
@@ -165,8 +198,9 @@ class ChangeTracker:
 
     def take(self) -> Dirty:
         """What is dirty since the last call; clears it."""
-        out = Dirty(frozenset(self._services), frozenset(self._l4lbs), self._pools_changed, self._all_services)
-        self._services, self._l4lbs = set(), set()
+        out = Dirty(frozenset(self._services), frozenset(self._l4lbs), self._pools_changed, self._all_services,
+                    frozenset(self._written - self._services))
+        self._services, self._l4lbs, self._written = set(), set(), set()
         self._pools_changed = self._all_services = False
         return out
 

@@ -51,8 +51,12 @@ def object_key(obj: Obj) -> str:
 
 class Informer:
     def __init__(self, api: Lister, kind: Kind, on_change: OnChange,
-                 watch_timeout_s: int = WATCH_TIMEOUT_S, grace_s: float = GRACE_S) -> None:
+                 watch_timeout_s: int = WATCH_TIMEOUT_S, grace_s: float = GRACE_S,
+                 slim: Callable[[Obj], Obj] | None = None) -> None:
         self.kind = kind
+        # What of each object is kept (sources.kubernetes.slim), applied before it is cached or
+        # reported; the resourceVersion must survive it (versions are compared by it).
+        self._slim = slim
         # .problem: cannot list/watch this kind for longer than grace_s (readiness); .last_error
         self.trouble = Trouble(f"list/watch {kind.name}", grace_s)
         self.objects: dict[str, Obj] = {}
@@ -117,6 +121,8 @@ class Informer:
 
     async def _relist(self) -> None:
         items, rv = await self._api.list(self.kind)
+        if self._slim is not None:
+            items = [self._slim(o) for o in items]
         previous, self.objects = self.objects, {object_key(o): o for o in items}
         self.resource_version = rv
         self.counts["lists"] += 1
@@ -143,6 +149,8 @@ class Informer:
             if kind == "BOOKMARK":
                 self.counts["bookmarks"] += 1
             elif kind in ("ADDED", "MODIFIED"):
+                if self._slim is not None:
+                    obj = self._slim(obj)
                 key = object_key(obj)
                 old = self.objects.get(key)
                 self.objects[key] = obj

@@ -40,6 +40,7 @@ from gatelb.model import (
 from gatelb.sources.base import AddressView, Contribution, Notify
 from gatelb.sources.file.loader import CONFIG_KINDS, ConfigParser
 from gatelb.sources.kubernetes import config as kconfig
+from gatelb.sources.kubernetes import slim
 from gatelb.sources.kubernetes.api import METALLB, WATCHED, ApiException, Kind, KubeApi, Obj, describe
 from gatelb.sources.kubernetes.changes import IPADDRESSPOOLS, IPPOOLS, L4LBS, NODES, SERVICES, ChangeTracker
 from gatelb.sources.kubernetes.informer import Informer
@@ -89,7 +90,7 @@ class KubeSource:
         self._options = settings.options
         self._tracker = ChangeTracker(settings.options)
         kinds = [*WATCHED, *(kind for kind, _ in CONFIG_RESOURCES.values())]
-        self._informers = {k.name: Informer(api, k, self._on_event) for k in kinds}
+        self._informers = {k.name: Informer(api, k, self._on_event, slim=slim.for_kind(k.name)) for k in kinds}
         self._metallb = {k.name for k in kinds if k.group == METALLB}
         self._metallb_ns = settings.metallb_namespace
         self._config_objects: dict[str, dict[str, Obj]] = {name: {} for name in CONFIG_RESOURCES}
@@ -178,6 +179,14 @@ class KubeSource:
     def collect(self, view: AddressView) -> Contribution | None:
         dirty = self._tracker.take()
         leader = self._elector.is_leader
+        written = dirty.written
+        if leader and written:
+            # Only what the write-back owns changed (mostly our own writes coming back): nothing to
+            # translate. The writer compares each with what it should say and rewrites what differs.
+            self._to_write.update(ObjectRef(SERVICE, k) for k in written)
+            self._wake_writer.set()
+            written = frozenset()
+            dirty = dataclasses.replace(dirty, written=written)
         everything = self._first or dirty.pools_changed or leader != self._leader_was
         config, config_errors = self._collect_config(everything)
         if dirty.empty and not everything and not config and not config_errors:
@@ -194,7 +203,8 @@ class KubeSource:
         else:
             # Services that got no address are tried again in every round (they are few): one
             # of this round's changes may have freed what they wait for.
-            services = sorted(set(self._tracker.service_keys(dirty)) | set(self._failures))
+            # A follower serves what the leader wrote into status: `written` is news for it.
+            services = sorted(set(self._tracker.service_keys(dirty)) | set(self._failures) | written)
             l4lbs = sorted(dirty.l4lbs)
         changes: dict[str, LoadBalancer | None] = {}
         origins: dict[str, ObjectRef] = {}
