@@ -36,13 +36,14 @@ from .nlelements import (
     PROTOCOL_NUMBERS,
     ElementCodec,
     attrs,
+    error_code,
+    netlink_messages,
+    nft_dump,
     nl_message,
     nla,
 )
 
 NFT_MSG_GETSETELEM = 13
-NLM_F_DUMP = 0x300
-NLMSG_DONE = 3
 NFTA_SET_ELEM_EXPR = 7
 NFTA_SET_ELEM_EXPRESSIONS = 11
 NFTA_EXPR_NAME = 1
@@ -104,25 +105,8 @@ def _messages(sock: socket.socket, table: str, set_name: str, seq: int) -> Itera
     """The payloads (after the nfgenmsg header) of one set's element dump."""
     payload = nla(NFTA_SET_ELEM_LIST_TABLE, table.encode() + b"\0") + nla(
         NFTA_SET_ELEM_LIST_SET, set_name.encode() + b"\0")
-    sock.send(nl_message((NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETSETELEM, NLM_F_REQUEST | NLM_F_DUMP, seq,
-                       NFPROTO_INET, 0, payload))
-    while True:
-        data = sock.recv(1 << 20)
-        offset = 0
-        while offset + 16 <= len(data):
-            length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, offset)
-            body = data[offset + 16 : offset + length]
-            offset += (length + 3) & ~3
-            if kind == NLMSG_DONE:
-                return
-            if kind == NLMSG_ERROR:
-                (code,) = struct.unpack_from("=i", body, 0)
-                if code == -errno.ENOENT:
-                    raise TableMissing(set_name)
-                if code != 0:
-                    raise OSError(-code, f"dumping set {set_name}")
-                continue
-            yield body[4:]
+    return nft_dump(sock, NFT_MSG_GETSETELEM, payload, seq, f"dumping set {set_name}",
+                    lambda: TableMissing(set_name))
 
 
 def _dump(sock: socket.socket, table: str, set_name: str, seq: int) -> Iterator[tuple[bytes, Counter]]:
@@ -334,14 +318,9 @@ def _get(sock: socket.socket, table: str, set_name: str, keys: list[bytes], seq:
     counts: RawCounts = {}
     key_length = len(keys[0]) if keys else 0
     while True:
-        data = sock.recv(1 << 20)
-        offset = 0
-        while offset + 16 <= len(data):
-            length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, offset)
-            body = data[offset + 16 : offset + length]
-            offset += (length + 3) & ~3
+        for kind, _seq, body in netlink_messages(sock.recv(1 << 20)):
             if kind == NLMSG_ERROR:
-                (code,) = struct.unpack_from("=i", body, 0)
+                code = error_code(body)
                 if code == -errno.ENOENT:
                     raise TableMissing(set_name)
                 if code != 0:

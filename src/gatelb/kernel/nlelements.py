@@ -37,6 +37,8 @@ NFNL_MSG_BATCH_END = 0x11
 NFT_MSG_NEWSETELEM = 12
 NFT_MSG_DELSETELEM = 14
 NLMSG_ERROR = 2
+NLMSG_DONE = 3
+NLM_F_DUMP = 0x300
 NLM_F_REQUEST = 0x1
 NLM_F_ACK = 0x4
 NLM_F_CREATE = 0x400
@@ -283,6 +285,42 @@ def nl_message(kind: int, flags: int, seq: int, family: int, res_id: int, payloa
     return struct.pack("=IHHII", length, kind, flags, seq, 0) + struct.pack("!BBH", family, 0, res_id) + payload
 
 
+def netlink_messages(data: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(message type, sequence number, payload) of every netlink message in one recv() buffer."""
+    offset = 0
+    while offset + 16 <= len(data):
+        length, kind, _flags, seq, _pid = struct.unpack_from("=IHHII", data, offset)
+        if length < 16:
+            raise OSError(errno.EPROTO, "malformed netlink message")
+        yield kind, seq, data[offset + 16 : offset + length]
+        offset += (length + 3) & ~3
+
+
+def error_code(body: bytes) -> int:
+    """The (negative errno, or 0 for an ACK) code of an NLMSG_ERROR message's payload."""
+    return int(struct.unpack_from("=i", body, 0)[0])
+
+
+def nft_dump(sock: socket.socket, msg: int, payload: bytes, seq: int, what: str,
+             missing: Callable[[], Exception]) -> Iterator[bytes]:
+    """Send one nftables dump request (NFT_MSG_GET*); yield the attribute block (after the nfgenmsg
+    header) of each answer. ENOENT raises `missing()`, any other error an OSError naming `what`."""
+    sock.send(nl_message((NFNL_SUBSYS_NFTABLES << 8) | msg, NLM_F_REQUEST | NLM_F_DUMP, seq, NFPROTO_INET, 0,
+                         payload))
+    while True:
+        for kind, _seq, body in netlink_messages(sock.recv(1 << 20)):
+            if kind == NLMSG_DONE:
+                return
+            if kind == NLMSG_ERROR:
+                code = error_code(body)
+                if code == -errno.ENOENT:
+                    raise missing()
+                if code != 0:
+                    raise OSError(-code, what)
+                continue
+            yield body[4:]
+
+
 def _chunks(encoded: Iterable[bytes]) -> Iterator[bytes]:
     chunk: list[bytes] = []
     for element in encoded:
@@ -357,15 +395,11 @@ def _read_acks(sock: socket.socket, expected: int) -> None:
     seen = 0
     errors: list[str] = []
     while seen < expected:
-        data = sock.recv(1 << 20)
-        offset = 0
-        while offset + 16 <= len(data):
-            length, kind, _flags, seq, _pid = struct.unpack_from("=IHHII", data, offset)
+        for kind, seq, body in netlink_messages(sock.recv(1 << 20)):
             if kind == NLMSG_ERROR:
-                (code,) = struct.unpack_from("=i", data, offset + 16)
+                code = error_code(body)
                 seen += 1
                 if code != 0:
                     errors.append(f"message {seq}: {os.strerror(-code)} ({errno.errorcode.get(-code, code)})")
-            offset += (length + 3) & ~3
         if errors:
             raise NftError("the kernel rejected the element batch (nothing applied): " + "; ".join(errors[:5]))

@@ -33,6 +33,8 @@ from .nlelements import (
     NLMSG_ERROR,
     ElementCodec,
     attrs,
+    error_code,
+    netlink_messages,
     nl_message,
     nla,
 )
@@ -109,14 +111,9 @@ def get_elements(layout: SetLayout, keys: Iterable[Key], table: str = "gatelb",
 
 def _receive(sock: socket.socket, codec: ElementCodec, by_seq: dict[int, Key], out: dict[Key, Element | None],
              pending: set[int], set_name: str) -> None:
-    data = sock.recv(1 << 20)
-    offset = 0
-    while offset + 16 <= len(data):
-        length, kind, _flags, seq, _pid = struct.unpack_from("=IHHII", data, offset)
-        body = data[offset + 16 : offset + length]
-        offset += (length + 3) & ~3
+    for kind, seq, body in netlink_messages(sock.recv(1 << 20)):
         if kind == NLMSG_ERROR:
-            (code,) = struct.unpack_from("=i", body, 0)
+            code = error_code(body)
             pending.discard(seq)
             if code == -errno.ENOENT:
                 key = by_seq.get(seq)

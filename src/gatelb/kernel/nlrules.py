@@ -12,7 +12,6 @@ import socket
 import struct
 from collections.abc import Iterator
 
-from .nlcounters import NLM_F_DUMP, NLMSG_DONE
 from .nlelements import (
     NETLINK_NETFILTER,
     NFNL_SUBSYS_NFTABLES,
@@ -20,6 +19,7 @@ from .nlelements import (
     NLM_F_REQUEST,
     NLMSG_ERROR,
     attrs,
+    nft_dump,
     nl_message,
     nla,
 )
@@ -38,27 +38,7 @@ class _NoTable(Exception):
 
 def _dump(sock: socket.socket, msg: int, payload: bytes, seq: int) -> Iterator[bytes]:
     """The attribute blocks (after the nfgenmsg header) of one dump's answers."""
-    sock.send(nl_message((NFNL_SUBSYS_NFTABLES << 8) | msg, NLM_F_REQUEST | NLM_F_DUMP, seq, NFPROTO_INET, 0,
-                         payload))
-    while True:
-        data = sock.recv(1 << 20)
-        offset = 0
-        while offset + 16 <= len(data):
-            length, kind, _flags, _seq, _pid = struct.unpack_from("=IHHII", data, offset)
-            body = data[offset + 16 : offset + length]
-            offset += (length + 3) & ~3
-            if length < 16:
-                raise OSError(errno.EPROTO, "malformed netlink message")
-            if kind == NLMSG_DONE:
-                return
-            if kind == NLMSG_ERROR:
-                (code,) = struct.unpack_from("=i", body, 0)
-                if code == -errno.ENOENT:
-                    raise _NoTable
-                if code != 0:
-                    raise OSError(-code, "dumping chains/rules")
-                continue
-            yield body[4:]
+    return nft_dump(sock, msg, payload, seq, "dumping chains/rules", _NoTable)
 
 
 def _table_exists(sock: socket.socket, name: bytes) -> bool:
