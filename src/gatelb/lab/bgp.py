@@ -143,7 +143,24 @@ class BgpLab(Lab):
 WEB, SOLO, OFF = "203.0.113.10", "203.0.113.11", "203.0.113.12"
 CHECK = "{type: tcp, interval: 100, timeout: 100, fall: 3, rise: 2}"
 
-CONFIG = f"""\
+
+def l4lb_doc(name: str, frontend: str, backends: list[str], nat: str = "fullnat", check: str = CHECK) -> str:
+    """One L4LB document of the scenarios (`frontend` quoted: IPv6 addresses contain colons)."""
+    listed = ", ".join(f'"{b}"' for b in backends)
+    return f"""apiVersion: gatelb.io/v1alpha1
+kind: L4LB
+metadata: {{name: {name}}}
+spec:
+  frontend: {{ip: "{frontend}", port: 80}}
+  backend: [{listed}]
+  nat: {nat}
+  check: {check}
+"""
+
+
+# The upstream half every BGP scenario shares: the pool, BFD 100 ms x 3, the router as peer with
+# short timers, and the pool advertised.
+UPSTREAM = f"""\
 apiVersion: gatelb.io/v1alpha1
 kind: IPPool
 metadata: {{name: public}}
@@ -164,33 +181,21 @@ apiVersion: gatelb.io/v1alpha1
 kind: BGPAdvertisement
 metadata: {{name: public}}
 spec: {{ipAddressPools: [public]}}
----
-apiVersion: gatelb.io/v1alpha1
-kind: L4LB
-metadata: {{name: web}}
-spec:
-  frontend: {{ip: {WEB}, port: 80}}
-  backend: ["{backend_v4(1)}:8080", "{backend_v4(2)}:8080"]
-  nat: fullnat
-  check: {CHECK}
----
-apiVersion: gatelb.io/v1alpha1
-kind: L4LB
-metadata: {{name: solo}}
-spec:
-  frontend: {{ip: {SOLO}, port: 80}}
-  backend: ["{backend_v4(1)}:8080"]
-  nat: fullnat
-  check: {CHECK}
----
-apiVersion: gatelb.io/v1alpha1
+"""
+
+CONFIG = "---\n".join([
+    UPSTREAM,
+    l4lb_doc("web", WEB, [f"{backend_v4(1)}:8080", f"{backend_v4(2)}:8080"]),
+    l4lb_doc("solo", SOLO, [f"{backend_v4(1)}:8080"]),
+    f"""apiVersion: gatelb.io/v1alpha1
 kind: L4LB
 metadata: {{name: disabled}}
 spec:
   state: disable
   frontend: {{ip: {OFF}, port: 80}}
   backend: ["{backend_v4(2)}:8080"]
-"""
+""",
+])
 
 NEIGHBORS = "".join(f""" neighbor {a} remote-as 64512
  neighbor {a} timers 1 3

@@ -18,38 +18,17 @@ import contextlib
 import threading
 import time
 
-from gatelb.lab.bgp import GATEWAYS, ROUTER, BgpLab
+from gatelb.lab.bgp import GATEWAYS, UPSTREAM, BgpLab, l4lb_doc
 from gatelb.lab.held import ConnectionLost, HeldConnection
 from gatelb.lab.topology import backend_v4
 
 BACKEND_GATEWAY = "198.51.100.254"
 WEB = "203.0.113.10"
-CHECK = "{type: tcp, interval: 100, timeout: 100, fall: 3, rise: 2}"
 LIBERAL = "net.netfilter.nf_conntrack_tcp_be_liberal=1"  # committed entries carry no window state yet
 
-CONFIG = f"""\
-apiVersion: gatelb.io/v1alpha1
-kind: IPPool
-metadata: {{name: public}}
-spec: {{addresses: ["203.0.113.0/28"]}}
----
-apiVersion: gatelb.io/v1alpha1
-kind: BFDProfile
-metadata: {{name: fast}}
-spec: {{receiveInterval: 100, transmitInterval: 100, detectMultiplier: 3}}
----
-apiVersion: gatelb.io/v1alpha1
-kind: BGPPeer
-metadata: {{name: upstream}}
-spec: {{myASN: 64512, peerASN: 64500, peerAddress: {ROUTER}, bfdProfile: fast, holdTime: 3s, keepaliveTime: 1s,
-       connectTime: 1s}}
----
-apiVersion: gatelb.io/v1alpha1
-kind: BGPAdvertisement
-metadata: {{name: public}}
-spec: {{ipAddressPools: [public]}}
----
-apiVersion: gatelb.io/v1alpha1
+CONFIG = "---\n".join([
+    UPSTREAM,
+    f"""apiVersion: gatelb.io/v1alpha1
 kind: GatewayGroup
 metadata: {{name: edge}}
 spec:
@@ -58,16 +37,9 @@ spec:
   members: [{{name: gw1, address: 198.51.100.1}}, {{name: gw2, address: 198.51.100.2}}]
   backendGateway: {BACKEND_GATEWAY}/24
   stateSync: true
----
-apiVersion: gatelb.io/v1alpha1
-kind: L4LB
-metadata: {{name: web}}
-spec:
-  frontend: {{ip: {WEB}, port: 80}}
-  backend: ["{backend_v4(1)}:8080", "{backend_v4(2)}:8080", "{backend_v4(3)}:8080"]
-  nat: dnat
-  check: {CHECK}
-"""
+""",
+    l4lb_doc("web", WEB, [f"{backend_v4(i)}:8080" for i in (1, 2, 3)], nat="dnat"),
+])
 
 
 class HaLab(BgpLab):

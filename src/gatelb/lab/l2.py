@@ -21,7 +21,7 @@ import json
 import re
 import time
 
-from gatelb.lab.bgp import BgpLab
+from gatelb.lab.bgp import BgpLab, l4lb_doc
 from gatelb.lab.topology import LabError, backend_v4, backend_v6
 
 CLIENT, CLIENT6 = "192.0.2.10", "2001:db8:1::10"
@@ -117,10 +117,9 @@ class L2Lab(BgpLab):
 
 
 WEB, API, WEB6 = "192.0.2.200", "192.0.2.201", "2001:db8:1::200"
-CHECK = "{type: tcp, interval: 100, timeout: 100, fall: 3, rise: 2}"
-
-CONFIG = f"""\
-apiVersion: gatelb.io/v1alpha1
+_V4 = [f"{backend_v4(i)}:8080" for i in (1, 2)]
+CONFIG = "---\n".join([
+    f"""apiVersion: gatelb.io/v1alpha1
 kind: IPPool
 metadata: {{name: lan}}
 spec: {{addresses: ["192.0.2.200/29", "2001:db8:1::200/125"]}}
@@ -136,31 +135,8 @@ metadata: {{name: edge}}
 spec:
   interface: lan0
   members: [{{name: gw1, address: {LAN['gw1'][0]}}}, {{name: gw2, address: {LAN['gw2'][0]}}}]
----
-apiVersion: gatelb.io/v1alpha1
-kind: L4LB
-metadata: {{name: web}}
-spec:
-  frontend: {{ip: {WEB}, port: 80}}
-  backend: ["{backend_v4(1)}:8080", "{backend_v4(2)}:8080"]
-  nat: fullnat
-  check: {CHECK}
----
-apiVersion: gatelb.io/v1alpha1
-kind: L4LB
-metadata: {{name: api}}
-spec:
-  frontend: {{ip: {API}, port: 80}}
-  backend: ["{backend_v4(1)}:8080", "{backend_v4(2)}:8080"]
-  nat: fullnat
-  check: {CHECK}
----
-apiVersion: gatelb.io/v1alpha1
-kind: L4LB
-metadata: {{name: web6}}
-spec:
-  frontend: {{ip: "{WEB6}", port: 80}}
-  backend: ["[{backend_v6(1)}]:8080", "[{backend_v6(2)}]:8080"]
-  nat: fullnat
-  check: {CHECK}
-"""
+""",
+    l4lb_doc("web", WEB, _V4),
+    l4lb_doc("api", API, _V4),
+    l4lb_doc("web6", WEB6, [f"[{backend_v6(i)}]:8080" for i in (1, 2)]),
+])
