@@ -170,6 +170,32 @@ def started(daemon: Daemon) -> Daemon:
     return daemon
 
 
+def restart_with_nothing_to_do(lab: Lab, gl: Gatelb, daemon: Daemon, monitor: NftMonitor, generation: list[int],
+                               table: str) -> None:
+    """SIGTERM (in Kubernetes mode the Lease is handed back, the table stays) and the same command
+    again while paced clients keep connecting: the new process adopts the table and sends no
+    transaction at all, and no connection fails."""
+    clients = paced_clients(lab)
+    time.sleep(0.5)
+    down = time.time()
+    daemon.stop()
+    mark = len(daemon.events())
+    daemon.start()
+    adopted = daemon.wait_event("adopted", after=mark)
+    # The first round has run once the new process wrote its record.
+    wait_until(lambda: applied_at(gl.state_dir) > down, "the first round after the restart", log=daemon.log)
+    up = time.time()
+    results = [c.result() for c in clients]
+
+    after = daemon.events()[mark:]
+    assert adopted["generation"] == generation[0] and adopted["services"] == 2, adopted
+    assert [e for e in after if e.get("event") in ("sync", "sync-failed")] == [], after
+    assert monitor.changes() == [], "a transaction during the restart"
+    assert generation_elements(lab) == generation
+    assert table_text(lab) == table
+    check_no_failure(results, down, up)
+
+
 def test_file_mode_restart_adopts_the_table_and_keeps_every_connection(gl: Gatelb, lab: Lab) -> None:
     daemon = gl.daemon(gl.write(file_config(), "gatelb.yaml"), health=True)
     with started(daemon), NftMonitor(lab, gl.state_dir.parent / "monitor.log") as monitor:
@@ -179,25 +205,7 @@ def test_file_mode_restart_adopts_the_table_and_keeps_every_connection(gl: Gatel
         generation, table = generation_elements(lab), table_text(lab)
         assert len(generation) == 1
 
-        clients = paced_clients(lab)
-        time.sleep(0.5)
-        down = time.time()
-        daemon.stop()  # SIGTERM
-        mark = len(daemon.events())
-        daemon.start()
-        adopted = daemon.wait_event("adopted", after=mark)
-        # The first round has run once the new process wrote its record.
-        wait_until(lambda: applied_at(gl.state_dir) > down, "the first round after the restart", log=daemon.log)
-        up = time.time()
-        results = [c.result() for c in clients]
-
-        after = daemon.events()[mark:]
-        assert adopted["generation"] == generation[0] and adopted["services"] == 2, adopted
-        assert [e for e in after if e.get("event") in ("sync", "sync-failed")] == [], after
-        assert monitor.changes() == [], "a transaction during the restart"
-        assert generation_elements(lab) == generation
-        assert table_text(lab) == table
-        check_no_failure(results, down, up)
+        restart_with_nothing_to_do(lab, gl, daemon, monitor, generation, table)
 
         # The next change is an increment over the adopted table.
         mark = daemon.rewrite(file_config(skip=(2,)))
@@ -301,24 +309,7 @@ def test_kubernetes_mode_restart_adopts_the_table_and_keeps_every_connection(
         generation, table = generation_elements(lab), table_text(lab)
         assert len(generation) == 1
 
-        clients = paced_clients(lab)
-        time.sleep(0.5)
-        down = time.time()
-        daemon.stop()  # SIGTERM: the Lease is handed back, the table stays
-        mark = len(daemon.events())
-        daemon.start()
-        adopted = daemon.wait_event("adopted", after=mark)
-        wait_until(lambda: applied_at(gl.state_dir) > down, "the first round after the restart", log=daemon.log)
-        up = time.time()
-        results = [c.result() for c in clients]
-
-        after = daemon.events()[mark:]
-        assert adopted["generation"] == generation[0] and adopted["services"] == 2, adopted
-        assert [e for e in after if e.get("event") in ("sync", "sync-failed")] == [], after
-        assert monitor.changes() == [], "a transaction during the restart"
-        assert generation_elements(lab) == generation
-        assert table_text(lab) == table
-        check_no_failure(results, down, up)
+        restart_with_nothing_to_do(lab, gl, daemon, monitor, generation, table)
 
         # An EndpointSlice event after the restart is an increment of that Service only.
         mark = len(daemon.events())
