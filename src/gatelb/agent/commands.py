@@ -61,16 +61,6 @@ class Context:
         return cls(StateStore(state_dir), NftCli(), None if allow_host_addresses else HostAddresses())
 
 
-def _addresses(stored: StoredState) -> dict[str, IPAddress]:
-    out: dict[str, IPAddress] = {}
-    for name, text in stored.hints(time.time()).items():
-        try:
-            out[name] = ipaddress.ip_address(text)
-        except ValueError:
-            continue  # a damaged record only loses its pinning; IPAM allocates afresh
-    return out
-
-
 def read_input(path: str) -> str:
     try:
         return sys.stdin.read() if path == "-" else Path(path).read_text()
@@ -105,7 +95,7 @@ def _apply_source(ctx: Context, source: Source, dry_run: bool, want_nft_text: bo
     t0 = time.perf_counter()
     stored = ctx.store.load()
     reconciler = Reconciler([source], DataplaneSync(ctx.nft, indexed=True),
-                            flush_udp=None if dry_run else flush_flows, recorded=_addresses(stored),
+                            flush_udp=None if dry_run else flush_flows, recorded=stored.addresses(time.time()),
                             host_address=ctx.host_address)
     previous = stored.applied
     adopted = previous is not None and reconciler.adopt(previous.services, previous.generation)

@@ -139,7 +139,7 @@ class Daemon:
         """Addresses and the table a previous run left: a restart moves no VIP and reloads nothing."""
         stored = self.store.load()
         # Also the addresses of load balancers removed lately: one that comes back gets its own.
-        self.reconciler.remember(_addresses(stored.hints(time.time())))
+        self.reconciler.remember(stored.addresses(time.time()))
         self.writer.seed(stored)
         if self.monitor is not None and stored.applied is not None:
             self.monitor.seed(recorded_down(stored.applied.health))
@@ -178,7 +178,7 @@ class Daemon:
 
 
 def recorded_down(health: dict[str, Any]) -> dict[TargetKey, str]:
-    """The targets the record shows down (keys `lb|address|port`, record.health_key), and why."""
+    """The targets the record shows down (keys `lb|address|port`, status.health_key), and why."""
     import ipaddress
 
     out: dict[TargetKey, str] = {}
@@ -189,18 +189,6 @@ def recorded_down(health: dict[str, Any]) -> dict[TargetKey, str]:
                 out[TargetKey(lb, ipaddress.ip_address(address), int(port))] = str(row.get("reason", ""))
         except ValueError:
             continue  # a damaged row only loses its state
-    return out
-
-
-def _addresses(recorded: dict[str, str]) -> dict[str, IPAddress]:
-    import ipaddress
-
-    out: dict[str, IPAddress] = {}
-    for name, text in recorded.items():
-        try:
-            out[name] = ipaddress.ip_address(text)
-        except ValueError:
-            continue  # a damaged record only loses its pinning
     return out
 
 

@@ -18,14 +18,11 @@ from typing import Any
 from gatelb.agent.applied import AppliedRecord, HealthRecord, JsonMemo
 from gatelb.agent.runtime import event
 from gatelb.agent.statefile import Released, StateStore, StoredState, released_after
+from gatelb.agent.status import health_key
 from gatelb.health.monitor import HealthMonitor
 from gatelb.model import SyncedState
 
 SAVE_INTERVAL_S = 1.0
-
-
-def health_key(lb: str, address: str, port: int) -> str:
-    return f"{lb}|{address}|{port}"
 
 
 def health_records(monitor: HealthMonitor | None, lb: str | None = None) -> dict[str, HealthRecord]:

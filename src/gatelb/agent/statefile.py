@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gatelb.addresses import ip_address
 from gatelb.agent.applied import AppliedRecord, JsonMemo
+from gatelb.model import IPAddress
 
 VERSION = 2  # 2: `applied` is an AppliedRecord (1: free-form, with the source text)
 FILE_NAME = "state.json"
@@ -54,6 +56,17 @@ class StoredState:
     pools: dict[str, str | None] = field(default_factory=dict)  # load balancer name -> IPPool name
     applied: AppliedRecord | None = None
     released: dict[str, Released] = field(default_factory=dict)  # removed load balancers' addresses
+
+    def addresses(self, now: float | None = None, keep_s: float = RELEASED_KEEP_S) -> dict[str, IPAddress]:
+        """The recorded allocations as addresses (with `now`: also the releases younger than
+        keep_s, to give back). A damaged entry only loses its pinning: IPAM allocates afresh."""
+        out: dict[str, IPAddress] = {}
+        for name, text in (self.allocations if now is None else self.hints(now, keep_s)).items():
+            try:
+                out[name] = ip_address(text)
+            except ValueError:
+                continue
+        return out
 
     def hints(self, now: float, keep_s: float = RELEASED_KEEP_S) -> dict[str, str]:
         """The addresses to give back: current allocations, and releases younger than keep_s."""

@@ -34,13 +34,7 @@ def trace_input(stored: StoredState) -> TraceInput:
     applied = stored.applied
     if applied is None:
         return TraceInput({})
-    addresses: dict[str, IPAddress] = {}
-    for name, text in stored.allocations.items():
-        try:
-            addresses[name] = ipaddress.ip_address(text)
-        except ValueError:
-            continue
-    return TraceInput(applied.services.by_name(), {lb.name: lb for lb in applied.load_balancers}, addresses,
+    return TraceInput(applied.services.by_name(), {lb.name: lb for lb in applied.load_balancers}, stored.addresses(),
                       health_of(applied))
 
 
