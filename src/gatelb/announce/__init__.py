@@ -33,9 +33,10 @@ from gatelb.announce.ha_control import HaController, ha_instance
 from gatelb.announce.keepalived import Keepalived, KeepalivedError, parse_notify, read_links
 from gatelb.announce.keepalived_config import render as render_keepalived
 from gatelb.announce.keepalived_config import tracks
-from gatelb.announce.l2 import EMPTY_L2, FAULT, L2Plan, Link, plan_l2
+from gatelb.announce.l2 import EMPTY_L2, FAULT, L2Plan, Link, interface_for, plan_l2
+from gatelb.announce.l2_speaker import L2Election, L2Speaker, SpeakerError
 from gatelb.announce.log import event
-from gatelb.model import GatewayGroup, IPNetwork, L2Advertisement, SyncedState, ValidationError
+from gatelb.model import GatewayGroup, IPAddress, IPNetwork, L2Advertisement, SyncedState, ValidationError
 
 WATCH_S = 1.0  # how often the FRR daemons' liveness is checked
 RETRY_S = 2.0
@@ -49,8 +50,15 @@ def _effective(priority: int, track: int) -> int:
 
 class Announcer:
     def __init__(self, node: str, directory: Path, frr: FrrInstance | None = None,
-                 l2_directory: Path | None = None) -> None:
+                 l2_directory: Path | None = None, election: L2Election | None = None) -> None:
         self.node = node
+        # Kubernetes: the L2 owner of each VIP is elected with Leases (the election's own task), and
+        # this gateway adds the VIPs it owns and sends the gratuitous ARP itself; no keepalived.
+        self.election = election
+        self.speaker = L2Speaker((l2_directory or directory.parent / "keepalived").parent / "l2")
+        self.l2_owned: dict[IPAddress, tuple[str, ...]] = {}
+        if election is not None:
+            election.on_change = self._wake_soon
         self.frr = frr or FrrInstance(directory, node)
         self.keepalived = Keepalived(l2_directory or directory.parent / "keepalived")
         self.plan: Plan = EMPTY
@@ -71,9 +79,18 @@ class Announcer:
         self._ha_events: asyncio.Queue[str] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    def _wake_soon(self) -> None:
+        self._wake.set()
+
     def info(self) -> dict[str, Any]:
         """For the state record (`gatelb status`): where each L2 VIP is owned, the HA role."""
         ha = {"ha": self.ha.info()} if self.ha is not None and self.ha.info() else {}
+        if self.election is not None:
+            if not self.plan.l2 and not self.l2_errors and not self.l2_owned:
+                return ha
+            return {**ha, "l2": {"node": self.node, "election": "leases", "owned": sorted(map(str, self.l2_owned)),
+                                 "interfaces": {str(v): list(i) for v, i in sorted(self.l2_owned.items(), key=str)},
+                                 **self.election.info(), "errors": self.l2_errors}}
         if self.l2.empty and not self.l2_errors:
             return ha
         instances: dict[str, dict[str, Any]] = {}
@@ -93,7 +110,7 @@ class Announcer:
             self._wake.set()  # an HA change (mode, backend gateway) changes no plan
         self._group = group
         self._l2_advs = state.config_of(L2Advertisement)
-        plan, errors = decide(state, self.node)
+        plan, errors = decide(state, self.node, l2_groups=self.election is None)
         if errors:
             if [str(e) for e in errors] != [str(e) for e in self.errors]:
                 event(logging.ERROR, "announce-config-invalid", errors=[str(e) for e in errors],
@@ -133,7 +150,7 @@ class Announcer:
                 self._wake.clear()
                 try:
                     await asyncio.to_thread(self._apply, self.plan)
-                except (FrrError, KeepalivedError, ConntrackdError, GuardError, OSError) as err:
+                except (FrrError, KeepalivedError, ConntrackdError, GuardError, SpeakerError, OSError) as err:
                     event(logging.ERROR, "announce-failed", error=str(err))
                     await asyncio.sleep(RETRY_S)
                     self._wake.set()
@@ -141,7 +158,7 @@ class Announcer:
         finally:
             worker.cancel()
             self._unwatch_fifo()
-            if self._frr_up or not self.l2.empty or self.ha is not None:
+            if self._frr_up or not self.l2.empty or self.ha is not None or self.l2_owned:
                 await asyncio.shield(asyncio.to_thread(self._withdraw))
 
     async def _ha_worker(self) -> None:
@@ -221,7 +238,50 @@ class Announcer:
                   priority=inst.priority, addresses=list(inst.addresses))
         self.l2 = EMPTY_L2
 
+    def _apply_l2_leases(self, plan: Plan, election: L2Election) -> None:
+        """Kubernetes: tell the election what this gateway may own, and hold exactly what it owns."""
+        links: dict[str, Link] = read_links() if plan.l2 else {}
+        errors: list[str] = []
+        for name in sorted(self._l2_advs):
+            for i, iface in enumerate(self._l2_advs[name].interfaces):
+                if iface not in links and any(c.advertisement == name for c in plan.l2):
+                    errors.append(str(ValidationError(L2Advertisement.KIND, name, f"spec.interfaces[{i}]",
+                                                      f"no interface {iface!r} on gateway {self.node}")))
+        wanted: dict[IPAddress, tuple[tuple[str, ...], bool]] = {}
+        interfaces: dict[IPAddress, tuple[str, ...]] = {}
+        for claim in plan.l2:
+            ifaces = claim.interfaces
+            if not ifaces:
+                found = interface_for(claim.vip, links)
+                if found is None:
+                    errors.append(str(ValidationError(L2Advertisement.KIND, claim.advertisement, "spec.interfaces", (
+                        f"{claim.vip} is on no subnet of gateway {self.node}'s interfaces "
+                        f"({', '.join(sorted(links)) or 'none'}): name the interface"))))
+                    continue
+                ifaces = (found,)
+            adv = self._l2_advs.get(claim.advertisement)
+            wanted[claim.vip] = (adv.nodes if adv is not None else (), claim.servable)
+            interfaces[claim.vip] = ifaces
+        if errors != self.l2_errors:
+            if errors:
+                event(logging.ERROR, "announce-config-invalid", errors=errors,
+                      keeping="the VIPs whose interface is known")
+            else:
+                event(logging.INFO, "announce-config-valid-again")
+        self.l2_errors = errors
+        election.want(wanted)
+        owned = {v: interfaces[v] for v in election.owned() if v in interfaces}
+        added, removed = self.speaker.apply(owned)
+        if added or removed:
+            event(logging.INFO, "l2-announce", election="leases", node=self.node,
+                  taken=sorted(f"{v} on {i}" for v, i in added), released=sorted(f"{v} on {i}" for v, i in removed),
+                  owned=len(owned), wall_time=time.time())
+        self.l2_owned = owned
+
     def _apply_l2(self, plan: Plan) -> None:
+        if self.election is not None:
+            self._apply_l2_leases(plan, self.election)
+            return
         group = self._group
         if group is not None and group.ha:
             self._apply_ha(plan, group)
@@ -288,6 +348,10 @@ class Announcer:
     def _withdraw(self) -> None:
         if self.ha is not None:
             self.ha.stop()
+        if self.l2_owned or self.election is not None:
+            with contextlib.suppress(SpeakerError, OSError):
+                self.speaker.stop()
+            self.l2_owned = {}
         if not self.l2.empty or self.keepalived.running():
             self.keepalived.stop()
             event(logging.INFO, "keepalived-stopped", wall_time=time.time())

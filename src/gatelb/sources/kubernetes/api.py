@@ -7,6 +7,7 @@ deserialising every watch event twice.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import re
@@ -357,6 +358,12 @@ class KubeApi:
             if err.status == 404:
                 return None
             raise
+
+    async def list_leases(self, namespace: str) -> builtins.list[Obj]:
+        """Every Lease of the namespace (the L2 election reads them all in one request per tick)."""
+        body = await _json(await self._coord.list_namespaced_lease(namespace, _preload_content=False),
+                           Request("list", "leases", LEASE_GROUP, namespace))
+        return list(body.get("items") or [])
 
     async def create_lease(self, namespace: str, body: Obj) -> Obj:
         """POST: 409 AlreadyExists when someone else created it first, 404 when the namespace is missing."""

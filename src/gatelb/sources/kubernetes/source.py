@@ -82,6 +82,8 @@ class KubeSettings:
     health: bool = True
     # MetalLB's objects are read from its own namespace only, as MetalLB does (names are unique there).
     metallb_namespace: str = "metallb-system"
+    node: str = ""  # --node: the L2 election's identity (default: the host name)
+    l2_lease_duration_s: int = 2
 
 
 class KubeSource:
