@@ -80,7 +80,8 @@ async def setup(server: StandinServer, client: ApiClient) -> None:
 
 def events(standin: StandinInNetns, reason: str) -> list[str]:
     async def get(server: StandinServer, client: ApiClient) -> list[str]:
-        return [f"{o['involvedObject']['name']}: {o['message']}" for (rid, _, _), o in list(server.store.objects.items())
+        found = list(server.store.objects.items())
+        return [f"{o['involvedObject']['name']}: {o['message']}" for (rid, _, _), o in found
                 if rid == "v1/events" and o["reason"] == reason]
 
     return standin.call(get)

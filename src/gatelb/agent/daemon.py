@@ -66,6 +66,8 @@ class Parts:
     dns_secrets: SecretLookup | None = None
     # L2 ownership decided outside keepalived (Kubernetes: a Lease per VIP); the announcer uses it.
     l2_election: L2Election | None = None
+    # Events about announcements (Kubernetes): (load balancers, type, reason, message).
+    announce_event: Callable[[tuple[str, ...], str, str, str], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -292,6 +294,7 @@ async def kube_parts(kubeconfig: str | None, settings: KubeSettings, files: Sequ
     parts.dns_secrets = kube.read_secret
     parts.closers.append(client.close)
     parts.l2_election = election
+    parts.announce_event = kube.announce_event
     parts.tasks["l2-leases"] = election.run()
     return parts
 
@@ -306,10 +309,17 @@ def add_announcer(parts: Parts, node: str, state_dir: Path) -> None:
     L2 VIPs are owned goes to the state record (`info`, key "l2"). An active-standby GatewayGroup
     adds its own conntrackd (<state-dir>/conntrackd) and the role (key "ha"), in the same task."""
     from gatelb.announce import Announcer
+    from gatelb.announce.notes import Note
 
     announcer = Announcer(node, state_dir / "frr", l2_directory=state_dir / "keepalived", election=parts.l2_election)
     parts.consumers.append(announcer)
     parts.tasks["announce"] = announcer.run()
+    if (post := parts.announce_event) is not None:
+        def report(notes: list[Note]) -> None:
+            for n in notes:
+                post(n.lbs, n.type, n.reason, n.message)
+
+        announcer.report = report
     mode_info = parts.info
 
     def info() -> dict[str, Any]:

@@ -19,6 +19,7 @@ import contextlib
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -36,9 +37,11 @@ from gatelb.announce.keepalived_config import tracks
 from gatelb.announce.l2 import EMPTY_L2, FAULT, L2Plan, Link, interface_for, plan_l2
 from gatelb.announce.l2_speaker import L2Election, L2Speaker, SpeakerError
 from gatelb.announce.log import event
+from gatelb.announce.notes import Note, Snapshot, diff, parse_sessions
 from gatelb.model import GatewayGroup, IPAddress, IPNetwork, L2Advertisement, SyncedState, ValidationError
 
 WATCH_S = 1.0  # how often the FRR daemons' liveness is checked
+SESSIONS_S = 2.0  # how often BGP session states are read, when someone listens (Kubernetes Events)
 RETRY_S = 2.0
 STANDBY_PREPEND = 3
 
@@ -59,6 +62,13 @@ class Announcer:
         self.l2_owned: dict[IPAddress, tuple[str, ...]] = {}
         if election is not None:
             election.on_change = self._wake_soon
+        # Notes about what changed (announced, withdrawn, session, failover) go to `report`: the
+        # Kubernetes source makes Events of them. None: nobody listens, nothing is computed.
+        self.report: Callable[[list[Note]], None] | None = None
+        self._snap = Snapshot()
+        self._lbs_of: dict[IPAddress, tuple[str, ...]] = {}
+        self._sessions: dict[str, str] = {}
+        self._sessions_at = 0.0
         self.frr = frr or FrrInstance(directory, node)
         self.keepalived = Keepalived(l2_directory or directory.parent / "keepalived")
         self.plan: Plan = EMPTY
@@ -110,6 +120,11 @@ class Announcer:
             self._wake.set()  # an HA change (mode, backend gateway) changes no plan
         self._group = group
         self._l2_advs = state.config_of(L2Advertisement)
+        if self.report is not None:
+            lbs: dict[IPAddress, list[str]] = {}
+            for name in sorted(state.services):
+                lbs.setdefault(state.services[name].vip, []).append(name)
+            self._lbs_of = {vip: tuple(names) for vip, names in lbs.items()}
         plan, errors = decide(state, self.node, l2_groups=self.election is None)
         if errors:
             if [str(e) for e in errors] != [str(e) for e in self.errors]:
@@ -146,6 +161,12 @@ class Announcer:
                         self._wake.set()  # an interface may have appeared
                     if self.ha is not None:
                         self._ha_post("watch")
+                    if self.report is not None:
+                        if self._frr_up and self.plan.bgp is not None and \
+                                time.monotonic() - self._sessions_at >= SESSIONS_S:
+                            self._sessions_at = time.monotonic()
+                            await asyncio.to_thread(self._read_sessions)
+                        self._notify()
                     continue
                 self._wake.clear()
                 try:
@@ -155,11 +176,46 @@ class Announcer:
                     await asyncio.sleep(RETRY_S)
                     self._wake.set()
                 self._watch_fifo()
+                self._notify()
         finally:
             worker.cancel()
             self._unwatch_fifo()
             if self._frr_up or not self.l2.empty or self.ha is not None or self.l2_owned:
                 await asyncio.shield(asyncio.to_thread(self._withdraw))
+
+    def _snapshot(self) -> Snapshot:
+        if self.election is not None:
+            l2 = dict(self.l2_owned)
+        else:
+            l2 = {v: (i.interface,) for i in self.l2.instances if self.l2_states.get(i.name) == "MASTER"
+                  for v in i.vips}
+        bgp: dict[IPAddress, tuple[str, ...]] = {}
+        if self._frr_up and self.plan.bgp is not None and (self._group is None or not self._group.ha
+                                                           or (self.ha is not None and self.ha.announcing)):
+            for vip in self.plan.servable:
+                peers = tuple(pp.peer.name for pp in self.plan.bgp.peers
+                              if any(vip in prefix for prefix, _ in pp.prefixes))
+                if peers:
+                    bgp[vip] = peers
+        ha = self.ha.info() if self.ha is not None else {}
+        return Snapshot(l2, bgp, dict(self._sessions), (ha["group"], ha["role"]) if ha else None)
+
+    def _notify(self) -> None:
+        if self.report is None:
+            return
+        snap = self._snapshot()
+        notes = diff(self.node, self._snap, snap, self._lbs_of)
+        self._snap = snap
+        if notes:
+            self.report(notes)
+
+    def _read_sessions(self) -> None:
+        bgp = self.plan.bgp
+        if bgp is None:
+            return
+        names = {str(pp.peer.peer_address): pp.peer.name for pp in bgp.peers}
+        with contextlib.suppress(FrrError, OSError):
+            self._sessions = parse_sessions(self.frr.vtysh("show bgp neighbors json"), names)
 
     async def _ha_worker(self) -> None:
         """The HA role's actions, one event at a time, in keepalived's order (a thread: they run

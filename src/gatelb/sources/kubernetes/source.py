@@ -43,9 +43,10 @@ from gatelb.sources.kubernetes import config as kconfig
 from gatelb.sources.kubernetes import slim
 from gatelb.sources.kubernetes.api import METALLB, WATCHED, ApiException, Kind, KubeApi, Obj, describe
 from gatelb.sources.kubernetes.changes import IPADDRESSPOOLS, IPPOOLS, L4LBS, NODES, SERVICES, ChangeTracker
+from gatelb.sources.kubernetes.events import EventLimiter
 from gatelb.sources.kubernetes.informer import Informer
 from gatelb.sources.kubernetes.lease import LeaseElector
-from gatelb.sources.kubernetes.status import StatusWriter
+from gatelb.sources.kubernetes.status import StatusWriter, event_body
 from gatelb.sources.kubernetes.translate import (
     ANN_POOL_RECORD,
     IPADDRESSPOOL,
@@ -120,6 +121,7 @@ class KubeSource:
         self._state: SyncedState | None = None
         self._wake_writer = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        self._limiter = EventLimiter()
 
     # -- Source ------------------------------------------------------------------------------
 
@@ -507,6 +509,30 @@ class KubeSource:
         if obj is not None:
             task = asyncio.get_running_loop().create_task(
                 self._guard(self._writer.event(obj, ref.kind, "Warning", reason, message)))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def announce_event(self, lbs: tuple[str, ...], event_type: str, reason: str, message: str) -> None:
+        """An Event about announcements (announce/notes.py) on the Services / L4LBs that gave the
+        load balancers `lbs`. Every instance posts its own (each says what it announces), within
+        the limiter's rates; leader or not."""
+        state = self._state
+        if state is None:
+            return
+        refs = sorted({state.origins[n] for n in lbs if n in state.origins}, key=str)
+        for ref in refs:
+            if ref.kind == SERVICE:
+                obj = self._tracker.service(ref.key)
+            elif ref.kind == L4LB:
+                obj = self._tracker.objects(L4LBS).get(ref.key)
+            else:
+                continue
+            if obj is None or not self._limiter.allow(str(ref), reason, message):
+                continue
+            meta = obj.get("metadata") or {}
+            body = event_body(obj, ref.kind, event_type, reason, message)
+            task = asyncio.get_running_loop().create_task(
+                self._guard(self._api.create_event(str(meta.get("namespace") or "default"), body)))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
