@@ -92,7 +92,12 @@ class KubeSource:
         self._api = api
         self._options = settings.options
         self._tracker = ChangeTracker(settings.options)
-        kinds = [*WATCHED, *(kind for kind, _ in CONFIG_RESOURCES.values())]
+        # Secrets a BGPPeer's passwordSecret may name: gatelb's namespace (gatelb.io peers are
+        # cluster-scoped) and MetalLB's (its peers' own), watched so a new password re-renders FRR.
+        self._secret_kinds = {f"secrets.{ns}": Kind(f"secrets.{ns}", "secrets", namespace=ns, forbidden_ok=True)
+                              for ns in sorted({settings.lease_namespace, settings.metallb_namespace})}
+        self._secret_namespace = settings.lease_namespace
+        kinds = [*WATCHED, *(kind for kind, _ in CONFIG_RESOURCES.values()), *self._secret_kinds.values()]
         self._informers = {k.name: Informer(api, k, self._on_event, slim=slim.for_kind(k.name)) for k in kinds}
         self._metallb = {k.name for k in kinds if k.group == METALLB}
         self._metallb_ns = settings.metallb_namespace
@@ -148,7 +153,9 @@ class KubeSource:
     def _on_event(self, kind: str, key: str, old: Obj | None, new: Obj | None) -> None:
         if kind in self._metallb and key.partition("/")[0] != self._metallb_ns:
             return
-        if kind in self._config_objects:
+        if kind in self._secret_kinds:
+            self._config_dirty = True  # a peer's password may have changed (few, re-parsed whole)
+        elif kind in self._config_objects:
             objects = self._config_objects[kind]
             if new is None:
                 objects.pop(key, None)
@@ -271,8 +278,12 @@ class KubeSource:
         self._config_dirty = False
         nodes = self._tracker.objects(NODES)
         pool_objects = [*self._tracker.objects(IPPOOLS).values(), *self._tracker.objects(IPADDRESSPOOLS).values()]
+        secrets = {key: obj for name in self._secret_kinds for key, obj in self._informers[name].objects.items()}
+        unreadable = {str(self._secret_kinds[name].namespace): str(inf.forbidden)
+                      for name in self._secret_kinds if (inf := self._informers[name]).forbidden is not None}
         ctx = kconfig.Context({name: labels_of(n) for name, n in nodes.items()},
-                              {str(_dig(p, "metadata", "name")): labels_of(p) for p in pool_objects})
+                              {str(_dig(p, "metadata", "name")): labels_of(p) for p in pool_objects},
+                              secrets, self._secret_namespace, unreadable)
         given: dict[ObjectRef, ConfigObject] = {}
         by: dict[ObjectRef, str] = {}
         bad: dict[ObjectRef, tuple[ValidationError, ...]] = {}
