@@ -288,7 +288,8 @@ def test_password_secret_is_read_and_watched_and_a_bad_one_names_the_field() -> 
         await metallb(client, "bgppeers", "elsewhere", {**peer, "peerAddress": "192.0.2.132",
                                                         "passwordSecret": {"name": "bgp-auth", "namespace": "default"}})
         # a gatelb.io peer is cluster-scoped: its Secret is in gatelb's namespace (gatelb-system)
-        await ours(client, "bgppeers", "mine", {**peer, "peerAddress": "192.0.2.133", "passwordSecret": {"name": "ours"}})
+        await ours(client, "bgppeers", "mine", {**peer, "peerAddress": "192.0.2.133",
+                                                "passwordSecret": {"name": "ours"}})
         async with agent(client) as (a, _):
             assert await wait_for(lambda: password_of(a, "up")) == "s3cret"
             assert password_of(a, "mine") == "ours-pw"

@@ -104,7 +104,8 @@ def test_l4lb_has_status_subresource_and_printer_columns() -> None:
 ANNOUNCE = ("BFDProfile", "BGPPeer", "BGPAdvertisement", "L2Advertisement")
 # Kubernetes-only fields, worked out against the cluster before the standalone parser runs
 # (sources/kubernetes/config.py): the CRD has them, the pydantic schema rejects them.
-KUBE_ONLY = {"BGPPeer": {"nodeSelectors", "passwordSecret"}, "BGPAdvertisement": {"nodeSelectors", "ipAddressPoolSelectors"},
+KUBE_ONLY = {"BGPPeer": {"nodeSelectors", "passwordSecret"},
+             "BGPAdvertisement": {"nodeSelectors", "ipAddressPoolSelectors"},
              "L2Advertisement": {"nodeSelectors", "ipAddressPoolSelectors"}}
 
 
