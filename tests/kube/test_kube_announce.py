@@ -316,3 +316,28 @@ def test_password_secret_is_read_and_watched_and_a_bad_one_names_the_field() -> 
             assert password_of(a, "up") == "rotated"
 
     run(body)
+
+
+def test_announcement_events_land_on_the_service_once_per_message() -> None:
+    """What the announcer reports (announce/notes.py) becomes Events on the Service that gave the
+    load balancer, posted by every instance (not only the leader), deduplicated."""
+    async def body(server: StandinServer, client: ApiClient) -> None:
+        await make_pool(client, "public", ["203.0.113.10/32"])
+        await make_service(client, "web")
+        await make_slice(client, "web", "198.51.100.11")
+        async with agent(client) as (a, _):
+            await wait_for(lambda: ingress_of(server, "web"))
+            names = tuple(await wait_for(lambda: sorted(state_of(a).services)))
+            message = "203.0.113.10 announced by node gw1 on interface up0 (ARP)"
+            for _ in range(3):
+                a.kube.announce_event(names, "Normal", "L2Announced", message)
+            a.kube.announce_event(names, "Warning", "BGPSessionChanged", "node gw1: BGP session with peer up is Idle")
+            await wait_for(lambda: events(server, "BGPSessionChanged"))
+            assert events(server, "L2Announced") == [message]
+            [ev] = [o for (rid, _, _), o in server.store.objects.items()
+                    if rid == "v1/events" and o["reason"] == "L2Announced"]
+            assert (ev["involvedObject"]["kind"], ev["involvedObject"]["name"], ev["type"]) == (
+                "Service", "web", "Normal")
+            assert ev["metadata"]["namespace"] == "default"
+
+    run(body)

@@ -100,6 +100,7 @@ class L2LeaseElection:
         self._versions: dict[str, str] = {}  # lease name -> resourceVersion after our last write
         self._handed: dict[IPAddress, float] = {}
         self._member_at = -1e9
+        self._alive_since: dict[str, float] = {}  # member -> since when it has been seen alive without a gap
         self._owned: frozenset[IPAddress] = frozenset()
         self.holders: dict[str, str] = {}  # VIP -> holder, as last read (for status)
         self.members: tuple[str, ...] = ()
@@ -192,7 +193,11 @@ class L2LeaseElection:
             writes.append(self._member(leases.get(me), now))
         alive = {h for n, (h, _) in leases.items() if n.startswith(MEMBER_PREFIX) and h}
         alive.add(self.node)
-        alive_since = {h: self._seen[n].since for n, (h, _) in leases.items() if n.startswith(MEMBER_PREFIX) and h}
+        for gone in self._alive_since.keys() - alive:
+            del self._alive_since[gone]
+        for member in alive:
+            self._alive_since.setdefault(member, now)
+        alive_since = self._alive_since
         self.members = tuple(sorted(alive))
         self.holders = {}
         wanted = self._wanted
