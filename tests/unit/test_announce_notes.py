@@ -17,7 +17,8 @@ LBS = {V4: ("default/web:tcp:80",), V6: ("default/web6:tcp:80",)}
 def test_l2_taken_and_released_name_the_node_and_interface() -> None:
     taken = Snapshot(l2={V4: ("up0",), V6: ("up0",)})
     assert diff("gw1", Snapshot(), taken, LBS) == [
-        Note(("default/web:tcp:80",), "Normal", "L2Announced", "192.0.2.200 announced by node gw1 on interface up0 (ARP)"),
+        Note(("default/web:tcp:80",), "Normal", "L2Announced",
+             "192.0.2.200 announced by node gw1 on interface up0 (ARP)"),
         Note(("default/web6:tcp:80",), "Normal", "L2Announced",
              "2001:db8::200 announced by node gw1 on interface up0 (NDP)")]
     assert diff("gw1", taken, taken, LBS) == []  # nothing changed, nothing said
