@@ -15,6 +15,7 @@ the gratuitous ARP and its new connections succeed; the Events say who announces
 from __future__ import annotations
 
 import ipaddress
+import os
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from kubernetes_asyncio.client import ApiClient, CustomObjectsApi
 
 from gatelb.lab.l2 import UP, L2Lab
 from gatelb.lab.procs import stop_process
-from gatelb.lab.topology import backend_v4
+from gatelb.lab.topology import backend_v4, backend_v6
 from gatelb.sources.kubernetes.l2lease import preferred
 from tests.k8s_standin.client import apply
 from tests.k8s_standin.in_netns import StandinInNetns
@@ -35,7 +36,8 @@ from tests.k8s_standin.server import StandinServer
 from ..conftest import netns_unavailable
 
 API_HOST = "192.0.2.5"
-DURATION_S = 1
+# 1 s in CI (the shortest a Lease allows); GATELB_TEST_L2_LEASE_S=2 measures the default
+DURATION_S = int(os.environ.get("GATELB_TEST_L2_LEASE_S", "1"))
 
 
 def _vips() -> tuple[str, str]:
@@ -47,6 +49,8 @@ def _vips() -> tuple[str, str]:
 
 
 WEB, API = _vips()
+WEB6 = next(v for v in (f"2001:db8:1::{200 + i}" for i in range(8))
+            if preferred(ipaddress.ip_address(v), {"gw1", "gw2"}) == "gw1")
 
 
 @pytest.fixture(name="lab")
@@ -60,8 +64,9 @@ def l2_lab() -> Iterator[L2Lab]:
 
 
 def l4lb(name: str, ip: str) -> dict[str, Any]:
+    backends = [f"{backend_v4(i)}:8080" if ":" not in ip else f"[{backend_v6(i)}]:8080" for i in (1, 2)]
     return {"apiVersion": "gatelb.io/v1alpha1", "kind": "L4LB", "metadata": {"name": name},
-            "spec": {"frontend": {"ip": ip, "port": 80}, "backend": [f"{backend_v4(i)}:8080" for i in (1, 2)],
+            "spec": {"frontend": {"ip": ip, "port": 80}, "backend": backends,
                      "nat": "fullnat", "check": {"type": "tcp", "interval": 100, "timeout": 100, "fall": 3, "rise": 2}}}
 
 
@@ -70,11 +75,11 @@ async def setup(server: StandinServer, client: ApiClient) -> None:
     custom = CustomObjectsApi(client)
     await custom.create_cluster_custom_object("gatelb.io", "v1alpha1", "ippools", {
         "apiVersion": "gatelb.io/v1alpha1", "kind": "IPPool", "metadata": {"name": "lan"},
-        "spec": {"addresses": ["192.0.2.200/29"]}})
+        "spec": {"addresses": ["192.0.2.200/29", "2001:db8:1::200/125"]}})
     await custom.create_cluster_custom_object("gatelb.io", "v1alpha1", "l2advertisements", {
         "apiVersion": "gatelb.io/v1alpha1", "kind": "L2Advertisement", "metadata": {"name": "lan"},
         "spec": {"ipAddressPools": ["lan"]}})
-    for name, ip in (("web", WEB), ("api", API)):
+    for name, ip in (("web", WEB), ("api", API), ("web6", WEB6)):
         await custom.create_namespaced_custom_object("gatelb.io", "v1alpha1", "default", "l4lbs", l4lb(name, ip))
 
 
@@ -109,13 +114,16 @@ def test_lease_elected_owner_answers_arp_and_power_loss_moves_the_vip(lab: L2Lab
             # spread: each VIP on the gateway the rendezvous hash prefers (a handover if the other came first)
             took = lab.wait_holder(WEB, "gw1", 30.0)
             lab.wait_holder(API, "gw2", 10.0)
+            lab.wait_holder(WEB6, "gw1", 5.0)
         except Exception:
             print(logs())
             raise
         print(f"VIPs owned {took:.2f} s after start")
         assert set(lab.arp_answers(WEB)) == {macs["gw1"]}
         assert set(lab.arp_answers(API)) == {macs["gw2"]}
-        for vip in (WEB, API):
+        ndp = lab.ndp_answers(WEB6)
+        assert ndp and set(ndp) == {macs["gw1"]}, ndp
+        for vip in (WEB, API, WEB6):
             result = lab.connect_many("tcp", vip, 80, count=10)
             assert result.ok == 10, (result, logs())
             assert result.backends == {"be1", "be2"}
@@ -142,6 +150,11 @@ def test_lease_elected_owner_answers_arp_and_power_loss_moves_the_vip(lab: L2Lab
         assert lab.client_neighbour(WEB) == macs["gw2"]  # followed the gratuitous ARP
         assert set(lab.arp_answers(WEB)) == {macs["gw2"]}
         assert lab.connect_many("tcp", WEB, 80, count=10).ok == 10
+        deadline = time.monotonic() + 2
+        while "gw2" not in lab.holder(WEB6) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert set(lab.ndp_answers(WEB6)) == {macs["gw2"]}  # the unsolicited NA's target moved too
+        assert lab.connect_many("tcp", WEB6, 80, count=10).ok == 10
         announced = events(standin, "L2Announced")
         assert any(m.startswith("web: ") and "gw2" in m for m in announced), announced
     finally:
