@@ -155,6 +155,9 @@ def test_lease_elected_owner_answers_arp_and_power_loss_moves_the_vip(lab: L2Lab
             time.sleep(0.01)
         assert set(lab.ndp_answers(WEB6)) == {macs["gw2"]}  # the unsolicited NA's target moved too
         assert lab.connect_many("tcp", WEB6, 80, count=10).ok == 10
+        status = lab.run("gw2", [sys.executable, "-m", "gatelb.cli.main", "--state-dir", str(lab.tmpdir / "gw2"),
+                                 "status"]).stdout
+        assert f"l2 {WEB}: owned by gw2 on up0 (Lease, {DURATION_S} s)" in status, status
         announced = events(standin, "L2Announced")
         assert any(m.startswith("web: ") and "gw2" in m for m in announced), announced
     finally:

@@ -3,7 +3,8 @@
     every gatelb instance: Lease gatelb-node-<node>       (membership: who is alive)
     per L2 VIP:            Lease gatelb-l2-<vip>          (holderIdentity: the node that answers)
 
-Each tick (every `poll_s`) an instance lists the Leases of its namespace once, renews its own
+Each tick (every `poll_s`) an instance that has L2 VIPs to consider (none: no API call at all)
+lists the Leases of its namespace once, renews its own
 membership and the VIP Leases it holds (every `renew_s`), and takes the VIPs it should have:
 
 - **Spread.** Among the live members eligible for a VIP (the L2Advertisement's nodes, or every
@@ -186,6 +187,8 @@ class L2LeaseElection:
 
     async def tick(self) -> None:
         now = self._clock()
+        if not self._wanted and not self._held:
+            return  # no L2 here (BGP only, or no VIP this node may own): no API calls at all
         leases = self._observe(await self._api.list_leases(self.namespace), now)
         writes: list[Any] = []
         me = member_name(self.node)
@@ -225,6 +228,8 @@ class L2LeaseElection:
             free_since = self._free_since.setdefault(name, now)
             if want.servable and (top == self.node or now - free_since >= self.renew_s):
                 writes.append(self._take(vip, lease, now, renew=False))
+        names = {lease_name(v) for v in wanted}
+        self._free_since = {k: v for k, v in self._free_since.items() if k in names}
         for vip in [v for v in self._held if v not in wanted]:
             writes.append(self._give_up(vip, "no longer announced here"))
         gate = asyncio.Semaphore(WRITES_AT_ONCE)
