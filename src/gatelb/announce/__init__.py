@@ -335,17 +335,17 @@ class Announcer:
         self.l2_owned = owned
 
     def _apply_l2(self, plan: Plan) -> None:
-        if self.election is not None:
-            self._apply_l2_leases(plan, self.election)
-            return
         group = self._group
-        if group is not None and group.ha:
+        if group is not None and group.ha:  # also in Kubernetes mode, from a file given with -f
             self._apply_ha(plan, group)
             return
         if self.ha is not None:  # the group is no longer active-standby
             self.ha.stop()
             guard.apply(guard.removal())
             self.ha = None
+        if self.election is not None:
+            self._apply_l2_leases(plan, self.election)
+            return
         links: dict[str, Link] = read_links() if plan.l2 else {}
         l2, errors = plan_l2(plan.l2, self._group, self._l2_advs, self.node, links)
         if errors:
