@@ -343,7 +343,7 @@ class Announcer:
             self.ha.stop()
             guard.apply(guard.removal())
             self.ha = None
-        if self.election is not None:
+        if self.election is not None and group is None:  # a GatewayGroup (from -f) elects with VRRP
             self._apply_l2_leases(plan, self.election)
             return
         links: dict[str, Link] = read_links() if plan.l2 else {}
