@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 import struct
+from pathlib import Path
+from typing import Any
 
 from gatelb.announce.garp import arp_announcement, unsolicited_na
 from gatelb.announce.notes import Note, Snapshot, diff, parse_sessions
@@ -84,3 +86,29 @@ def test_garp_and_unsolicited_na_packets() -> None:
     na = unsolicited_na(mac, ipaddress.IPv6Address("2001:db8::200"))
     assert na[0] == 136 and struct.unpack("!I", na[4:8])[0] == 0x20000000  # Override, not Solicited
     assert na[8:24] == ipaddress.IPv6Address("2001:db8::200").packed and na[24:26] == b"\x02\x01" and na[26:] == mac
+
+
+def test_the_announcer_reports_a_failover_from_its_ha_role(tmp_path: Path) -> None:
+    """The wiring: the announcer's snapshot reads the active-standby role, and a change of it is a
+    FailoverActive note on the load balancers of the last synced state."""
+    from gatelb.announce import Announcer
+
+    class Role:
+        role = "standby"
+
+        def info(self) -> dict[str, Any]:
+            return {"group": "edge", "role": self.role}
+
+    announcer = Announcer("gw2", tmp_path / "frr")
+    got: list[Note] = []
+    announcer.report = got.extend
+    announcer._lbs_of = dict(LBS)
+    role = Role()
+    announcer.ha = role  # type: ignore[assignment]
+    announcer._notify()
+    role.role = "active"
+    announcer._notify()
+    announcer._notify()  # no change, no note
+    assert [(n.reason, n.message) for n in got] == [
+        ("FailoverStandby", "node gw2 is now the standby member of GatewayGroup edge (was starting)"),
+        ("FailoverActive", "node gw2 is now the active member of GatewayGroup edge (was standby)")]

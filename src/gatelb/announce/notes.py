@@ -80,7 +80,8 @@ def diff(node: str, old: Snapshot, new: Snapshot, lbs_of: Mapping[IPAddress, tup
         was_role = old.ha[1] if old.ha is not None else "starting"
         if was_role != role:
             every = tuple(sorted({lb for names in lbs_of.values() for lb in names}))
-            notes.append(Note(every, "Normal" if role == "active" else "Warning",
+            lost = role != "active" and was_role == "active"  # a member that was serving no longer does
+            notes.append(Note(every, "Warning" if lost else "Normal",
                               "FailoverActive" if role == "active" else "FailoverStandby",
                               f"node {node} is now the {role} member of GatewayGroup {group} (was {was_role})"))
     return [n for n in notes if n.lbs]
