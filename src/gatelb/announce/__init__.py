@@ -35,7 +35,7 @@ from gatelb.announce.keepalived_config import render as render_keepalived
 from gatelb.announce.keepalived_config import tracks
 from gatelb.announce.l2 import EMPTY_L2, FAULT, L2Plan, Link, plan_l2
 from gatelb.announce.log import event
-from gatelb.model import GatewayGroup, IPNetwork, L2Advertisement, SyncedState, ValidationError
+from gatelb.model import HA_ACTIVE_ACTIVE, GatewayGroup, IPNetwork, L2Advertisement, SyncedState, ValidationError
 
 WATCH_S = 1.0  # how often the FRR daemons' liveness is checked
 RETRY_S = 2.0
@@ -74,6 +74,10 @@ class Announcer:
     def info(self) -> dict[str, Any]:
         """For the state record (`gatelb status`): where each L2 VIP is owned, the HA role."""
         ha = {"ha": self.ha.info()} if self.ha is not None and self.ha.info() else {}
+        g = self._group
+        if g is not None and g.mode == HA_ACTIVE_ACTIVE:  # every member serves: no role to report
+            ha = {"ha": {"group": g.name, "mode": g.mode, "node": self.node, "members": [m.name for m in g.members],
+                         "selection": "maglev"}}
         if self.l2.empty and not self.l2_errors:
             return ha
         instances: dict[str, dict[str, Any]] = {}
