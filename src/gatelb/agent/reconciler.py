@@ -567,7 +567,8 @@ class Reconciler:
             lb = self._lbs.get(name)
             vip = self._alloc.address_of(name) if lb is not None else None
             old = self._services.get(name)
-            new = service_for(lb, vip, self._usable, self._consistent) if lb is not None and vip is not None and lb.active else None
+            new = (service_for(lb, vip, self._usable, self._consistent)
+                   if lb is not None and vip is not None and lb.active else None)
             if new == old:
                 continue
             previous[name] = old
