@@ -49,7 +49,7 @@ def test_the_table_is_pinned_across_processes() -> None:
     """blake2b, not Python's salted hash(): these slots are what every gateway computes (and what
     this process computed last release: a change here moves every flow at the upgrade)."""
     table = maglev_table(backends(3))
-    assert table[:12] == (2, 0, 2, 0, 2, 1, 2, 1, 2, 0, 0, 2), table[:12]
+    assert table[:12] == (0, 2, 0, 1, 2, 0, 1, 0, 1, 2, 1, 1), table[:12]
 
 
 @settings(max_examples=60, deadline=None)
@@ -77,17 +77,18 @@ def test_weights_honoured_within_the_slot_tolerance(weights: list[int]) -> None:
 
 
 def test_table_size_follows_the_configured_backends() -> None:
-    assert [table_size(n) for n in (2, 10, 11, 40, 41, 163, 164, 10_000)] == [
-        1021, 1021, 4093, 4093, 16381, 16381, 65521, 65521]
+    assert [table_size(n) for n in (2, 8, 9, 31, 32, 127, 128, 511, 512, 10_000)] == [
+        257, 257, 1021, 1021, 4093, 4093, 16381, 16381, 65521, 65521]
     # A backend that goes down keeps the size (the table is sized for the configured count)
-    assert len(maglev_table(backends(10)[:9], configured=10)) == 1021
-    assert len(maglev_table(backends(11)[:10], configured=11)) == 4093
+    assert len(maglev_table(backends(8)[:7], configured=8)) == 257
+    assert len(maglev_table(backends(9)[:8], configured=9)) == 1021
 
 
 @pytest.mark.parametrize("n", [2, 3, 5, 8, 10, 20, 40])
 def test_removing_a_backend_moves_about_one_nth(n: int) -> None:
-    """Its own flows (1/N) must move; Maglev moves a few more. Measured (50,000 keys):
-    N=3 1.02/N, N=5 1.06/N, N=10 1.26/N, N=20 1.36/N, N=40 1.84/N (docs/ha.md)."""
+    """Its own flows (1/N) must move; Maglev moves a few more, the more the fewer slots each
+    backend has. Measured (50,000 keys, the worst of three removals): N=3 1.04/N, N=5 1.13/N,
+    N=8 1.52/N (257 slots), N=10 1.27/N, N=20 1.76/N (1,021), N=40 1.88/N (4,093)."""
     bes = backends(n)
     before = owners(bes, n)
     worst = 0.0
@@ -98,7 +99,7 @@ def test_removing_a_backend_moves_about_one_nth(n: int) -> None:
         assert share >= lost - 1e-9  # every flow of the removed backend moved
         # flows of a surviving backend move only if its slot went to another: few
         worst = max(worst, share * n)
-    assert worst <= (1.35 if n <= 10 else 2.0), worst
+    assert worst <= (1.25 if n <= 5 else 1.6 if n <= 10 else 2.0), worst
 
 
 @pytest.mark.parametrize("n", [2, 4, 9])
@@ -114,9 +115,9 @@ def test_a_weight_change_moves_few_flows() -> None:
     bes = backends(4)
     heavier = [bes[0], bes[1], bes[2], Backend(bes[3].address, bes[3].port, 2)]
     share = moved(owners(bes, 4), owners(heavier, 4))
-    # backend 3 goes from 1/4 to 2/5 of the slots: at least 0.15 must move. Measured 0.41: a
-    # weight change re-times every backend's turns in the fill (docs/ha.md says so); still
-    # less than the WF2Q sequence's 0.50
+    # backend 3 goes from 1/4 to 2/5 of the slots: at least 0.15 must move. Measured 0.17 here,
+    # but a weight change re-times every backend's turns in the fill, and other weight sets move
+    # far more (bench/maglev.py: 0.52 for 1:1:1 to 1:1:2, where 0.17 is the least; docs say so)
     assert 0.15 <= share <= 0.45, share
 
 

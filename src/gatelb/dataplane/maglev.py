@@ -10,7 +10,7 @@ NSDI 2016, section 3.4), with weights:
 - Table size M: a prime from a fixed ladder, the first with at least SLOTS_PER_BACKEND slots per
   *configured* backend (live or not): a change of M moves most flows, so a health change, a
   drain or weight 0 never changes it, and a configuration change only when the count of
-  backends crosses 10, 40, 163 (a ladder, not "the next prime").
+  backends crosses 8, 31, 127, 511 (a ladder, not "the next prime").
 - Each backend's permutation of the slots comes from its address and port alone (blake2b, not
   Python's salted hash()): offset = h1 mod M, skip = h2 mod (M - 1) + 1, slot j = offset + j x
   skip mod M. Backends take turns; on its turn a backend takes the next slot of its permutation
@@ -41,11 +41,12 @@ from gatelb.model import Backend
 
 from .slots import apportion
 
-# Primes; the first is the budget of small services (about slots.MIN_SLOTS x 4, for a disruption
-# close to 1/N at a few backends: see tests/unit/test_maglev.py).
-TABLE_SIZES = (1021, 4093, 16381, 65521)
-# Maglev's own rule of thumb (M >= 100 N) keeps the extra disruption near 0.3/N at most.
-SLOTS_PER_BACKEND = 100
+# Primes. Every slot is a map element in the kernel, and loading elements is what a full sync
+# costs (bench/maglev.py: 1,000 services x 1,021 slots took 30 s against 0.9 s with random), so
+# the table is as small as keeps a removal's disruption near 1/N: 32 slots per configured backend
+# give 1.03/N at N=3 and about 1.5/N at N=8 (bench/maglev.py, docs/configuration.md).
+TABLE_SIZES = (257, 1021, 4093, 16381, 65521)
+SLOTS_PER_BACKEND = 32
 
 
 def table_size(live: int) -> int:
