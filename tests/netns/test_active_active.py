@@ -65,7 +65,7 @@ def test_active_active_ecmp_consistent_selection_and_member_loss(lab: BgpLab) ->
                     CONVERGE_S, lab)
     print(f"ECMP route after {took:.2f} s")
     ha = gws["gw2"].status()["info"]["ha"]
-    assert (ha["mode"], ha["members"], ha["selection"]) == ("active-active", ["gw1", "gw2"], "maglev")
+    assert (ha["mode"], ha["members"], ha["selection"], ha["dnat"]) == ("active-active", ["gw1", "gw2"], "maglev", [])
 
     # New connections spread over both members, and both pick the tracer's backend for each flow
     got, via = flows_from_fixed_ports(lab)

@@ -168,3 +168,8 @@ def test_status_line_of_an_active_active_member() -> None:
     assert console.export_text().strip() == (
         "ha edge (active-active): members gw1, gw2, every one serving; this member gw2; flows to backends by maglev "
         "(the same on every member)")
+    console = Console(record=True, width=300)
+    _print_ha(console, {"group": "edge", "mode": "active-active", "node": "gw2", "members": ["gw1", "gw2"],
+                        "selection": "maglev", "dnat": ["db", "web"]})
+    assert "ha: nat: dnat in active-active (db, web): the backends' answers must come back through the member" in (
+        console.export_text())

@@ -35,7 +35,15 @@ from gatelb.announce.keepalived_config import render as render_keepalived
 from gatelb.announce.keepalived_config import tracks
 from gatelb.announce.l2 import EMPTY_L2, FAULT, L2Plan, Link, plan_l2
 from gatelb.announce.log import event
-from gatelb.model import HA_ACTIVE_ACTIVE, GatewayGroup, IPNetwork, L2Advertisement, SyncedState, ValidationError
+from gatelb.model import (
+    HA_ACTIVE_ACTIVE,
+    GatewayGroup,
+    IPNetwork,
+    L2Advertisement,
+    NatMode,
+    SyncedState,
+    ValidationError,
+)
 
 WATCH_S = 1.0  # how often the FRR daemons' liveness is checked
 RETRY_S = 2.0
@@ -60,6 +68,7 @@ class Announcer:
         self._announced: tuple[IPNetwork, ...] = ()
         self._frr_up = False
         self._group: GatewayGroup | None = None
+        self._dnat: list[str] = []
         self._l2_advs: dict[str, L2Advertisement] = {}
         self.l2: L2Plan = EMPTY_L2
         self.l2_errors: list[str] = []
@@ -77,7 +86,7 @@ class Announcer:
         g = self._group
         if g is not None and g.mode == HA_ACTIVE_ACTIVE:  # every member serves: no role to report
             ha = {"ha": {"group": g.name, "mode": g.mode, "node": self.node, "members": [m.name for m in g.members],
-                         "selection": "maglev"}}
+                         "selection": "maglev", "dnat": self._dnat}}
         if self.l2.empty and not self.l2_errors:
             return ha
         instances: dict[str, dict[str, Any]] = {}
@@ -96,6 +105,9 @@ class Announcer:
         if group != self._group:
             self._wake.set()  # an HA change (mode, backend gateway) changes no plan
         self._group = group
+        # dnat in active-active breaks unless the backends route their answers back symmetrically
+        # (docs/ha.md): status names those load balancers
+        self._dnat = sorted(n for n, svc in state.services.items() if svc.nat is NatMode.DNAT)
         self._l2_advs = state.config_of(L2Advertisement)
         plan, errors = decide(state, self.node)
         if errors:

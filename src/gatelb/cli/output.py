@@ -163,6 +163,10 @@ def _print_ha(console: Console, ha: Any) -> None:
     if ha.get("mode") == "active-active":
         console.print(f"ha {ha['group']} (active-active): members {', '.join(ha['members'])}, every one serving; "
                       f"this member {ha['node']}; flows to backends by {ha['selection']} (the same on every member)")
+        if ha.get("dnat"):
+            console.print(f"[yellow]ha: nat: dnat in active-active ({', '.join(ha['dnat'])}): the backends' answers "
+                          "must come back through the member that forwarded the request, or connections break "
+                          "(docs/ha.md)[/yellow]")
         return
     sync = ha.get("sync") or {}
     last = sync.get("last_received")
