@@ -24,7 +24,7 @@ NSDI 2016, section 3.4), with weights:
 
 Disruption: removing one of N equal backends moves its own flows (1/N) plus a few more whose
 slot another backend's permutation reached earlier in the refill; tests/unit/test_maglev.py
-measures it over many keys and bounds it (docs/ha.md has the figures).
+bounds it over many keys, bench/maglev.py measures it (figures in docs/configuration.md).
 
 Pure: no I/O.
 """
@@ -44,14 +44,14 @@ from .slots import apportion
 # Primes. Every slot is a map element in the kernel, and loading elements is what a full sync
 # costs (bench/maglev.py: 1,000 services x 1,021 slots took 30 s against 0.9 s with random), so
 # the table is as small as keeps a removal's disruption near 1/N: 32 slots per configured backend
-# give 1.03/N at N=3 and about 1.5/N at N=8 (bench/maglev.py, docs/configuration.md).
+# give 1.05/N at N=3 and about 1.5/N at N=8 (bench/maglev.py, docs/configuration.md).
 TABLE_SIZES = (257, 1021, 4093, 16381, 65521)
 SLOTS_PER_BACKEND = 32
 
 
-def table_size(live: int) -> int:
+def table_size(configured: int) -> int:
     for size in TABLE_SIZES:
-        if size >= SLOTS_PER_BACKEND * live:
+        if size >= SLOTS_PER_BACKEND * configured:
             return size
     return TABLE_SIZES[-1]
 
