@@ -107,7 +107,7 @@ def test_an_active_active_group_makes_every_per_member_pick_maglev_and_its_remov
         algorithms = {n: s.algorithm for n, s in rec.states[-1].services.items()}
         assert algorithms == {"web": Algorithm.MAGLEV, "rr": Algorithm.MAGLEV, "sticky": Algorithm.SOURCEHASH}
         assert nft.table is not None
-        assert "jhash ip saddr . ip daddr . meta l4proto . th sport . th dport mod 257" in nft.table.chains[
+        assert "jhash ip saddr . ip daddr . meta l4proto . tcp sport . tcp dport mod 257" in nft.table.chains[
             "pick4_maglev_257"][0]
 
         (tmp_path / "group.yaml").unlink()
@@ -127,12 +127,12 @@ def svc(vip: str, *backends: str, weights: tuple[int, ...] | None = None) -> Ser
 def test_the_pick_rule_hashes_the_flow_with_the_pinned_seed() -> None:
     rs = compile_service(svc("203.0.113.10", "198.51.100.11", "198.51.100.12"))
     assert rs.chains["pick4_maglev_257"] == (
-        "dnat ip to ip daddr . meta l4proto . th dport . jhash ip saddr . ip daddr . meta l4proto . th sport . "
-        "th dport mod 257 seed 0x676c6231 map @be4",)
+        "dnat ip to ip daddr . meta l4proto . th dport . jhash ip saddr . ip daddr . meta l4proto . tcp sport . "
+        "tcp dport mod 257 seed 0x676c6231 map @be4",)
     assert len(rs.elements["be4"]) == 257
     v6 = compile_service(svc("2001:db8::10", "2001:db8:1::1", "2001:db8:1::2"))
     assert v6.chains["pick6_maglev_257"] == (
-        "dnat ip6 to ip6 daddr . meta l4proto . th dport . jhash ip6 saddr . th sport mod 257 seed 0x676c6231 "
+        "dnat ip6 to ip6 daddr . meta l4proto . th dport . jhash ip6 saddr . tcp sport mod 257 seed 0x676c6231 "
         "map @be6",)
     one = compile_service(svc("203.0.113.10", "198.51.100.11"))
     assert len(one.elements["be4"]) == 1 and "pick4_maglev_1" in one.chains  # not a skeleton chain

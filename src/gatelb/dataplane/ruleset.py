@@ -57,13 +57,17 @@ SOURCEHASH_SEED = 0x676C6231
 FLOWHASH_SEED = SOURCEHASH_SEED
 
 
-def flow_hash_fields(family: int) -> str:
+def flow_hash_fields(family: int, protocol: Protocol) -> str:
     """What maglev hashes. IPv4: the 5-tuple. IPv6: source address and port only, because the
     5-tuple (44 bytes) next to the map key (24) exceeds nftables' 64 bytes of registers; the
-    flows of one frontend share the rest of the tuple, so the spread is the same."""
+    flows of one frontend share the rest of the tuple, so the spread is the same. The ports are
+    named by protocol (`tcp sport`, not `th sport`): nft gives a rule with `th` next to the
+    backend map an implicit `meta l4proto` match when it is added to an existing table but not
+    in a full load, so the two would differ; with the protocol named, both have it."""
+    p = protocol.value
     if family == 4:
-        return "ip saddr . ip daddr . meta l4proto . th sport . th dport"
-    return "ip6 saddr . th sport"
+        return f"ip saddr . ip daddr . meta l4proto . {p} sport . {p} dport"
+    return f"ip6 saddr . {p} sport"
 
 NO_BACKEND_CHAIN = "no_backend_reject"
 
@@ -203,7 +207,7 @@ def _selector(svc: Service, modulus: int) -> str:
     if svc.algorithm is Algorithm.ROUNDROBIN:
         return f"numgen inc mod {modulus}"
     if svc.algorithm is Algorithm.MAGLEV:
-        return f"jhash {flow_hash_fields(svc.family)} mod {modulus} seed {FLOWHASH_SEED:#x}"
+        return f"jhash {flow_hash_fields(svc.family, svc.protocol)} mod {modulus} seed {FLOWHASH_SEED:#x}"
     return f"numgen random mod {modulus}"
 
 
