@@ -71,6 +71,10 @@ class Algorithm(enum.StrEnum):
     RANDOM = "random"
     ROUNDROBIN = "roundrobin"
     SOURCEHASH = "sourcehash"
+    # A hash of the flow into a Maglev table (dataplane/maglev.py): the same backend for a flow on
+    # every gateway, few flows moved by a backend change. Every load balancer of an active-active
+    # GatewayGroup's configuration uses it (docs/ha.md).
+    MAGLEV = "maglev"
 
 
 class NatMode(enum.StrEnum):

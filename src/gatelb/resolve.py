@@ -10,14 +10,37 @@ from __future__ import annotations
 from collections.abc import Callable, Iterable
 
 from gatelb.ipam.lb import Allocation
-from gatelb.model import Backend, DesiredState, IPAddress, LoadBalancer, ResolvedState, Service
+from gatelb.model import (
+    HA_ACTIVE_ACTIVE,
+    Algorithm,
+    Backend,
+    ConfigObject,
+    DesiredState,
+    GatewayGroup,
+    IPAddress,
+    LoadBalancer,
+    ResolvedState,
+    Service,
+)
 
 Usable = Callable[[str, Backend], bool]
 
+# What an active-active configuration replaces: these pick differently on every member.
+_PER_MEMBER = (Algorithm.RANDOM, Algorithm.ROUNDROBIN)
 
-def service_for(lb: LoadBalancer, vip: IPAddress, usable: Usable | None = None) -> Service:
+
+def consistent_selection(config: Iterable[ConfigObject]) -> bool:
+    """The configuration has an active-active GatewayGroup: every gateway that serves it must
+    pick the same backend for a flow (a flow that ECMP moves to another member keeps its
+    backend), so random and round robin become maglev. Source hash is kept: it is the same on
+    every member already (pinned seed, same table)."""
+    return any(isinstance(o, GatewayGroup) and o.mode == HA_ACTIVE_ACTIVE for o in config)
+
+
+def service_for(lb: LoadBalancer, vip: IPAddress, usable: Usable | None = None, consistent: bool = False) -> Service:
     """Backends with weight 0 or drain, or not `usable` (e.g. health down), take no new
-    connections: they go to `idle_backends`, where their established flows keep working."""
+    connections: they go to `idle_backends`, where their established flows keep working.
+    `consistent`: see consistent_selection()."""
     taking: list[Backend] = []
     idle: list[Backend] = []
     for b in lb.backends:
@@ -29,7 +52,7 @@ def service_for(lb: LoadBalancer, vip: IPAddress, usable: Usable | None = None) 
         protocol=lb.protocol,
         port=lb.port,
         backends=tuple(taking),
-        algorithm=lb.algorithm,
+        algorithm=Algorithm.MAGLEV if consistent and lb.algorithm in _PER_MEMBER else lb.algorithm,
         affinity=lb.affinity,
         source_ranges=lb.source_ranges,
         nat=lb.nat,

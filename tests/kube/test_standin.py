@@ -296,7 +296,8 @@ def test_custom_resources_are_validated_against_the_crd_schema_with_field_paths(
              'spec.frontend.port: Invalid value: 70000: spec.frontend.port in body should be less than or '
              "equal to 65535"),
             (l4lb("b", algorithm="fastest"),
-             'spec.algorithm: Unsupported value: "fastest": supported values: "random", "roundrobin", "sourcehash"'),
+             'spec.algorithm: Unsupported value: "fastest": supported values: "random", "roundrobin", "sourcehash", '
+             '"maglev"'),
             (l4lb("c", frontend={"port": "http"}),
              'spec.frontend.port: Invalid value: "http": spec.frontend.port in body must be of type integer: "http"'),
             ({**l4lb("d"), "spec": {}}, "spec.frontend: Required value"),

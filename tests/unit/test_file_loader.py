@@ -295,7 +295,7 @@ def test_load_file_reads_utf8_and_refuses_other_bytes(tmp_path: Path) -> None:
         ({"protocol": "Tcp"}, "L4LB web: spec.protocol: 'Tcp' is not one of tcp, udp"),  # TCP and UDP are accepted
         (
             {"algorithm": "leastconn"},
-            "L4LB web: spec.algorithm: 'leastconn' is not one of random, roundrobin, sourcehash",
+            "L4LB web: spec.algorithm: 'leastconn' is not one of random, roundrobin, sourcehash, maglev",
         ),
         ({"nat": "snat"}, "L4LB web: spec.nat: 'snat' is not one of dnat, fullnat"),
         ({"noBackend": "ignore"}, "L4LB web: spec.noBackend: 'ignore' is not one of reject, drop"),

@@ -61,7 +61,8 @@ def test_fields_parse() -> None:
 
 @pytest.mark.parametrize("change, message", [
     (("mode: active-standby", "mode: hot"), "GatewayGroup edge: spec.mode: "),
-    (("mode: active-standby", "mode: active-active"), "GatewayGroup edge: spec.mode: active-active is not built yet"),
+    (("mode: active-standby", "mode: active-active"), "GatewayGroup edge: spec.backendGateway: active-active has "
+                                                      "no active member to hold it"),
     (("  mode: active-standby\n", ""), "GatewayGroup edge: spec.backendGateway: needs spec.mode: active-standby"),
     (("198.51.100.1/24", "198.51.100.1"), "GatewayGroup edge: spec.backendGateway: expected an address with its "
                                          "prefix length"),

@@ -165,3 +165,16 @@ def test_fake_takes_netlink_elements_for_netlink_sets_only() -> None:
     with pytest.raises(KeyError):
         nft.apply_elements([], [("allow4", [((ip("203.0.113.1"), Protocol.TCP, 80,
                                                ipaddress.ip_network("192.0.2.0/24")), None)])])
+
+
+def test_a_netlink_batch_splits_large_element_lists_below_the_attribute_limit() -> None:
+    """1,021 IPv6 backend-map elements (a Maglev table) are about 69 KiB: more than one nested
+    attribute's u16 length can say, so the batch splits them by bytes, not only by count."""
+    from gatelb.kernel.nlelements import MESSAGE_BYTES, build_batch
+
+    v6 = ipaddress.ip_address("2001:db8::10")
+    items = [((v6, Protocol.TCP, 80, slot), (ipaddress.ip_address("2001:db8:2::11"), 8080)) for slot in range(1021)]
+    batch, acks = build_batch("gatelb", {"be6": items})
+    size = len(CODECS["be6"]().encode(*items[0]))
+    assert size * len(items) > 65535 > MESSAGE_BYTES
+    assert acks == 2 and len(batch) < 2 * 65535  # two messages, each below the limit

@@ -253,14 +253,19 @@ def trace(ctx: Context, source: str, destination: str, protocol: str) -> dict[st
     from gatelb.model import Protocol
 
     try:
-        src = ipaddress.ip_address(source)
+        # ADDRESS, or ADDRESS:PORT ([ADDRESS]:PORT): maglev's flow hash needs the source port.
+        sport: int | None = None
+        try:
+            src = ipaddress.ip_address(source)
+        except ValueError:
+            src, sport = parse_endpoint(source)
         dst, port = parse_endpoint(destination)
     except ValueError as err:
         raise CommandError(f"--from/--to: {err}", EXIT_INVALID) from err
     stored = ctx.store.load()
     if stored.applied is None:
         raise CommandError("nothing is applied (no record in the state directory): nothing to trace", EXIT_FAILED)
-    return run_trace(stored, Packet(src, dst, port, Protocol(protocol)), ctx.nft.generation())
+    return run_trace(stored, Packet(src, dst, port, Protocol(protocol), sport), ctx.nft.generation())
 
 
 def diagnose(ctx: Context, name: str | None, window_s: float, limit: int) -> dict[str, Any]:

@@ -26,7 +26,8 @@ from gatelb.agent.statefile import StoredState
 from gatelb.agent.trace import compare_service, health_of
 from gatelb.dataplane.layout import SETS, Key
 from gatelb.dataplane.ruleset import affinity_set_names
-from gatelb.dataplane.slots import slot_counts, slot_sequence
+from gatelb.dataplane.selection import slot_shares
+from gatelb.dataplane.slots import slot_sequence
 from gatelb.dataplane.trace import BackendHealth, idle_state, sourcehash_slot
 from gatelb.kernel import inspect, nlget
 from gatelb.kernel.counters import TableCounters
@@ -193,7 +194,7 @@ def examine(lb: LoadBalancer, svc: Service | None, before: Mapping[tuple[str, in
                                        "configuration and apply it again."))
         return report
 
-    counts = slot_counts([b.weight for b in svc.backends])
+    counts = slot_shares(svc)
     total_slots = sum(counts) or 1
     for b, n in zip(svc.backends, counts, strict=True):
         h = health.get((lb.name, b.address, b.port))

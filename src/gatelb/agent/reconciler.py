@@ -47,7 +47,7 @@ from gatelb.model import (
     SyncedState,
     ValidationError,
 )
-from gatelb.resolve import Usable, service_for
+from gatelb.resolve import Usable, consistent_selection, service_for
 from gatelb.sources.base import Contribution, Source
 
 BATCH_S = 0.005  # let a burst of events that are already in flight land before one round
@@ -133,6 +133,7 @@ class Reconciler:
         self._config: dict[ObjectRef, ConfigObject] = {}
         self._config_owner: dict[ObjectRef, _Slot] = {}
         self._config_changed = True
+        self._consistent = False  # an active-active GatewayGroup: the same pick on every member
         self._health_dirty: set[str] = set()
         self._wake = asyncio.Event()
         self._failures = 0
@@ -309,6 +310,9 @@ class Reconciler:
         # source that has not loaded yet may still want.
         if self._first_pass_due and all(slot.committed for slot in self._slots):
             everything = True
+        if self._config_changed and consistent_selection(self._config.values()) != self._consistent:
+            self._consistent = not self._consistent
+            everything = True  # every load balancer's algorithm changes
         if self._resync_due and not dry_run:
             self._resync_due = False
             self._engine.force_full()
@@ -563,7 +567,8 @@ class Reconciler:
             lb = self._lbs.get(name)
             vip = self._alloc.address_of(name) if lb is not None else None
             old = self._services.get(name)
-            new = service_for(lb, vip, self._usable) if lb is not None and vip is not None and lb.active else None
+            new = (service_for(lb, vip, self._usable, self._consistent)
+                   if lb is not None and vip is not None and lb.active else None)
             if new == old:
                 continue
             previous[name] = old

@@ -147,7 +147,7 @@ def run_trace(stored: StoredState, packet: Packet, generation: int | None) -> di
 def trace_report(t: Trace, kernel: KernelView | None) -> dict[str, Any]:
     out: dict[str, Any] = {
         "packet": {"from": str(t.packet.source), "to": str(t.packet.destination), "port": t.packet.port,
-                   "protocol": t.packet.protocol.value},
+                   "protocol": t.packet.protocol.value, "sourcePort": t.packet.source_port},
         "loadBalancer": t.lb,
         "verdict": t.verdict,
         "explanation": t.explanation,

@@ -38,7 +38,16 @@ from gatelb.announce.l2 import EMPTY_L2, FAULT, L2Plan, Link, interface_for, pla
 from gatelb.announce.l2_speaker import L2Election, L2Speaker, SpeakerError
 from gatelb.announce.log import event
 from gatelb.announce.notes import Note, Snapshot, diff, parse_sessions
-from gatelb.model import GatewayGroup, IPAddress, IPNetwork, L2Advertisement, SyncedState, ValidationError
+from gatelb.model import (
+    HA_ACTIVE_ACTIVE,
+    GatewayGroup,
+    IPAddress,
+    IPNetwork,
+    L2Advertisement,
+    NatMode,
+    SyncedState,
+    ValidationError,
+)
 
 WATCH_S = 1.0  # how often the FRR daemons' liveness is checked
 SESSIONS_S = 2.0  # how often BGP session states are read, when someone listens (Kubernetes Events)
@@ -78,6 +87,7 @@ class Announcer:
         self._announced: tuple[IPNetwork, ...] = ()
         self._frr_up = False
         self._group: GatewayGroup | None = None
+        self._dnat: list[str] = []
         self._l2_advs: dict[str, L2Advertisement] = {}
         self.l2: L2Plan = EMPTY_L2
         self.l2_errors: list[str] = []
@@ -95,6 +105,10 @@ class Announcer:
     def info(self) -> dict[str, Any]:
         """For the state record (`gatelb status`): where each L2 VIP is owned, the HA role."""
         ha = {"ha": self.ha.info()} if self.ha is not None and self.ha.info() else {}
+        g = self._group
+        if g is not None and g.mode == HA_ACTIVE_ACTIVE:  # every member serves: no role to report
+            ha = {"ha": {"group": g.name, "mode": g.mode, "node": self.node, "members": [m.name for m in g.members],
+                         "selection": "maglev", "dnat": self._dnat}}
         if self.election is not None:
             if not self.plan.l2 and not self.l2_errors and not self.l2_owned:
                 return ha
@@ -119,6 +133,9 @@ class Announcer:
         if group != self._group:
             self._wake.set()  # an HA change (mode, backend gateway) changes no plan
         self._group = group
+        # dnat in active-active breaks unless the backends route their answers back symmetrically
+        # (docs/ha.md): status names those load balancers
+        self._dnat = sorted(n for n, svc in state.services.items() if svc.nat is NatMode.DNAT)
         self._l2_advs = state.config_of(L2Advertisement)
         if self.report is not None:
             lbs: dict[IPAddress, list[str]] = {}

@@ -115,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("shell", choices=["bash"])
 
     tr = sub.add_parser("trace", help="which load balancer and backend a packet reaches, checked against the kernel")
-    tr.add_argument("--from", dest="source", required=True, metavar="ADDRESS", help="the packet's source address")
+    tr.add_argument("--from", dest="source", required=True, metavar="ADDRESS",
+                    help="the packet's source address, or ADDRESS:PORT (maglev hashes the source port too)")
     tr.add_argument("--to", dest="destination", required=True, metavar="VIP:PORT",
                     help="the frontend ([ADDRESS]:PORT for IPv6)")
     tr.add_argument("--protocol", choices=["tcp", "udp"], default="tcp")

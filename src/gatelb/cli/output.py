@@ -156,8 +156,17 @@ def _print_plain(rows: list[tuple[tuple[str, ...], str]]) -> None:
 
 
 def _print_ha(console: Console, ha: Any) -> None:
-    """An active-standby group: the members, who is active, this member's role and sync state."""
+    """An active-standby group: the members, who is active, this member's role and sync state;
+    an active-active one: its members."""
     if not ha:
+        return
+    if ha.get("mode") == "active-active":
+        console.print(f"ha {ha['group']} (active-active): members {', '.join(ha['members'])}, every one serving; "
+                      f"this member {ha['node']}; flows to backends by {ha['selection']} (the same on every member)")
+        if ha.get("dnat"):
+            console.print(f"[yellow]ha: nat: dnat in active-active ({', '.join(ha['dnat'])}): the backends' answers "
+                          "must come back through the member that forwarded the request, or connections break "
+                          "(docs/ha.md)[/yellow]")
         return
     sync = ha.get("sync") or {}
     last = sync.get("last_received")

@@ -16,7 +16,9 @@ def print_trace(report: dict[str, Any], output: str) -> None:
         return
     p = report["packet"]
     dst = f"[{p['to']}]" if ":" in p["to"] else p["to"]
-    print(f"packet    {p['from']} -> {dst}:{p['port']}/{p['protocol']}")
+    src = p["from"] if p.get("sourcePort") is None else (
+        f"[{p['from']}]:{p['sourcePort']}" if ":" in p["from"] else f"{p['from']}:{p['sourcePort']}")
+    print(f"packet    {src} -> {dst}:{p['port']}/{p['protocol']}")
     print(f"matches   {report['loadBalancer'] or '(no load balancer)'}")
     sr = report.get("sourceRanges")
     if sr is not None:

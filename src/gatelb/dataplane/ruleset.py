@@ -45,13 +45,29 @@ from gatelb.model import (
 )
 
 from .layout import FAMILY_SETS, Data, Key, affinity_set
-from .slots import slot_sequence
+from .selection import slot_table
 
 TABLE = "gatelb"
 FAMILY = "inet"
 
 # jhash needs a seed; a fixed one keeps source hashing stable across restarts and gateways.
 SOURCEHASH_SEED = 0x676C6231
+# The flow hash of maglev: the same seed, pinned for the same reason (every member of an
+# active-active group must draw the same slot for a flow).
+FLOWHASH_SEED = SOURCEHASH_SEED
+
+
+def flow_hash_fields(family: int, protocol: Protocol) -> str:
+    """What maglev hashes. IPv4: the 5-tuple. IPv6: source address and port only, because the
+    5-tuple (44 bytes) next to the map key (24) exceeds nftables' 64 bytes of registers; the
+    flows of one frontend share the rest of the tuple, so the spread is the same. The ports are
+    named by protocol (`tcp sport`, not `th sport`): nft gives a rule with `th` next to the
+    backend map an implicit `meta l4proto` match when it is added to an existing table but not
+    in a full load, so the two would differ; with the protocol named, both have it."""
+    p = protocol.value
+    if family == 4:
+        return f"ip saddr . ip daddr . meta l4proto . {p} sport . {p} dport"
+    return f"ip6 saddr . {p} sport"
 
 NO_BACKEND_CHAIN = "no_backend_reject"
 
@@ -173,7 +189,7 @@ def _compile_service(rs: Ruleset, svc: Service) -> None:
     else:  # fullnat masquerades every flow already, hairpin included
         elements.setdefault(names.hairpin, {}).update(dict.fromkeys((a, a) for a, _ in targets))
 
-    slots = slot_sequence([b.weight for b in svc.backends])
+    slots = slot_table(svc)
     if svc.affinity is not None:
         chain = _compile_affinity(rs, svc, slots)
     else:
@@ -190,6 +206,8 @@ def _selector(svc: Service, modulus: int) -> str:
         return f"jhash {ip_keyword(svc.family)} saddr mod {modulus} seed {SOURCEHASH_SEED:#x}"
     if svc.algorithm is Algorithm.ROUNDROBIN:
         return f"numgen inc mod {modulus}"
+    if svc.algorithm is Algorithm.MAGLEV:
+        return f"jhash {flow_hash_fields(svc.family, svc.protocol)} mod {modulus} seed {FLOWHASH_SEED:#x}"
     return f"numgen random mod {modulus}"
 
 
@@ -202,6 +220,7 @@ def backend_map(svc: Service) -> str:
 # Shared pick chains for up to this many slots are part of the table's fixed skeleton, so that a
 # backend going down or coming back (which changes the slot count) changes map elements only.
 STATIC_PICK_SLOTS = 16
+STATIC_PICK_ALGORITHMS = (Algorithm.RANDOM, Algorithm.SOURCEHASH)
 
 
 def pick_rule(family: int, protocol: Protocol, selector: str) -> str:
@@ -220,7 +239,7 @@ def static_pick_chains() -> dict[str, str]:
     chains = {}
     for family in (4, 6):
         for protocol in Protocol:
-            for algorithm in (Algorithm.RANDOM, Algorithm.SOURCEHASH):
+            for algorithm in STATIC_PICK_ALGORITHMS:
                 for modulus in range(1, STATIC_PICK_SLOTS + 1):
                     probe = Service("", ipaddress.ip_address("::" if family == 6 else "0.0.0.0"), protocol, 1, (),
                                     algorithm=algorithm)
@@ -237,7 +256,7 @@ def _pick_chain(rs: Ruleset, svc: Service, modulus: int) -> str:
         name = f"rr_{service_id(svc)}"
     else:
         name = pick_chain_name(svc.family, svc.protocol, svc.algorithm, modulus)
-        if modulus <= STATIC_PICK_SLOTS:
+        if modulus <= STATIC_PICK_SLOTS and svc.algorithm in STATIC_PICK_ALGORITHMS:
             return name  # in the skeleton
     rs.chains[name] = (rule,)
     return name

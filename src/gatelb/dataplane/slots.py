@@ -51,6 +51,15 @@ def slot_counts(weights: Sequence[int]) -> list[int]:
     budget = slot_budget(len(positive))
     if total <= budget:
         return reduced
+    return apportion(reduced, budget)
+
+
+def apportion(weights: Sequence[int], budget: int) -> list[int]:
+    """Exactly `budget` slots over the weights: every positive weight at least one slot, the
+    rest by the largest-remainder method (the tolerance of the module docstring). Needs
+    budget >= the number of positive weights."""
+    reduced = list(weights)
+    total = sum(reduced)
     # Backends below one slot, lightest first: once one is not below, no heavier one is.
     order = sorted((i for i, w in enumerate(reduced) if w > 0), key=lambda i: (reduced[i], i))
     counts = [0] * len(weights)

@@ -6,10 +6,12 @@ pick and affinity chains), in the same order, from the desired state alone:
 1. the frontend lookup (`ip daddr . meta l4proto . th dport vmap @svc4`): which service, if any;
 2. the source-range rule (`... @restricted4 ... . ip saddr != @allow4 drop`);
 3. no usable backend: the `no_backend_reject` chain or a plain drop;
-4. the pick: a slot number drawn by `numgen random`/`numgen inc`/`jhash ip saddr` mod the slot
-   count, the slot's backend from the slot table (slots.py). Source hash is computed exactly as
-   the kernel does (Linux's jhash, then reciprocal_scale), so the tracer names *the* backend;
-   random and round robin give each backend its share of the slots;
+4. the pick: a slot number drawn by `numgen random`/`numgen inc`/`jhash ip saddr` (source hash)/
+   `jhash` of the flow (maglev) mod the slot count, the slot's backend from the slot table
+   (selection.py). The hashes are computed exactly as the kernel does (Linux's jhash over the
+   registers nft loads, then reciprocal_scale), so the tracer names *the* backend (for maglev
+   when the packet's source port is given); random and round robin give each backend its share
+   of the slots;
 5. ClientIP affinity: the first backend whose affinity set holds the client wins before any pick
    (which sets hold it is a kernel fact the caller passes in).
 
@@ -34,8 +36,8 @@ from gatelb.model import (
     SyncedState,
 )
 
-from .ruleset import NO_BACKEND_CHAIN, SOURCEHASH_SEED, TABLE, ip_keyword
-from .slots import slot_counts, slot_sequence, slot_tolerance
+from .ruleset import FLOWHASH_SEED, NO_BACKEND_CHAIN, SOURCEHASH_SEED, TABLE, ip_keyword
+from .selection import slot_shares, slot_table, tolerance
 
 # Verdicts, in the order the table decides them.
 NO_MATCH = "no-match"  # no load balancer: the packet is routed (or not) as any other
@@ -52,10 +54,12 @@ class Packet:
     destination: IPAddress
     port: int
     protocol: Protocol = Protocol.TCP
+    source_port: int | None = None  # what maglev's flow hash needs to name the backend
 
     def __str__(self) -> str:
         dst = f"[{self.destination}]" if self.destination.version == 6 else str(self.destination)
-        return f"{self.source} -> {dst}:{self.port}/{self.protocol.value}"
+        src = str(self.source) if self.source_port is None else _endpoint(self.source, self.source_port)
+        return f"{src} -> {dst}:{self.port}/{self.protocol.value}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -174,6 +178,31 @@ def sourcehash_slot(source: IPAddress, modulus: int, seed: int = SOURCEHASH_SEED
     return (jhash(source.packed, seed) * modulus) >> 32
 
 
+_PROTOCOL_NUMBERS = {Protocol.TCP: 6, Protocol.UDP: 17}
+
+
+def _register(value: bytes) -> bytes:
+    """A field as nft leaves it in its 32-bit registers: zero-padded to a multiple of 4 bytes
+    (nft_payload and nft_meta clear the register's rest)."""
+    return value + b"\0" * (-len(value) % 4)
+
+
+def flow_key(source: IPAddress, source_port: int, destination: IPAddress, port: int, protocol: Protocol) -> bytes:
+    """The bytes `jhash <ruleset.flow_hash_fields> ...` hashes."""
+    sport = _register(source_port.to_bytes(2, "big"))
+    if source.version == 6:
+        return source.packed + sport
+    return (source.packed + destination.packed + _register(bytes([_PROTOCOL_NUMBERS[protocol]])) + sport
+            + _register(port.to_bytes(2, "big")))
+
+
+def flow_slot(packet: Packet, modulus: int, seed: int = FLOWHASH_SEED) -> int:
+    """The slot maglev's `jhash ... mod N seed S` draws for `packet` (its source port given)."""
+    assert packet.source_port is not None
+    key = flow_key(packet.source, packet.source_port, packet.destination, packet.port, packet.protocol)
+    return (jhash(key, seed) * modulus) >> 32
+
+
 # --- the trace -----------------------------------------------------------------------------------
 
 
@@ -233,8 +262,7 @@ def trace(view: TraceInput, packet: Packet,
                      source_allowed=allowed, source_range=matched, candidates=candidates, lb=svc.name,
                          algorithm=svc.algorithm)
 
-    weights = [b.weight for b in svc.backends]
-    sequence = slot_sequence(weights)
+    sequence = slot_table(svc)
     chosen: Backend | None = None
     slot: int | None = None
     notes: list[str] = []
@@ -246,6 +274,13 @@ def trace(view: TraceInput, packet: Packet,
         slot = sourcehash_slot(packet.source, len(sequence))
         chosen = svc.backends[sequence[slot]]
         how = f"to {chosen}: source hash of {packet.source} picks slot {slot} of {len(sequence)}"
+    elif svc.algorithm is Algorithm.MAGLEV and packet.source_port is not None:
+        slot = flow_slot(packet, len(sequence))
+        chosen = svc.backends[sequence[slot]]
+        how = f"to {chosen}: the flow hash picks slot {slot} of the {len(sequence)}-slot Maglev table"
+    elif svc.algorithm is Algorithm.MAGLEV:
+        how = (f"to one of {len(svc.backends)} backends by the flow hash ({len(sequence)}-slot Maglev table; "
+               "give the source port to name it)")
     elif svc.algorithm is Algorithm.ROUNDROBIN:
         how = f"to one of {len(svc.backends)} backends in turn (round robin over {len(sequence)} slots)"
     else:
@@ -256,7 +291,7 @@ def trace(view: TraceInput, packet: Packet,
     if chosen is not None:
         candidates = tuple(_replace_probability(c, 1.0 if c.backend == chosen else 0.0) for c in candidates)
     return Trace(packet, DNAT, f"DNAT {how}", source_allowed=allowed, source_range=matched,
-                 candidates=candidates, chosen=chosen, slot=slot, tolerance=slot_tolerance(weights),
+                 candidates=candidates, chosen=chosen, slot=slot, tolerance=tolerance(svc),
                  notes=tuple(notes), lb=svc.name, algorithm=svc.algorithm)
 
 
@@ -266,7 +301,7 @@ def _replace_probability(c: Candidate, p: float) -> Candidate:
 
 def _candidates(view: TraceInput, svc: Service, packet: Packet,
                 affinity: Mapping[tuple[IPAddress, int], float | None]) -> tuple[Candidate, ...]:
-    counts = slot_counts([b.weight for b in svc.backends])
+    counts = slot_shares(svc)
     slots_total = sum(counts) or 1
     weight_total = sum(b.weight for b in svc.backends) or 1
     out = []

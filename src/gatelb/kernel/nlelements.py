@@ -62,6 +62,7 @@ SO_SNDBUFFORCE = 32
 SO_RCVBUFFORCE = 33
 # Elements per NEWSETELEM message: keeps each message far below netlink's 64 KiB attribute limit.
 ELEMENTS_PER_MESSAGE = 1000
+MESSAGE_BYTES = 60_000  # the elements of one message, below the nested attribute's u16 length
 
 PROTOCOL_NUMBERS: dict[Protocol, int] = {Protocol.TCP: socket.IPPROTO_TCP, Protocol.UDP: socket.IPPROTO_UDP}
 _PROTOCOLS = {n: p for p, n in PROTOCOL_NUMBERS.items()}
@@ -323,11 +324,14 @@ def nft_dump(sock: socket.socket, msg: int, payload: bytes, seq: int, what: str,
 
 def _chunks(encoded: Iterable[bytes]) -> Iterator[bytes]:
     chunk: list[bytes] = []
+    size = 0
     for element in encoded:
-        chunk.append(element)
-        if len(chunk) == ELEMENTS_PER_MESSAGE:
+        # By bytes too: 1,000 IPv6 backend-map elements (68 bytes each) exceed the 64 KiB limit.
+        if chunk and (len(chunk) == ELEMENTS_PER_MESSAGE or size + len(element) > MESSAGE_BYTES):
             yield b"".join(chunk)
-            chunk = []
+            chunk, size = [], 0
+        chunk.append(element)
+        size += len(element)
     if chunk:
         yield b"".join(chunk)
 

@@ -15,6 +15,10 @@ with the moment a backend died.
 R per second, noting which backend answered each one (or the failure: ``timeout``, ``refused``
 for an ICMP port unreachable).
 
+``python -m gatelb.lab.client tcp ... --first-port P`` binds attempt i to source port P + i and
+closes it with a reset (SO_LINGER 0: no TIME_WAIT), so that a second run may use the same ports:
+what a flow-hash selection test needs (the same 5-tuples before and after a backend change).
+
 ``python -m gatelb.lab.client hold --target ADDR --port P [--source ADDR] [--timeout S]`` keeps one
 TCP connection open: it prints ``{"backend": .., "seen_source": ..}`` once connected, then for
 every line read on stdin sends it and prints ``{"echo": ..}`` (or ``{"error": ..}``) -- one JSON
@@ -28,6 +32,7 @@ import asyncio
 import errno
 import json
 import socket
+import struct
 import sys
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -65,6 +70,27 @@ def parse_greeting(line: str) -> tuple[str, str]:
 
 def local_addr(source: str | None) -> tuple[str, int] | None:
     return (source, 0) if source else None
+
+
+async def tcp_from_port(target: str, port: int, source: str | None, local_port: int) -> Answer:
+    family = socket.AF_INET6 if ":" in target else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.bind((source or ("::" if family == socket.AF_INET6 else "0.0.0.0"), local_port))
+    sock.setblocking(False)
+    try:
+        await asyncio.get_running_loop().sock_connect(sock, (target, port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+    except BaseException:
+        sock.close()
+        raise
+    try:
+        line = await reader.readuntil(b"\n")
+        name, seen = parse_greeting(line.decode())
+        return name, seen, None
+    finally:
+        writer.close()
 
 
 async def tcp_once(target: str, port: int, source: str | None) -> Answer:
@@ -124,10 +150,13 @@ PROBES: dict[str, Callable[[str, int, str | None], Awaitable[Answer]]] = {
 }
 
 
-async def attempt(proto: str, target: str, port: int, source: str | None, timeout: float) -> Attempt:
+async def attempt(proto: str, target: str, port: int, source: str | None, timeout: float,
+                  local_port: int | None = None) -> Attempt:
     at, start = time.time(), time.monotonic()
+    probe = PROBES[proto](target, port, source) if local_port is None else tcp_from_port(target, port, source,
+                                                                                         local_port)
     try:
-        name, seen, status = await asyncio.wait_for(PROBES[proto](target, port, source), timeout)
+        name, seen, status = await asyncio.wait_for(probe, timeout)
     except (OSError, ValueError, TimeoutError, asyncio.IncompleteReadError, EOFError) as exc:
         return Attempt(ok=False, latency_ms=(time.monotonic() - start) * 1000, error=error_kind(exc), at=at)
     return Attempt(ok=True, backend=name, seen_source=seen, status=status,
@@ -204,14 +233,16 @@ async def udp_flow(target: str, port: int, count: int, rate: float, source: str 
 
 
 async def run_many(proto: str, target: str, port: int, count: int, source: str | None,
-                   timeout: float, concurrency: int) -> ClientResult:
+                   timeout: float, concurrency: int, first_port: int | None = None) -> ClientResult:
     gate = asyncio.Semaphore(max(1, concurrency))
 
-    async def one() -> Attempt:
+    async def one(i: int) -> Attempt:
         async with gate:
-            return await attempt(proto, target, port, source, timeout)
+            if first_port is None:
+                return await attempt(proto, target, port, source, timeout)
+            return await attempt(proto, target, port, source, timeout, first_port + i)
 
-    attempts = await asyncio.gather(*(one() for _ in range(count)))
+    attempts = await asyncio.gather(*(one(i) for i in range(count)))
     return ClientResult.from_attempts(proto, target, port, list(attempts), source)
 
 
@@ -253,7 +284,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--timeout", type=float, default=2.0, help="seconds per attempt")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--rate", type=float, help="attempts per second, paced (open loop); udpflow: default 10")
+    p.add_argument("--first-port", type=int, help="tcp: attempt i from source port FIRST_PORT + i (closed by a reset)")
     a = p.parse_args(argv)
+    if a.first_port is not None and (a.proto != "tcp" or a.rate is not None):
+        p.error("--first-port: only for tcp without --rate")
     if a.rate is not None and a.rate <= 0:
         p.error(f"--rate: {a.rate} is not a positive rate")
     return a
@@ -268,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     elif a.rate is not None:
         run = run_paced(a.proto, a.target, a.port, a.count, a.rate, a.source, a.timeout)
     else:
-        run = run_many(a.proto, a.target, a.port, a.count, a.source, a.timeout, a.concurrency)
+        run = run_many(a.proto, a.target, a.port, a.count, a.source, a.timeout, a.concurrency, a.first_port)
     result = asyncio.run(run)
     print(result.to_json(), flush=True)
     return 0

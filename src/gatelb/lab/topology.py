@@ -360,14 +360,17 @@ class Lab:
     # -- client ----------------------------------------------------------------------------------
 
     def connect_many(self, proto: str, target: str, port: int, count: int = 1, *, source: str | None = None,
-                     timeout: float = 2.0, concurrency: int = 8) -> ClientResult:
+                     timeout: float = 2.0, concurrency: int = 8, first_port: int | None = None) -> ClientResult:
         """From the client namespace, make `count` new connections (`proto`: tcp, udp, http) to
         target:port, `concurrency` at a time, each limited to `timeout` s; see `ClientResult`.
-        `source` binds the client side, e.g. to CLIENT_V4_OUTSIDE."""
+        `source` binds the client side, e.g. to CLIENT_V4_OUTSIDE. `first_port` (tcp): attempt i
+        from source port first_port + i, reusable by a later call (see gatelb.lab.client)."""
         args = [sys.executable, "-m", "gatelb.lab.client", proto, f"--target={target}", f"--port={port}",
                 f"--count={count}", f"--timeout={timeout}", f"--concurrency={concurrency}"]
         if source:
             args.append(f"--source={source}")
+        if first_port is not None:
+            args.append(f"--first-port={first_port}")
         limit = 15 + timeout * (count // max(1, concurrency) + 1)
         done = self.run("client", args, timeout=limit)
         lines = done.stdout.strip().splitlines()

@@ -401,7 +401,7 @@ class L4LBSpec(Strict):
     frontend: FrontendSpec
     pool: Name | None = None
     backend: Annotated[list[BackendEntry], BeforeValidator(_none_is_empty)] = []
-    algorithm: Literal["random", "roundrobin", "sourcehash"] = "random"
+    algorithm: Literal["random", "roundrobin", "sourcehash", "maglev"] = "random"
     session_affinity: SessionAffinitySpec | None = None
     source_ranges: Annotated[list[CIDRField], BeforeValidator(_none_is_empty)] = []
     nat: Literal["dnat", "fullnat"] = "dnat"

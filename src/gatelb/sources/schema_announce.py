@@ -247,8 +247,14 @@ def _group(name: str, s: GatewayGroupSpec, problems: Problems) -> GatewayGroup:
 
 def _ha_checks(s: GatewayGroupSpec, problems: Problems) -> None:
     if s.mode == HA_ACTIVE_ACTIVE:
-        problems.append(("spec.mode", "active-active is not built yet (consistent hashing across members): "
-                                      "use active-standby"))
+        # Every member serves: nobody is the one to hold an address, and conntrackd's FTFW mode
+        # replicates to one standby (docs/ha.md, "Active-active").
+        if s.backend_gateway is not None:
+            problems.append(("spec.backendGateway", "active-active has no active member to hold it: every member "
+                                                    "serves (use nat: fullnat, see docs/ha.md)"))
+        if s.state_sync:
+            problems.append(("spec.stateSync", "not built for active-active (conntrackd replicates to one standby): "
+                                               "the members choose the same backend for a flow instead"))
         return
     if s.mode is None:
         for field, given in (("spec.backendGateway", s.backend_gateway is not None), ("spec.stateSync", s.state_sync)):
