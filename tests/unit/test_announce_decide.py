@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gatelb.announce.decide import Attributes, decide
-from gatelb.announce.frr_config import quick_changes, render
+from gatelb.announce.frr_config import SEQ_MAX, _numbered, daemon_files, quick_changes, render
 from gatelb.model import (
     AddressRange,
     Backend,
@@ -45,7 +45,8 @@ spec: {myASN: 64512, peerASN: 64500, peerAddress: 192.0.2.129, bfdProfile: fast,
 apiVersion: gatelb.io/v1alpha1
 kind: BGPPeer
 metadata: {name: backup}
-spec: {myASN: 64512, peerASN: 64501, peerAddress: 2001:db8:1::1, peerPort: 1179, password: s3cret, nodes: [gw1]}
+spec: {myASN: 64512, peerASN: 64501, peerAddress: 2001:db8:1::1, peerPort: 1179, password: s3cret, nodes: [gw1],
+       enableGracefulRestart: true}
 ---
 apiVersion: metallb.io/v1beta1
 kind: BGPAdvertisement
@@ -225,14 +226,53 @@ def test_a_change_of_servable_vips_is_a_few_vtysh_commands() -> None:
         return render(plan.bgp, "gw2", "/x/frr.log")
 
     old, new = text("203.0.113.10", "203.0.113.11", "203.0.113.12"), text("203.0.113.10", "203.0.113.12")
+    (seq,) = [line.split()[4] for line in old.splitlines() if line.endswith(" 203.0.113.11/32") and "seq" in line]
     assert quick_changes(old, new) == [
         "configure terminal",
         "router bgp 64512", "address-family ipv4 unicast", "no network 203.0.113.11/32", "exit-address-family", "exit",
-        # the entry after the removed one moves up a seq number before the stale one goes
-        "ip prefix-list gatelb-upstream-1-v4 seq 2 permit 203.0.113.12/32",
-        "no ip prefix-list gatelb-upstream-1-v4 seq 3 permit 203.0.113.12/32",
+        # the other entries keep their numbers (from the prefix): one removal is one command
+        f"no ip prefix-list gatelb-upstream-1-v4 seq {seq} permit 203.0.113.11/32",
     ]
     assert quick_changes(new, old)[-3:] == ["network 203.0.113.11/32", "exit-address-family", "exit"]  # type: ignore[index]
     assert quick_changes(old, old) == []
     # anything else (here a new peer's timers) goes through frr-reload.py
     assert quick_changes(old, old.replace("timers 1 3", "timers 2 6")) is None
+
+
+def test_prefix_list_numbers_come_from_the_prefix_and_survive_other_changes() -> None:
+    many = [net(f"198.18.{i // 256}.{i % 256}/32") for i in range(5000)]
+    numbers = dict((p, n) for n, p in _numbered(many))
+    assert len(set(numbers.values())) == 5000 and all(1 <= n <= SEQ_MAX for n in numbers.values())
+    fewer = dict((p, n) for n, p in _numbered(many[:100] + many[101:]))
+    assert sum(numbers[p] != n for p, n in fewer.items()) <= 1  # only a collision's loser may move
+    # a collision takes the next free number, deterministically
+    a, b = net("203.0.113.1/32"), net("203.0.113.2/32")
+    import gatelb.announce.frr_config as fc
+    original = fc._seq
+    try:
+        fc._seq = lambda p: 7  # type: ignore[assignment]
+        assert _numbered([a, b]) == [(7, a), (8, b)]
+        fc._seq = lambda p: SEQ_MAX  # type: ignore[assignment]
+        assert _numbered([a, b]) == [(1, b), (SEQ_MAX, a)]
+    finally:
+        fc._seq = original  # type: ignore[assignment]
+
+
+def test_graceful_restart_and_startup_files() -> None:
+    plan, _ = decide(state([service("web", "203.0.113.10"), service("v6", "2001:db8:100::10")]), "gw1")
+    text = render(plan.bgp, "gw1", "/x/frr.log")
+    assert " neighbor 2001:db8:1::1 graceful-restart" in text.splitlines()
+    assert " neighbor 192.0.2.129 graceful-restart" not in text.splitlines()  # upstream has no option
+    assert " bgp graceful-restart preserve-fw-state" in text.splitlines()
+    assert "check-control-plane-failure" not in text  # our BFD shares fate with bgpd: C bit clear
+    files = daemon_files(text)
+    assert files["zebra"] == "frr defaults traditional\nhostname gw1\nlog file /x/frr.log informational\n"
+    assert files["bfdd"].startswith(files["zebra"]) and "\nbfd\n profile fast\n" in files["bfdd"]
+    assert "router bgp" not in files["bfdd"] and "\nbfd\n" not in files["bgpd"]
+    assert "router bgp 64512" in files["bgpd"] and "ipv6 prefix-list" in files["bgpd"]
+    # every rendered line but `end` and the vtysh-only service line is in exactly one daemon's part
+    body = lambda t: [x for x in t.splitlines()[3:]]  # noqa: E731
+    assert sorted(body(files["bgpd"]) + body(files["bfdd"])) == sorted(
+        x for x in text.splitlines()[5:] if x != "end")
+    plan, _ = decide(state([service("web", "203.0.113.10")]), "gw2")  # gw2: only upstream, no option
+    assert "graceful-restart" not in render(plan.bgp, "gw2", "/x/frr.log")

@@ -271,10 +271,12 @@ class Announcer:
             bgp = replace(bgp, peers=tuple(replace(pp, prefixes=tuple(
                 (p, replace(a, as_path_prepend=STANDBY_PREPEND)) for p, a in pp.prefixes)) for pp in bgp.peers))
         t0 = time.perf_counter()
+        text = render(bgp, self.node, str(self.frr.log_file))
+        started = False
         if not self._frr_up or len(self.frr.running()) < 3:
-            self.frr.start()
-            self._frr_up = True
-        changed = self.frr.apply(render(bgp, self.node, str(self.frr.log_file)))
+            self.frr.start(text)  # fresh daemons read `text` as their startup files
+            self._frr_up = started = True
+        changed = self.frr.apply(text) or started
         now = bgp.prefixes if bgp is not None else ()
         if changed:
             added = sorted(set(now) - set(self._announced), key=str)
@@ -294,10 +296,18 @@ class Announcer:
         if not self._frr_up:
             return
         bgp = self.plan.bgp
+        keep = [pp for pp in bgp.peers if pp.peer.graceful_restart] if bgp is not None else []
         with contextlib.suppress(FrrError, OSError):
             if bgp is not None:
-                self.frr.shutdown_neighbors(bgp.asn, [str(pp.peer.peer_address) for pp in bgp.peers])
-                event(logging.INFO, "withdrawn", peers=[pp.peer.name for pp in bgp.peers], wall_time=time.time())
-        self.frr.stop()
+                gone = [pp for pp in bgp.peers if not pp.peer.graceful_restart]
+                self.frr.shutdown_neighbors(bgp.asn, [str(pp.peer.peer_address) for pp in gone])
+                if gone:
+                    event(logging.INFO, "withdrawn", peers=[pp.peer.name for pp in gone], wall_time=time.time())
+        self.frr.stop(graceful_restart=bool(keep))
         self._frr_up = False
-        event(logging.INFO, "frr-stopped")
+        if keep:
+            event(logging.INFO, "frr-stopped", graceful_restart=[pp.peer.name for pp in keep],
+                  keeping="the routes at these peers (stale) until gatelb is back or their restart timer ends",
+                  wall_time=time.time())
+        else:
+            event(logging.INFO, "frr-stopped")

@@ -26,7 +26,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from gatelb.announce.frr_config import quick_changes
+from gatelb.announce.frr_config import daemon_files, quick_changes
 from gatelb.announce.log import event
 
 DAEMONS = ("zebra", "bfdd", "bgpd")
@@ -40,6 +40,44 @@ COMMAND_TIMEOUT_S = 60.0
 
 class FrrError(RuntimeError):
     pass
+
+
+BGP_PORT_HEX = f"{179:04X}"
+
+
+def _listeners(port_hex: str) -> list[str]:
+    """The sockets listening on TCP port `port_hex` in this network namespace (inode numbers)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in list(f)[1:]:
+                w = line.split()
+                if w[1].rsplit(":", 1)[1] == port_hex and w[3] == "0A":
+                    found.append(w[9])
+    return found
+
+
+def _owner(inode: str) -> str:
+    target = f"socket:[{inode}]"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                        return f"{Path(f'/proc/{pid}/comm').read_text().strip()} (pid {pid})"
+    return "another process"
+
+
+def check_bgp_port() -> None:
+    """gatelb's bgpd needs TCP port 179 of this namespace to itself: an FRR (or any BGP speaker)
+    that already runs here would take the router's connections. Using that FRR instead is not
+    supported (docs/announce.md, "An FRR that already runs on the gateway")."""
+    listeners = _listeners(BGP_PORT_HEX)
+    if listeners:
+        raise FrrError(f"BGP announcements: TCP port 179 is already taken by {_owner(listeners[0])} in this "
+                       f"network namespace. gatelb runs its own FRR and cannot share the port; using an FRR "
+                       f"that already runs on the gateway is not supported (docs/announce.md): stop its bgpd, "
+                       f"or run gatelb in another network namespace")
 
 
 def _reachable_by(path: Path, uid: int, gids: set[int]) -> Path | None:
@@ -105,16 +143,25 @@ class FrrInstance:
         if not vtysh_conf.exists():
             vtysh_conf.write_text("service integrated-vtysh-config\n")
 
-    def start(self) -> None:
-        """Start the daemons that are not running (adopting the others); idempotent."""
+    @property
+    def applied_file(self) -> Path:
+        return self.directory / "frr.conf.applied"
+
+    def start(self, text: str | None = None) -> None:
+        """Start the daemons that are not running (adopting the others); idempotent. A daemon
+        started now reads its part of `text` (the rendered configuration) as its startup file."""
         self.prepare()
         user = pwd.getpwnam(USER)
+        files = daemon_files(text) if text is not None else {}
         started = []
         for daemon in DAEMONS:
             if self._pid(daemon) is not None:
                 continue
+            if daemon == "bgpd":
+                check_bgp_port()
             conf = self.directory / f"{daemon}.conf"
-            conf.write_text(f"hostname {self.hostname}\nlog file {self.log_file} informational\n")
+            conf.write_text(files.get(daemon) or f"hostname {self.hostname}\nlog file {self.log_file} informational\n")
+            os.chmod(conf, 0o600)  # it may hold BGP passwords
             os.chown(conf, user.pw_uid, user.pw_gid)
             argv = [str(FRR_LIB / daemon), "-d", "-u", USER, "-g", USER, "-f", str(conf),
                     "-i", str(self.directory / f"{daemon}.pid"), "-z", str(self.directory / "zserv.api"),
@@ -128,10 +175,33 @@ class FrrInstance:
         for daemon in started:
             self._wait_for(self.directory / f"{daemon}.vty")
         if started:
-            self.applied = None  # a fresh daemon runs its startup file only: apply everything again
-            event(logging.INFO, "frr-started", daemons=started, directory=str(self.directory))
+            # Every daemon fresh from its part of `text`: that is the running configuration
+            # (unless a line was refused: the log says so, and frr-reload.py then repairs).
+            # Some daemons adopted: apply everything again (frr-reload.py diffs).
+            self.applied = None
+            if text is not None and len(started) == len(DAEMONS):
+                self._write(text)
+                refused = self._refused_lines()
+                if refused:
+                    event(logging.ERROR, "frr-startup-refused", lines=refused[:10])
+                else:
+                    self._applied(text)
+            event(logging.INFO, "frr-started", daemons=started, directory=str(self.directory),
+                  from_startup_files=self.applied is not None)
         else:
+            # What the previous run applied last, so that a restart of gatelb sends FRR only what
+            # changed meanwhile (frr-reload.py over 10,000 prefixes takes minutes)
+            with contextlib.suppress(OSError):
+                self.applied = self.applied_file.read_text()
             event(logging.INFO, "frr-adopted", daemons=list(DAEMONS), directory=str(self.directory))
+
+    def _refused_lines(self) -> list[str]:
+        """Startup-file lines a daemon refused (FRR logs them; the daemons start anyway)."""
+        try:
+            log = self.log_file.read_text(errors="replace")
+        except OSError:
+            return []
+        return [line for line in log.splitlines()[-200:] if "ERROR:" in line and "config line" in line]
 
     def _wait_for(self, path: Path) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -149,7 +219,7 @@ class FrrInstance:
         self._write(text)
         if quick is not None:
             self.vtysh_batch(quick)
-            self.applied = text
+            self._applied(text)
             return True
         argv = ["python3", str(RELOAD), "--reload", "--stdout", "--bindir", "/usr/bin",
                 "--confdir", str(self.directory), "--rundir", str(self.directory),
@@ -157,8 +227,15 @@ class FrrInstance:
         done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
         if done.returncode != 0:
             raise FrrError(f"frr-reload.py failed ({done.returncode}): {(done.stderr + done.stdout).strip()[-1500:]}")
-        self.applied = text
+        self._applied(text)
         return True
+
+    def _applied(self, text: str) -> None:
+        self.applied = text
+        tmp = self.applied_file.with_suffix(".tmp")
+        tmp.write_text(text)
+        os.chmod(tmp, 0o600)
+        tmp.replace(self.applied_file)
 
     def _write(self, text: str) -> None:
         tmp = self.config_file.with_suffix(".tmp")
@@ -174,6 +251,8 @@ class FrrInstance:
                               capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
         if done.returncode != 0 or "% " in done.stdout:
             self.applied = None  # unknown state: the next apply goes through frr-reload.py
+            with contextlib.suppress(OSError):
+                self.applied_file.unlink()
             raise FrrError(f"vtysh: {(done.stderr + done.stdout).strip()[-800:]}")
 
     def vtysh(self, *commands: str) -> str:
@@ -189,11 +268,19 @@ class FrrInstance:
         if neighbors:
             self.vtysh("configure terminal", f"router bgp {asn}", *(f"neighbor {n} shutdown" for n in neighbors))
 
-    def stop(self, timeout: float = 5.0) -> None:
-        pids = [p for d in DAEMONS if (p := self._pid(d)) is not None]
+    def stop(self, timeout: float = 5.0, graceful_restart: bool = False) -> None:
+        """Stop the daemons. `graceful_restart`: SIGKILL, so that bgpd sends no Cease (FRR's own
+        shutdown sends one, which makes the router flush our routes at once) and bfdd no
+        admin-down: the session just ends, and the router's graceful-restart helper keeps our
+        routes as stale until we are back (End-of-RIB) or its restart timer runs out."""
+        # bgpd first when graceful: its TCP session's FIN reaches the router at once, long before
+        # BFD's detection time; the router's helper is then in graceful restart already when BFD
+        # goes down, and keeps the routes
+        order = reversed(DAEMONS) if graceful_restart else DAEMONS
+        pids = [p for d in order if (p := self._pid(d)) is not None]
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGKILL if graceful_restart else signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
             time.sleep(0.02)

@@ -12,10 +12,13 @@ with nothing to announce announces nothing rather than everything.
 
 from __future__ import annotations
 
+import zlib
+
 from gatelb.announce.decide import Attributes, BGPPlan, PeerPlan
 from gatelb.model import BFDProfile, IPNetwork
 
 FINAL_DENY_SEQ = 65535
+SEQ_MAX = 4294967295  # FRR's prefix-list sequence numbers: 1-4294967295
 # FRR shows well-known communities by name; written the same way, a reload sees no difference.
 WELL_KNOWN = {"65535:0": "graceful-shutdown", "65535:666": "blackhole", "65535:65281": "no-export",
               "65535:65282": "no-advertise", "65535:65283": "local-AS", "65535:65284": "no-peer"}
@@ -44,7 +47,7 @@ def _policy(plan: PeerPlan, asn: int) -> list[str]:
                 continue
             ip = "ip" if family == 4 else "ipv6"
             plist = f"gatelb-{name}-{index}-v{family}"
-            lists += [f"{ip} prefix-list {plist} seq {n} permit {p}" for n, p in enumerate(mine, start=1)]
+            lists += [f"{ip} prefix-list {plist} seq {n} permit {p}" for n, p in _numbered(mine)]
             seq += 10
             maps += [f"route-map {route_map(name)} permit {seq}", f" match {ip} address prefix-list {plist}"]
             if attrs.local_pref is not None:
@@ -54,6 +57,24 @@ def _policy(plan: PeerPlan, asn: int) -> list[str]:
             maps += [*_communities(attrs), "exit", "!"]
     return [*lists, *(["!"] if lists else []), *maps, f"route-map {route_map(name)} deny {FINAL_DENY_SEQ}", "exit",
             "!"]
+
+
+def _seq(prefix: IPNetwork) -> int:
+    return zlib.crc32(str(prefix).encode()) % SEQ_MAX + 1
+
+
+def _numbered(prefixes: list[IPNetwork]) -> list[tuple[int, IPNetwork]]:
+    """Each prefix's prefix-list sequence number, from the prefix itself (a hash; the next free
+    number on a collision), in sequence order. Numbered by position instead, adding or removing
+    one VIP would renumber every entry after it: thousands of vtysh commands at 10,000 VIPs
+    where two do (the entries are all permits: their order does not matter)."""
+    taken: dict[int, IPNetwork] = {}
+    for p in prefixes:
+        n = _seq(p)
+        while n in taken:
+            n = n % SEQ_MAX + 1
+        taken[n] = p
+    return sorted(taken.items())
 
 
 def _communities(attrs: Attributes) -> list[str]:
@@ -87,6 +108,12 @@ def _neighbor(plan: PeerPlan) -> list[str]:
     lines.append(f"{n} advertisement-interval 0")
     if plan.bfd is not None:
         lines += [f"{n} bfd", f"{n} bfd profile {plan.bfd.name}"]
+    if p.graceful_restart:
+        # Restarting speaker for this peer (capability in the OPEN, End-of-RIB after the initial
+        # updates). No `bfd check-control-plane-failure` here: our BFD shares fate with bgpd (it
+        # stops with it), which is what its C bit, left clear, tells the router; the router's
+        # own `check-control-plane-failure` then ignores our BFD going down during the restart.
+        lines.append(f"{n} graceful-restart")
     return lines
 
 
@@ -143,6 +170,11 @@ def render(plan: BGPPlan | None, hostname: str, log_file: str) -> str:
         # Our policy is the route-maps above; FRR's eBGP default (announce nothing without a
         # policy) and its import check (announce only what is in the RIB) do not apply to VIPs.
         lines += [" no bgp ebgp-requires-policy", " no bgp network import-check", " no bgp default ipv4-unicast"]
+        if any(pp.peer.graceful_restart for pp in plan.peers):
+            # The F bit: our forwarding (the nftables table) survives a restart of gatelb and FRR,
+            # so the router keeps the stale routes through the new session's OPEN until our
+            # End-of-RIB rather than dropping them at the OPEN.
+            lines.append(" bgp graceful-restart preserve-fw-state")
         for pp in plan.peers:
             lines += _neighbor(pp)
         for family in (4, 6):
@@ -150,6 +182,28 @@ def render(plan: BGPPlan | None, hostname: str, log_file: str) -> str:
         lines += ["exit", "!"]
         lines += _bfd(plan.profiles)
     return "\n".join(lines) + "\nend\n"
+
+
+def daemon_files(text: str) -> dict[str, str]:
+    """The rendered configuration as one startup file per daemon (each rejects the others'
+    sections): the `bfd` block to bfdd, the rest to bgpd, the header to each. A daemon that
+    starts from its file has everything before its first session comes up, in one read: no
+    session opens with half the prefixes (which would end a graceful restart's stale routes
+    early) and a start with 10,000 VIPs does not go through frr-reload.py."""
+    lines = text.splitlines()
+    head_end = lines.index("!")
+    head = [line for line in lines[:head_end] if not line.startswith("service ")]
+    parts: dict[str, list[str]] = {"bgpd": [], "bfdd": []}
+    target = "bgpd"
+    for line in lines[head_end + 1:]:
+        if line == "end":
+            continue
+        if line == "bfd":
+            target = "bfdd"
+        parts[target].append(line)
+        if target == "bfdd" and line == "exit":
+            target = "bgpd"
+    return {"zebra": "\n".join(head) + "\n", **{d: "\n".join([*head, *body]) + "\n" for d, body in parts.items()}}
 
 
 def quick_changes(old: str, new: str) -> list[str] | None:

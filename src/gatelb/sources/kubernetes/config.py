@@ -14,7 +14,7 @@ CONFIG_KINDS) after the Kubernetes-only fields are worked out here, against the 
   match are added to `ipAddressPools`; matching none with no `ipAddressPools` means no pool (not
   every pool, which is what an empty list says), so the advertisement is left out.
 - Fields gatelb does not honour are rejected by name, never ignored: `passwordSecret`, a
-  non-empty `vrf`, `dynamicASN`, `interface`, `enableGracefulRestart: true`,
+  non-empty `vrf`, `dynamicASN`, `interface`,
   `dualStackAddressFamily: true` (and any field the
   schema does not know, as unknown). `disableMP` is accepted with either value: gatelb announces
   IPv4 prefixes to IPv4 peers and IPv6 to IPv6 peers only (what `disableMP: true` does).
@@ -104,8 +104,6 @@ def _not_honoured(kind: str, spec: Obj, problems: Problems) -> None:
         spec.pop("disableMP", None)  # see the module docstring
         if spec.get("dualStackAddressFamily") is False:  # MetalLB's default, and gatelb's behaviour
             del spec["dualStackAddressFamily"]
-        if spec.get("enableGracefulRestart") is False:
-            del spec["enableGracefulRestart"]
         if spec.get("vrf") == "":
             del spec["vrf"]
         why = {
@@ -113,7 +111,6 @@ def _not_honoured(kind: str, spec: Obj, problems: Problems) -> None:
             "vrf": "not supported: gatelb's FRR peers from the default VRF",
             "dynamicASN": "not supported: give spec.peerASN",
             "interface": "not supported: BGP unnumbered; give spec.peerAddress",
-            "enableGracefulRestart": "not supported yet (BGP graceful restart)",
             "dualStackAddressFamily": "not supported: IPv4 prefixes go to IPv4 peers, IPv6 to IPv6 peers",
         }
         for name, text in why.items():
