@@ -5,6 +5,7 @@ For each N:
   - start: the time from starting `gatelb run` until the router's kernel has a route for every
     one of the N VIPs (`ip -4 route show proto bgp`, polled every 50 ms), and, from the
     `announce` event, how long gatelb's own FRR apply took;
+  - `gatelb status -o json` and the table (each load balancer with where it is announced);
   - one change, `--changes` times: one L4LB in the middle of the list is disabled (its route must
     go) and enabled again (it must come back), by rewriting the file; the figure is the time from
     the rewrite until the router's kernel route is gone / back (polled every 10 ms), and the
@@ -104,6 +105,16 @@ def one_size(n: int, changes: int) -> dict[str, object]:
         first = gw.wait_event("announce", timeout=120)
         print(f"N={n}: first sync after {synced:.2f} s; router has all {n} routes after {all_in:.2f} s "
               f"(FRR apply {first['duration_ms']:.0f} ms)", flush=True)
+        status_s = []
+        for output in ("json", "table"):
+            t = time.monotonic()
+            out = lab.run("gw1", [*gw._gatelb(), "status", "-o", output], timeout=120).stdout
+            status_s.append(time.monotonic() - t)
+            if output == "json":
+                doc = json.loads(out)
+                announced = sum(1 for lb in doc["loadBalancers"] if (lb.get("announced") or {}).get("bgp"))
+        print(f"  gatelb status: -o json {status_s[0]:.2f} s ({announced} load balancers announced over BGP), "
+              f"table {status_s[1]:.2f} s", flush=True)
         gone: list[float] = []
         back: list[float] = []
         apply_ms: list[float] = []
@@ -126,7 +137,7 @@ def one_size(n: int, changes: int) -> dict[str, object]:
                   f"(FRR apply {apply_ms[-2]:.0f} / {apply_ms[-1]:.0f} ms); {time.monotonic() - t:.1f} s",
                   flush=True)
         gw.stop(timeout=30)
-    return {"n": n, "first_sync_s": synced, "router_all_s": all_in, "first_apply_ms": first["duration_ms"],
+    return {"n": n, "status_json_s": status_s[0], "status_table_s": status_s[1], "first_sync_s": synced, "router_all_s": all_in, "first_apply_ms": first["duration_ms"],
             "withdraw_ms": [x * 1000 for x in gone], "announce_ms": [x * 1000 for x in back],
             "apply_ms": apply_ms}
 

@@ -63,6 +63,10 @@ class Parts:
     # DNS records: Kubernetes Events for conflicts, and Secrets holding TSIG keys (Kubernetes mode).
     dns_report: Report | None = None
     dns_secrets: SecretLookup | None = None
+    # Where a VIP is announced and how, for `gatelb status` (announce.Announcer.where), and
+    # extra Prometheus collectors (the BGP/BFD session series)
+    announced: Callable[[str | None], dict[str, Any]] | None = None
+    collectors: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -98,6 +102,8 @@ class Daemon:
         self.writer = RecordWriter(store, tuple(s.name for s in parts.sources), self.monitor, self._info)
         self.reconciler.consumers += [self.writer, *parts.consumers, self.dns]
         self.metrics.attach(self.reconciler, self.monitor)
+        for collector in parts.collectors:
+            self.metrics.registry.register(collector)
         # Repairs what others do to our table, warns about their tables (agent/guard.py).
         self.guard = KernelGuard(self.reconciler, read_generation, nft.query_json)
 
@@ -124,7 +130,8 @@ class Daemon:
         chosen = None if name is None else [s for n, s in state.services.items() if n == name]
         counters = await asyncio.to_thread(counters_for, self.nft, chosen)
         data = await asyncio.to_thread(live_status, state, counters, health,
-                                       tuple(s.name for s in self.parts.sources), info, name, backends)
+                                       tuple(s.name for s in self.parts.sources), info, name, backends,
+                                       self.parts.announced)
         data["foreignRules"] = [h.as_dict() for h in self.guard.hazards]  # kept current by the guard
         return data
 
@@ -296,10 +303,13 @@ def add_announcer(parts: Parts, node: str, state_dir: Path) -> None:
     L2 VIPs are owned goes to the state record (`info`, key "l2"). An active-standby GatewayGroup
     adds its own conntrackd (<state-dir>/conntrackd) and the role (key "ha"), in the same task."""
     from gatelb.announce import Announcer
+    from gatelb.announce.peers import PeerCollector
 
     announcer = Announcer(node, state_dir / "frr", l2_directory=state_dir / "keepalived")
     parts.consumers.append(announcer)
     parts.tasks["announce"] = announcer.run()
+    parts.announced = announcer.where
+    parts.collectors.append(PeerCollector(lambda: announcer.peer_states))
     mode_info = parts.info
 
     def info() -> dict[str, Any]:

@@ -35,6 +35,7 @@ from gatelb.announce.keepalived_config import render as render_keepalived
 from gatelb.announce.keepalived_config import tracks
 from gatelb.announce.l2 import EMPTY_L2, FAULT, L2Plan, Link, plan_l2
 from gatelb.announce.log import event
+from gatelb.announce.peers import PeerState, VipIndex, parse_states
 from gatelb.model import GatewayGroup, IPNetwork, L2Advertisement, SyncedState, ValidationError
 
 WATCH_S = 1.0  # how often the FRR daemons' liveness is checked
@@ -70,10 +71,52 @@ class Announcer:
         self.ha: HaController | None = None
         self._ha_events: asyncio.Queue[str] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # BGP peers' session and BFD state as FRR reports them (read every WATCH_S), and which
+        # peers each VIP of the applied plan goes to: `gatelb status`, the metrics
+        self.peer_states: dict[str, PeerState] = {}
+        self._index = VipIndex(None)
+
+    def where(self, vip: str | None) -> dict[str, Any]:
+        """Where `vip` is announced and how (`gatelb status`, per load balancer): the BGP peers
+        with their session and BFD state, the L2 instance with this gateway's VRRP state."""
+        if vip is None:
+            return {"bgp": [], "l2": None}
+        bgp = []
+        for prefix, peer in self._index.lookup(vip):
+            st = self.peer_states.get(peer)
+            bgp.append({"peer": peer, "prefix": prefix, "address": st.address if st else None,
+                        "session": st.session if st else "unknown", "bfd": st.bfd if st else None})
+        l2 = None
+        for inst in self.l2.instances:
+            if any(str(v) == vip for v in inst.vips):
+                state = self.l2_states.get(inst.name, "unknown")
+                l2 = {"interface": inst.interface, "instance": inst.name, "state": state,
+                      "owner": self.node if state == "MASTER" else None,
+                      "servableHere": all(str(v) != vip for v in inst.unservable)}
+                break
+        return {"bgp": bgp, "l2": l2}
+
+    def _read_peers(self) -> None:
+        """The peers' session and BFD state from FRR (a thread: one vtysh run); logs changes."""
+        bgp = self.plan.bgp
+        if bgp is None or not self._frr_up:
+            self.peer_states = {}
+            return
+        out = self.frr.vtysh("show bgp neighbors json", "show bfd peers json")
+        states = parse_states(bgp, out)
+        for name, st in states.items():
+            old = self.peer_states.get(name)
+            if old is None or (old.session, old.bfd) != (st.session, st.bfd):
+                event(logging.INFO, "bgp-session", peer=name, address=st.address, session=st.session, bfd=st.bfd,
+                      wall_time=time.time())
+        self.peer_states = states
 
     def info(self) -> dict[str, Any]:
-        """For the state record (`gatelb status`): where each L2 VIP is owned, the HA role."""
+        """For the state record (`gatelb status`): the BGP peers' state, where each L2 VIP is
+        owned, the HA role."""
         ha = {"ha": self.ha.info()} if self.ha is not None and self.ha.info() else {}
+        if self.peer_states:
+            ha["bgp"] = {"node": self.node, "peers": [s.as_dict() for _, s in sorted(self.peer_states.items())]}
         if self.l2.empty and not self.l2_errors:
             return ha
         instances: dict[str, dict[str, Any]] = {}
@@ -129,6 +172,11 @@ class Announcer:
                         self._wake.set()  # an interface may have appeared
                     if self.ha is not None:
                         self._ha_post("watch")
+                    if self._frr_up:
+                        try:
+                            await asyncio.to_thread(self._read_peers)
+                        except (FrrError, OSError, ValueError) as err:
+                            event(logging.WARNING, "bgp-state-unreadable", error=str(err)[:300])
                     continue
                 self._wake.clear()
                 try:
@@ -277,6 +325,7 @@ class Announcer:
             self.frr.start(text)  # fresh daemons read `text` as their startup files
             self._frr_up = started = True
         changed = self.frr.apply(text) or started
+        self._index = VipIndex(bgp)
         now = bgp.prefixes if bgp is not None else ()
         if changed:
             added = sorted(set(now) - set(self._announced), key=str)
@@ -305,6 +354,7 @@ class Announcer:
                     event(logging.INFO, "withdrawn", peers=[pp.peer.name for pp in gone], wall_time=time.time())
         self.frr.stop(graceful_restart=bool(keep))
         self._frr_up = False
+        self.peer_states = {}
         if keep:
             event(logging.INFO, "frr-stopped", graceful_restart=[pp.peer.name for pp in keep],
                   keeping="the routes at these peers (stale) until gatelb is back or their restart timer ends",
