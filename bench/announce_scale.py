@@ -137,7 +137,8 @@ def one_size(n: int, changes: int) -> dict[str, object]:
                   f"(FRR apply {apply_ms[-2]:.0f} / {apply_ms[-1]:.0f} ms); {time.monotonic() - t:.1f} s",
                   flush=True)
         gw.stop(timeout=30)
-    return {"n": n, "status_json_s": status_s[0], "status_table_s": status_s[1], "first_sync_s": synced, "router_all_s": all_in, "first_apply_ms": first["duration_ms"],
+    return {"n": n, "status_json_s": status_s[0], "status_table_s": status_s[1], "first_sync_s": synced,
+            "router_all_s": all_in, "first_apply_ms": first["duration_ms"],
             "withdraw_ms": [x * 1000 for x in gone], "announce_ms": [x * 1000 for x in back],
             "apply_ms": apply_ms}
 

@@ -144,8 +144,8 @@ class FrrInstance:
             vtysh_conf.write_text("service integrated-vtysh-config\n")
 
     @property
-    def applied_file(self) -> Path:
-        return self.directory / "frr.conf.applied"
+    def candidate_file(self) -> Path:
+        return self.directory / "frr.conf.new"
 
     def start(self, text: str | None = None) -> None:
         """Start the daemons that are not running (adopting the others); idempotent. A daemon
@@ -180,7 +180,6 @@ class FrrInstance:
             # Some daemons adopted: apply everything again (frr-reload.py diffs).
             self.applied = None
             if text is not None and len(started) == len(DAEMONS):
-                self._write(text)
                 refused = self._refused_lines()
                 if refused:
                     event(logging.ERROR, "frr-startup-refused", lines=refused[:10])
@@ -189,10 +188,10 @@ class FrrInstance:
             event(logging.INFO, "frr-started", daemons=started, directory=str(self.directory),
                   from_startup_files=self.applied is not None)
         else:
-            # What the previous run applied last, so that a restart of gatelb sends FRR only what
-            # changed meanwhile (frr-reload.py over 10,000 prefixes takes minutes)
+            # What the previous run applied last (frr.conf is only written once applied), so
+            # that a restart of gatelb sends FRR only what changed meanwhile
             with contextlib.suppress(OSError):
-                self.applied = self.applied_file.read_text()
+                self.applied = self.config_file.read_text()
             event(logging.INFO, "frr-adopted", daemons=list(DAEMONS), directory=str(self.directory))
 
     def _refused_lines(self) -> list[str]:
@@ -216,14 +215,14 @@ class FrrInstance:
         if text == self.applied:
             return False
         quick = quick_changes(self.applied, text) if self.applied is not None else None
-        self._write(text)
         if quick is not None:
             self.vtysh_batch(quick)
             self._applied(text)
             return True
+        self._write(self.candidate_file, text)
         argv = ["python3", str(RELOAD), "--reload", "--stdout", "--bindir", "/usr/bin",
                 "--confdir", str(self.directory), "--rundir", str(self.directory),
-                "--vty_socket", str(self.directory), str(self.config_file)]
+                "--vty_socket", str(self.directory), str(self.candidate_file)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
         if done.returncode != 0:
             raise FrrError(f"frr-reload.py failed ({done.returncode}): {(done.stderr + done.stdout).strip()[-1500:]}")
@@ -231,17 +230,16 @@ class FrrInstance:
         return True
 
     def _applied(self, text: str) -> None:
+        """`text` is the running configuration now: frr.conf says so (a restart of gatelb reads it)."""
         self.applied = text
-        tmp = self.applied_file.with_suffix(".tmp")
-        tmp.write_text(text)
-        os.chmod(tmp, 0o600)
-        tmp.replace(self.applied_file)
+        self._write(self.config_file, text)
 
-    def _write(self, text: str) -> None:
-        tmp = self.config_file.with_suffix(".tmp")
+    @staticmethod
+    def _write(path: Path, text: str) -> None:
+        tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         os.chmod(tmp, 0o600)  # it may hold BGP passwords
-        tmp.replace(self.config_file)
+        tmp.replace(path)
 
     def vtysh_batch(self, commands: list[str]) -> None:
         """Several configuration commands in one vtysh run (read from stdin, stops at an error)."""
@@ -252,7 +250,7 @@ class FrrInstance:
         if done.returncode != 0 or "% " in done.stdout:
             self.applied = None  # unknown state: the next apply goes through frr-reload.py
             with contextlib.suppress(OSError):
-                self.applied_file.unlink()
+                self.config_file.unlink()
             raise FrrError(f"vtysh: {(done.stderr + done.stdout).strip()[-800:]}")
 
     def vtysh(self, *commands: str) -> str:

@@ -271,7 +271,8 @@ def quick_changes(old: str, new: str) -> list[str] | None:
             out.extend([asn, family, *(f"{prefix}{source[k]}" for k in keys if k[0] == family), "exit-address-family",
                         "exit"])
 
-    networks(sorted(old_nets.keys() - new_nets.keys()), "no ", {k: " ".join(v.split()[:2]) for k, v in old_nets.items()})
+    bare = {k: " ".join(v.split()[:2]) for k, v in old_nets.items()}  # `no network P`
+    networks(sorted(old_nets.keys() - new_nets.keys()), "no ", bare)
     for header in new_maps.keys() - old_maps.keys():
         out += new_maps[header]
     networks(sorted(k for k in new_nets if old_nets.get(k) != new_nets[k]), "", new_nets)

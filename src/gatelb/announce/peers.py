@@ -41,7 +41,8 @@ class PeerState:
 
 def _json_documents(text: str) -> list[Any]:
     """vtysh prints one JSON document per -c command, one after the other."""
-    decoder, out, i = json.JSONDecoder(), [], 0
+    decoder, i = json.JSONDecoder(), 0
+    out: list[Any] = []
     while True:
         while i < len(text) and text[i].isspace():
             i += 1
@@ -103,7 +104,8 @@ class PeerCollector(Collector):
         bgp = GaugeMetricFamily("gatelb_bgp_session_up", "1 while the BGP session to the peer is Established",
                                 labels=labels)
         bfd = GaugeMetricFamily("gatelb_bfd_session_up",
-                                "1 while the BFD session to the peer is up (peers with a bfdProfile only)", labels=labels)
+                                "1 while the BFD session to the peer is up (peers with a bfdProfile only)",
+                                labels=labels)
         prefixes = GaugeMetricFamily("gatelb_bgp_prefixes_announced",
                                      "Prefixes (VIPs that can be served) this gateway gives the peer", labels=labels)
         for name, s in sorted(self._states().items()):
