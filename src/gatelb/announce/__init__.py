@@ -33,7 +33,7 @@ from gatelb.announce.ha_control import HaController, ha_instance
 from gatelb.announce.keepalived import Keepalived, KeepalivedError, parse_notify, read_links
 from gatelb.announce.keepalived_config import render as render_keepalived
 from gatelb.announce.keepalived_config import tracks
-from gatelb.announce.l2 import EMPTY_L2, FAULT, L2Plan, Link, plan_l2
+from gatelb.announce.l2 import EMPTY_L2, FAULT, L2Plan, Link, VrrpInstance, plan_l2
 from gatelb.announce.log import event
 from gatelb.announce.peers import PeerState, VipIndex, parse_states
 from gatelb.model import GatewayGroup, IPNetwork, L2Advertisement, SyncedState, ValidationError
@@ -75,6 +75,7 @@ class Announcer:
         # peers each VIP of the applied plan goes to: `gatelb status`, the metrics
         self.peer_states: dict[str, PeerState] = {}
         self._index = VipIndex(None)
+        self._l2_by_vip: tuple[L2Plan | None, dict[str, VrrpInstance]] = (None, {})
 
     def where(self, vip: str | None) -> dict[str, Any]:
         """Where `vip` is announced and how (`gatelb status`, per load balancer): the BGP peers
@@ -86,14 +87,14 @@ class Announcer:
             st = self.peer_states.get(peer)
             bgp.append({"peer": peer, "prefix": prefix, "address": st.address if st else None,
                         "session": st.session if st else "unknown", "bfd": st.bfd if st else None})
+        if self._l2_by_vip[0] is not self.l2:
+            self._l2_by_vip = (self.l2, {str(v): i for i in self.l2.instances for v in i.vips})
         l2 = None
-        for inst in self.l2.instances:
-            if any(str(v) == vip for v in inst.vips):
-                state = self.l2_states.get(inst.name, "unknown")
-                l2 = {"interface": inst.interface, "instance": inst.name, "state": state,
-                      "owner": self.node if state == "MASTER" else None,
-                      "servableHere": all(str(v) != vip for v in inst.unservable)}
-                break
+        if (inst := self._l2_by_vip[1].get(vip)) is not None:
+            state = self.l2_states.get(inst.name, "unknown")
+            l2 = {"interface": inst.interface, "instance": inst.name, "state": state,
+                  "owner": self.node if state == "MASTER" else None,
+                  "servableHere": all(str(v) != vip for v in inst.unservable)}
         return {"bgp": bgp, "l2": l2}
 
     def _read_peers(self) -> None:

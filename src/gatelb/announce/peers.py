@@ -73,20 +73,27 @@ def parse_states(plan: BGPPlan | None, neighbors_json: str) -> dict[str, PeerSta
 
 
 class VipIndex:
-    """VIP -> the peers its prefix goes to (aggregated prefixes included), for one plan."""
+    """VIP -> the peers its prefix goes to (aggregated prefixes included), for one plan. Host
+    prefixes (/32, /128: nearly all) are looked up by the VIP's text, without parsing it."""
 
     def __init__(self, plan: BGPPlan | None) -> None:
+        self._hosts: dict[str, list[tuple[str, str]]] = {}
         self._peers: dict[IPNetwork, list[str]] = {}
         self._lengths: dict[int, set[int]] = {4: set(), 6: set()}
         for pp in plan.peers if plan is not None else ():
             for prefix, _ in pp.prefixes:
-                self._peers.setdefault(prefix, []).append(pp.peer.name)
-                self._lengths[prefix.version].add(prefix.prefixlen)
+                if prefix.prefixlen == prefix.max_prefixlen:
+                    self._hosts.setdefault(str(prefix.network_address), []).append((str(prefix), pp.peer.name))
+                else:
+                    self._peers.setdefault(prefix, []).append(pp.peer.name)
+                    self._lengths[prefix.version].add(prefix.prefixlen)
 
     def lookup(self, vip: str) -> list[tuple[str, str]]:
         """(prefix, peer) pairs for `vip`, longest prefix first."""
+        found = list(self._hosts.get(vip, ()))
+        if not self._peers:
+            return found
         address = ipaddress.ip_address(vip)
-        found = []
         for length in sorted(self._lengths[address.version], reverse=True):
             prefix = ipaddress.ip_network(f"{address}/{length}", strict=False)
             found += [(str(prefix), peer) for peer in self._peers.get(prefix, ())]
