@@ -118,6 +118,7 @@ def one_size(n: int, changes: int) -> dict[str, object]:
         gone: list[float] = []
         back: list[float] = []
         apply_ms: list[float] = []
+        parts: list[dict[str, object]] = []  # where each apply's time went
         for _ in range(changes):
             time.sleep(1.0)
             t_mark = time.time()
@@ -126,6 +127,7 @@ def one_size(n: int, changes: int) -> dict[str, object]:
             gone.append(wait(lambda: not has_route(lab, prefix), 120, 0.01))
             ev = gw.wait_event("announce", after=t_mark, timeout=60)
             apply_ms.append(float(ev["duration_ms"]))
+            parts.append({k: ev.get(k) for k in ("render_ms", "diff_ms", "vtysh_ms", "write_ms", "commands")})
             time.sleep(1.0)
             t_mark = time.time()
             t = time.monotonic()
@@ -133,14 +135,15 @@ def one_size(n: int, changes: int) -> dict[str, object]:
             back.append(wait(lambda: has_route(lab, prefix), 120, 0.01))
             ev = gw.wait_event("announce", after=t_mark, timeout=60)
             apply_ms.append(float(ev["duration_ms"]))
+            parts.append({k: ev.get(k) for k in ("render_ms", "diff_ms", "vtysh_ms", "write_ms", "commands")})
             print(f"  change: withdrawn at the router {gone[-1] * 1000:.0f} ms, back {back[-1] * 1000:.0f} ms "
-                  f"(FRR apply {apply_ms[-2]:.0f} / {apply_ms[-1]:.0f} ms); {time.monotonic() - t:.1f} s",
+                  f"(FRR apply {apply_ms[-2]:.0f} / {apply_ms[-1]:.0f} ms: {parts[-1]}); load {os.getloadavg()[0]:.1f}",
                   flush=True)
         gw.stop(timeout=30)
     return {"n": n, "status_json_s": status_s[0], "status_table_s": status_s[1], "first_sync_s": synced,
             "router_all_s": all_in, "first_apply_ms": first["duration_ms"],
             "withdraw_ms": [x * 1000 for x in gone], "announce_ms": [x * 1000 for x in back],
-            "apply_ms": apply_ms}
+            "apply_ms": apply_ms, "apply_parts": parts}
 
 
 def main(argv: list[str] | None = None) -> int:

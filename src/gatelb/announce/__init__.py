@@ -321,6 +321,8 @@ class Announcer:
                 (p, replace(a, as_path_prepend=STANDBY_PREPEND)) for p, a in pp.prefixes)) for pp in bgp.peers))
         t0 = time.perf_counter()
         text = render(bgp, self.node, str(self.frr.log_file))
+        render_ms = round((time.perf_counter() - t0) * 1000, 1)
+        self.frr.timings = {}
         started = False
         if not self._frr_up or len(self.frr.running()) < 3:
             self.frr.start(text)  # fresh daemons read `text` as their startup files
@@ -334,7 +336,8 @@ class Announcer:
             event(logging.INFO, "announce", prefixes=len(now), added=[str(p) for p in added[:50]],
                   withdrawn=[str(p) for p in withdrawn[:50]],
                   peers=[pp.peer.name for pp in bgp.peers] if bgp else [],
-                  duration_ms=round((time.perf_counter() - t0) * 1000, 1), wall_time=time.time())
+                  duration_ms=round((time.perf_counter() - t0) * 1000, 1), render_ms=render_ms, **self.frr.timings,
+                  wall_time=time.time())
         self._announced = now
 
     def _withdraw(self) -> None:

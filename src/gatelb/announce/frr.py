@@ -42,6 +42,10 @@ class FrrError(RuntimeError):
     pass
 
 
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
 BGP_PORT_HEX = f"{179:04X}"
 
 
@@ -100,6 +104,7 @@ class FrrInstance:
         self.directory = directory
         self.hostname = hostname
         self.applied: str | None = None
+        self.timings: dict[str, float] = {}  # of the last apply: where its time went (the `announce` event)
 
     @property
     def log_file(self) -> Path:
@@ -214,10 +219,15 @@ class FrrInstance:
         Returns False when nothing needed doing."""
         if text == self.applied:
             return False
+        t0 = time.perf_counter()
         quick = quick_changes(self.applied, text) if self.applied is not None else None
+        t1 = time.perf_counter()
         if quick is not None:
             self.vtysh_batch(quick)
+            t2 = time.perf_counter()
             self._applied(text)
+            self.timings = {"diff_ms": _ms(t1 - t0), "vtysh_ms": _ms(t2 - t1),
+                            "write_ms": _ms(time.perf_counter() - t2), "commands": len(quick)}
             return True
         self._write(self.candidate_file, text)
         argv = ["python3", str(RELOAD), "--reload", "--stdout", "--bindir", "/usr/bin",
@@ -227,6 +237,7 @@ class FrrInstance:
         if done.returncode != 0:
             raise FrrError(f"frr-reload.py failed ({done.returncode}): {(done.stderr + done.stdout).strip()[-1500:]}")
         self._applied(text)
+        self.timings = {"diff_ms": _ms(t1 - t0), "reload_ms": _ms(time.perf_counter() - t1)}
         return True
 
     def _applied(self, text: str) -> None:
