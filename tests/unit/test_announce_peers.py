@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import ipaddress
 import json
+from pathlib import Path
 
 from prometheus_client import CollectorRegistry, generate_latest
 
 from gatelb.announce.decide import Attributes, BGPPlan, PeerPlan
+from gatelb.announce.frr import FrrInstance
 from gatelb.announce.peers import PeerCollector, VipIndex, parse_states
 from gatelb.model import BFDProfile, BGPPeer
 
@@ -56,3 +58,15 @@ def test_session_metrics() -> None:
     assert 'gatelb_bfd_session_up{address="192.0.2.129",peer="upstream"} 1.0' in text
     assert 'gatelb_bfd_session_up{address="2001:db8:1::1"' not in text
     assert 'gatelb_bgp_prefixes_announced{address="192.0.2.129",peer="upstream"} 2.0' in text
+
+
+def test_startup_lines_frr_refused_are_found_in_what_the_log_got_since_the_start(tmp_path: Path) -> None:
+    frr = FrrInstance(tmp_path, "gw1")
+    old = "2026/12/01 18:00:00 BGP: [SHWNK-NWT5S][EC 100663304] No such command on config line 3: x\n"
+    frr.log_file.write_text(old)
+    offset = frr.log_file.stat().st_size
+    assert frr._refused_lines(offset) == []  # an earlier start's error is not this one's
+    new = "2026/12/01 18:01:55 BGP: [SHWNK-NWT5S][EC 100663304] No such command on config line 5:  neighbor x y\n"
+    with open(frr.log_file, "a") as f:
+        f.write("2026/12/01 18:01:55 BGP: [GRW2W-7XNK7] can't connect to 192.0.2.1\n" + new)
+    assert frr._refused_lines(offset) == [new.rstrip("\n")]

@@ -2,15 +2,22 @@
 in, with everything under `<state-dir>/frr/`: per-daemon startup files, vty sockets, the zebra
 socket, pid files, the log. Nothing in /etc/frr, no systemd.
 
-- Each daemon starts from its own minimal file (a combined file makes bgpd reject the other
-  daemons' sections) and drops to user frr, which must be able to reach the directory.
-- The configuration is then always applied with FRR's frr-reload.py: it diffs the rendered text
-  against the running configuration and sends only the difference through vtysh, so a change
+- Each daemon starts from its own file (a combined file makes bgpd reject the other daemons'
+  sections) and drops to user frr, which must be able to reach the directory. The file is its
+  part of the rendered configuration (frr_config.daemon_files):
+  everything is there before the first session opens (a graceful restart's End-of-RIB must
+  carry every prefix), and 10,000 VIPs need no reload at start.
+- Changes: only prefixes (and whole route-map entries) changed -> one vtysh run of those lines;
+  anything else -> FRR's frr-reload.py, which diffs against the running configuration. A change
   never restarts anything or drops a session.
+- `frr.conf` is written once FRR runs it: a restart of gatelb that adopts the daemons diffs
+  against it.
 - A previous run's daemons (gatelb killed, FRR still running, found by their pid files) are
   adopted: sessions survive a restart of gatelb itself.
 - Stop: every neighbor is shut down first (a Cease notification: the router withdraws our routes
-  at once, without waiting for BFD or the hold time), then the daemons are stopped.
+  at once, without waiting for BFD or the hold time), then the daemons are stopped; with
+  graceful restart for some peer, those are not shut down and the daemons are killed (no Cease,
+  no BFD admin-down: the router keeps the routes as stale).
 """
 
 from __future__ import annotations
@@ -158,6 +165,7 @@ class FrrInstance:
         self.prepare()
         user = pwd.getpwnam(USER)
         files = daemon_files(text) if text is not None else {}
+        log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
         started = []
         for daemon in DAEMONS:
             if self._pid(daemon) is not None:
@@ -185,7 +193,7 @@ class FrrInstance:
             # Some daemons adopted: apply everything again (frr-reload.py diffs).
             self.applied = None
             if text is not None and len(started) == len(DAEMONS):
-                refused = self._refused_lines()
+                refused = self._refused_lines(log_start)
                 if refused:
                     event(logging.ERROR, "frr-startup-refused", lines=refused[:10])
                 else:
@@ -199,13 +207,16 @@ class FrrInstance:
                 self.applied = self.config_file.read_text()
             event(logging.INFO, "frr-adopted", daemons=list(DAEMONS), directory=str(self.directory))
 
-    def _refused_lines(self) -> list[str]:
-        """Startup-file lines a daemon refused (FRR logs them; the daemons start anyway)."""
+    def _refused_lines(self, offset: int) -> list[str]:
+        """Startup-file lines a daemon refused, from what the log got since `offset` (FRR logs
+        "No such command on config line N: ..." and starts anyway)."""
         try:
-            log = self.log_file.read_text(errors="replace")
+            with open(self.log_file, "rb") as f:
+                f.seek(offset)
+                log = f.read().decode(errors="replace")
         except OSError:
             return []
-        return [line for line in log.splitlines()[-200:] if "ERROR:" in line and "config line" in line]
+        return [line for line in log.splitlines() if " on config line " in line]
 
     def _wait_for(self, path: Path) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
