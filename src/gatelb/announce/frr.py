@@ -172,6 +172,11 @@ class FrrInstance:
                 continue
             if daemon == "bgpd":
                 check_bgp_port()
+            # A killed daemon's sockets stay behind (graceful-restart stop, power loss): without
+            # them the waits below see this start's sockets, not the last run's.
+            for stale in (f"{daemon}.vty", *(["zserv.api"] if daemon == "zebra" else [])):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.directory / stale).unlink()
             conf = self.directory / f"{daemon}.conf"
             conf.write_text(files.get(daemon) or f"hostname {self.hostname}\nlog file {self.log_file} informational\n")
             os.chmod(conf, 0o600)  # it may hold BGP passwords
