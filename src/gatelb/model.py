@@ -382,6 +382,9 @@ class BGPPeer(ConfigObject):
     bfd_profile: str | None = None
     ebgp_multihop: bool = False
     nodes: tuple[str, ...] = ()  # standalone: only these gateways peer; empty: every gateway
+    # BGP graceful restart (MetalLB's enableGracefulRestart): SIGTERM keeps the routes at this
+    # router (stale, for its restart time) instead of withdrawing them (docs/announce.md)
+    graceful_restart: bool = False
 
     @property
     def keepalive_s(self) -> int:

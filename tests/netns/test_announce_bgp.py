@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import shutil
 import signal
+import sys
 import time
 from collections.abc import Callable, Iterator
+from typing import Any
 
 import pytest
 
-from gatelb.lab.bgp import CONFIG, GATEWAYS, OFF, ROUTER_BFDD, ROUTER_BGPD, SOLO, WEB, BgpLab
+from gatelb.lab.bgp import CONFIG, GATEWAYS, OFF, ROUTER, ROUTER_BFDD, ROUTER_BGPD, SOLO, WEB, BgpLab
 from gatelb.lab.daemon import LabDaemon
 
 from ..conftest import netns_unavailable
@@ -34,6 +36,11 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, lab: BgpLab) 
                         f"{lab.router_vtysh('show ip bgp summary')}\n{lab.router_vtysh('show ip bgp')}")
         time.sleep(0.01)
     return time.monotonic() - t0
+
+
+def announced(daemon: LabDaemon) -> dict[str, Any]:
+    """`gatelb status -o json`: each load balancer's BGP announcements."""
+    return {lb["name"]: lb["announced"]["bgp"] for lb in daemon.status()["loadBalancers"]}
 
 
 @pytest.fixture(name="lab")
@@ -71,6 +78,16 @@ def test_bgp_ecmp_health_withdrawal_bfd_failover_and_sigterm(lab: BgpLab) -> Non
     assert lab.router_next_hops(f"{WEB}/32") == both  # web still has be2
     down_event = gws["gw1"].wait_event("announce", after=t_kill, where=lambda e: f"{SOLO}/32" in e["withdrawn"])
     assert down_event["prefixes"] == 1
+    # gatelb status: per load balancer where it is announced and how; the session metrics
+    wait_for("status: web announced to an Established peer with BFD up",
+             lambda: announced(gws["gw1"])["web"] == [{"peer": "upstream", "prefix": f"{WEB}/32", "address": ROUTER,
+                                                       "session": "Established", "bfd": "up"}], 10.0, lab)
+    where = announced(gws["gw1"])
+    assert where["solo"] == [] and where["disabled"] == []
+    metrics = lab.run("gw1", [sys.executable, "-c", "import urllib.request; print(urllib.request.urlopen("
+                              "'http://127.0.0.1:9469/metrics').read().decode())"]).stdout
+    assert f'gatelb_bgp_session_up{{address="{ROUTER}",peer="upstream"}} 1.0' in metrics
+    assert f'gatelb_bfd_session_up{{address="{ROUTER}",peer="upstream"}} 1.0' in metrics
     lab.start_backend(1)
     wait_for("solo announced again", lambda: lab.router_next_hops(f"{SOLO}/32") == both, 5.0, lab)
 

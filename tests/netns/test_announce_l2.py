@@ -61,8 +61,14 @@ def test_one_owner_answers_arp_and_ndp_and_power_loss_moves_the_vips(lab: L2Lab)
         assert result.backends == {"be1", "be2"}
 
     # gatelb status: where each VIP is owned
-    l2 = gws["gw1"].status()["info"]["l2"]
+    doc = gws["gw1"].status()
+    l2 = doc["info"]["l2"]
     assert WEB in l2["owned"] and WEB6 in l2["owned"] and API not in l2["owned"], l2
+    # ... and per load balancer: the interface, this gateway's VRRP state, the owner when it is us
+    where = {lb["frontend"]["ip"]: lb["announced"] for lb in doc["loadBalancers"]}
+    assert (where[WEB]["l2"]["interface"], where[WEB]["l2"]["state"], where[WEB]["l2"]["owner"]) == (
+        "up0", "MASTER", "gw1"), where[WEB]
+    assert (where[API]["l2"]["state"], where[API]["l2"]["owner"], where[API]["bgp"]) == ("BACKUP", None, [])
     assert API in gws["gw2"].status()["info"]["l2"]["owned"]
 
     # gw1 can no longer serve (its backend link down: every check fails): its VIPs go to gw2

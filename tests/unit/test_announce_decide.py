@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gatelb.announce.decide import Attributes, decide
-from gatelb.announce.frr_config import quick_changes, render
+from gatelb.announce.frr_config import TAG_MAX, daemon_files, quick_changes, render, tags
 from gatelb.model import (
     AddressRange,
     Backend,
@@ -45,7 +45,8 @@ spec: {myASN: 64512, peerASN: 64500, peerAddress: 192.0.2.129, bfdProfile: fast,
 apiVersion: gatelb.io/v1alpha1
 kind: BGPPeer
 metadata: {name: backup}
-spec: {myASN: 64512, peerASN: 64501, peerAddress: 2001:db8:1::1, peerPort: 1179, password: s3cret, nodes: [gw1]}
+spec: {myASN: 64512, peerASN: 64501, peerAddress: 2001:db8:1::1, peerPort: 1179, password: s3cret, nodes: [gw1],
+       enableGracefulRestart: true}
 ---
 apiVersion: metallb.io/v1beta1
 kind: BGPAdvertisement
@@ -228,11 +229,66 @@ def test_a_change_of_servable_vips_is_a_few_vtysh_commands() -> None:
     assert quick_changes(old, new) == [
         "configure terminal",
         "router bgp 64512", "address-family ipv4 unicast", "no network 203.0.113.11/32", "exit-address-family", "exit",
-        # the entry after the removed one moves up a seq number before the stale one goes
-        "ip prefix-list gatelb-upstream-1-v4 seq 2 permit 203.0.113.12/32",
-        "no ip prefix-list gatelb-upstream-1-v4 seq 3 permit 203.0.113.12/32",
     ]
-    assert quick_changes(new, old)[-3:] == ["network 203.0.113.11/32", "exit-address-family", "exit"]  # type: ignore[index]
+    (line,) = [x.strip() for x in old.splitlines() if "network 203.0.113.11/32" in x]
+    assert quick_changes(new, old) == [
+        "configure terminal", "router bgp 64512", "address-family ipv4 unicast", line, "exit-address-family", "exit"]
     assert quick_changes(old, old) == []
     # anything else (here a new peer's timers) goes through frr-reload.py
     assert quick_changes(old, old.replace("timers 1 3", "timers 2 6")) is None
+
+
+def test_a_new_group_of_prefixes_adds_its_route_map_entries_in_the_same_vtysh_run() -> None:
+    """gw1: 203.0.113.70 (pool other, aggregated /28) goes to upstream only, with its own tag."""
+    def text(*vips: str) -> str:
+        plan, _ = decide(state([service(f"s{i}", v) for i, v in enumerate(vips)]), "gw1")
+        return render(plan.bgp, "gw1", "/x/frr.log")
+
+    old, new = text("203.0.113.10"), text("203.0.113.10", "203.0.113.70")
+    commands = quick_changes(old, new)
+    assert commands is not None
+    (network,) = [c for c in commands if c.startswith("network ")]
+    tag = network.rsplit("-", 1)[1]
+    assert network == f"network 203.0.113.64/28 route-map gatelb-tag-{tag}"
+    # the entries come before the network that needs them, and go after it when it goes
+    assert commands.index(f"route-map gatelb-tag-{tag} permit 10") < commands.index(network)
+    assert f" match tag {tag}" in commands and f" set tag {tag}" in commands
+    back = quick_changes(new, old)
+    assert back is not None and all(c.startswith("no route-map") for c in back[-2:])
+    assert back.index("no network 203.0.113.64/28") < len(back) - 2
+    # an attribute change of an existing entry goes through frr-reload.py
+    assert quick_changes(new, new.replace("set local-preference 200", "set local-preference 300")) is None
+
+
+def test_tags_come_from_what_they_stand_for_and_survive_other_changes() -> None:
+    plan, _ = decide(state([service("web", "203.0.113.10"), service("api", "203.0.113.12"),
+                            service("agg", "203.0.113.70")]), "gw1")
+    assert plan.bgp is not None
+    tagged = tags(plan.bgp)
+    # web and api go to the same peers with the same attributes: one tag; agg's /28 has its own
+    assert tagged[net("203.0.113.10/32")] == tagged[net("203.0.113.12/32")] != tagged[net("203.0.113.64/28")]
+    fewer, _ = decide(state([service("web", "203.0.113.10"), service("agg", "203.0.113.70")]), "gw1")
+    assert fewer.bgp is not None
+    assert tags(fewer.bgp) == {p: t for p, t in tagged.items() if p != net("203.0.113.12/32")}
+    assert all(1 <= t <= TAG_MAX for t in tagged.values())
+    assert "prefix-list" not in render(plan.bgp, "gw1", "/x/frr.log")
+
+
+def test_graceful_restart_and_startup_files() -> None:
+    plan, _ = decide(state([service("web", "203.0.113.10"), service("v6", "2001:db8:100::10")]), "gw1")
+    text = render(plan.bgp, "gw1", "/x/frr.log")
+    assert " neighbor 2001:db8:1::1 graceful-restart" in text.splitlines()
+    assert " neighbor 192.0.2.129 graceful-restart" not in text.splitlines()  # upstream has no option
+    assert " bgp graceful-restart preserve-fw-state" in text.splitlines()
+    assert "check-control-plane-failure" not in text  # our BFD shares fate with bgpd: C bit clear
+    files = daemon_files(text)
+    assert files["zebra"] == "frr defaults traditional\nhostname gw1\nlog file /x/frr.log informational\n"
+    assert files["bfdd"].startswith(files["zebra"]) and "\nbfd\n profile fast\n" in files["bfdd"]
+    assert "router bgp" not in files["bfdd"] and "\nbfd\n" not in files["bgpd"]
+    assert "router bgp 64512" in files["bgpd"] and "route-map gatelb-tag-" in files["bgpd"]
+    # every rendered line but `end` and the vtysh-only service line is in exactly one daemon's part
+    body = lambda t: [x for x in t.splitlines()[3:]]  # noqa: E731
+    assert sorted(body(files["bgpd"]) + body(files["bfdd"])) == sorted(
+        x for x in text.splitlines()[5:] if x != "end")
+    plan, _ = decide(state([service("web", "203.0.113.10")]), "gw2")  # gw2: only upstream, no option
+    assert "graceful-restart" not in render(plan.bgp, "gw2", "/x/frr.log")

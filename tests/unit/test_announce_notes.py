@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from gatelb.announce.garp import arp_announcement, unsolicited_na
-from gatelb.announce.notes import Note, Snapshot, diff, parse_sessions
+from gatelb.announce.notes import Note, Snapshot, diff
 from gatelb.sources.kubernetes.events import EventLimiter
 
 V4, V6 = ipaddress.ip_address("192.0.2.200"), ipaddress.ip_address("2001:db8::200")
@@ -52,12 +52,6 @@ def test_every_failover_is_a_note_on_every_load_balancer() -> None:
     [back] = diff("gw2", active, Snapshot(ha=("edge", "standby")), LBS)
     assert (back.type, back.reason) == ("Warning", "FailoverStandby")
     assert diff("gw2", active, Snapshot(ha=("edge", "syncing")), LBS) == []  # syncing is no role of its own
-
-
-def test_sessions_from_frr_json() -> None:
-    text = '{"192.0.2.129": {"bgpState": "Established"}, "192.0.2.7": {"bgpState": "Idle"}}'
-    assert parse_sessions(text, {"192.0.2.129": "upstream"}) == {"upstream": "Established"}
-    assert parse_sessions("not json", {"192.0.2.129": "upstream"}) == {}
 
 
 def test_limiter_dedupes_and_rate_limits_per_object() -> None:

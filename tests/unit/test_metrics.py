@@ -164,6 +164,11 @@ def test_the_dashboard_and_docs_use_only_series_the_daemon_serves() -> None:
         r, _nft, _rec = make(src)
         metrics = Metrics(read_kernel=RawDump)
         metrics.attach(r, None)
+        # the announcer's series (the daemon registers this collector when it announces)
+        from gatelb.announce.peers import PeerCollector, PeerState
+
+        peer = PeerState("upstream", "192.0.2.129", 64500, "Established", "up", 1, False)
+        metrics.registry.register(PeerCollector(lambda: {"upstream": peer}))
         await start(r, src)
         assert await r.round()
         metrics.health_changed([HealthChange(TargetKey("web", ip("198.51.100.11"), 8080), Status.DOWN, Status.UP,

@@ -68,6 +68,10 @@ class Parts:
     l2_election: L2Election | None = None
     # Events about announcements (Kubernetes): (load balancers, type, reason, message).
     announce_event: Callable[[tuple[str, ...], str, str, str], None] | None = None
+    # Where a VIP is announced and how, for `gatelb status` (announce.Announcer.where), and
+    # extra Prometheus collectors (the BGP/BFD session series)
+    announced: Callable[[str | None], dict[str, Any]] | None = None
+    collectors: list[Any] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -103,6 +107,8 @@ class Daemon:
         self.writer = RecordWriter(store, tuple(s.name for s in parts.sources), self.monitor, self._info)
         self.reconciler.consumers += [self.writer, *parts.consumers, self.dns]
         self.metrics.attach(self.reconciler, self.monitor)
+        for collector in parts.collectors:
+            self.metrics.registry.register(collector)
         # Repairs what others do to our table, warns about their tables (agent/guard.py).
         self.guard = KernelGuard(self.reconciler, read_generation, nft.query_json)
 
@@ -129,7 +135,8 @@ class Daemon:
         chosen = None if name is None else [s for n, s in state.services.items() if n == name]
         counters = await asyncio.to_thread(counters_for, self.nft, chosen)
         data = await asyncio.to_thread(live_status, state, counters, health,
-                                       tuple(s.name for s in self.parts.sources), info, name, backends)
+                                       tuple(s.name for s in self.parts.sources), info, name, backends,
+                                       self.parts.announced)
         data["foreignRules"] = [h.as_dict() for h in self.guard.hazards]  # kept current by the guard
         return data
 
@@ -310,6 +317,7 @@ def add_announcer(parts: Parts, node: str, state_dir: Path) -> None:
     adds its own conntrackd (<state-dir>/conntrackd) and the role (key "ha"), in the same task."""
     from gatelb.announce import Announcer
     from gatelb.announce.notes import Note
+    from gatelb.announce.peers import PeerCollector
 
     announcer = Announcer(node, state_dir / "frr", l2_directory=state_dir / "keepalived", election=parts.l2_election)
     parts.consumers.append(announcer)
@@ -320,6 +328,8 @@ def add_announcer(parts: Parts, node: str, state_dir: Path) -> None:
                 post(n.lbs, n.type, n.reason, n.message)
 
         announcer.report = report
+    parts.announced = announcer.where
+    parts.collectors.append(PeerCollector(lambda: announcer.peer_states))
     mode_info = parts.info
 
     def info() -> dict[str, Any]:

@@ -5,6 +5,7 @@ The JSON shape is documented in docs/status.md and is stable: fields may be adde
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from gatelb.kernel.counters import Counter, TableCounters
@@ -124,14 +125,19 @@ def _lb_status(
 
 def live_status(state: SyncedState, counters: TableCounters, health: dict[str, HealthRecord],
                 sources: tuple[str, ...], info: dict[str, Any], name: str | None = None,
-                backends: bool | None = True) -> dict[str, Any]:
-    """The daemon's answer to `gatelb status [NAME]`: the same document, from its memory."""
+                backends: bool | None = True,
+                announced: Callable[[str | None], dict[str, Any]] | None = None) -> dict[str, Any]:
+    """The daemon's answer to `gatelb status [NAME]`: the same document, from its memory.
+    `announced`: where a VIP is announced and how (each load balancer's `announced`)."""
     lbs = state.load_balancers
     chosen = tuple(lbs.values()) if name is None else (lbs[name],)
     services = state.services if name is None else {n: s for n, s in state.services.items() if n == name}
     data = build_status(DesiredState(state.pools, chosen), {n: str(ip) for n, ip in state.addresses.items()},
                         ResolvedState(tuple(services.values())), counters, state.generation, health,
                         True if name is not None else backends, unchecked="not health-checked")
+    if announced is not None:
+        for lb in data["loadBalancers"]:
+            lb["announced"] = announced(lb["frontend"]["ip"] if lb["programmed"] else None)
     data["sources"] = list(sources)
     data["errors"] = [str(e) for errs in state.errors.values() for e in errs]
     if info:

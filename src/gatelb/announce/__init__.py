@@ -34,10 +34,11 @@ from gatelb.announce.ha_control import HaController, ha_instance
 from gatelb.announce.keepalived import Keepalived, KeepalivedError, parse_notify, read_links
 from gatelb.announce.keepalived_config import render as render_keepalived
 from gatelb.announce.keepalived_config import tracks
-from gatelb.announce.l2 import EMPTY_L2, FAULT, L2Plan, Link, interface_for, plan_l2
+from gatelb.announce.l2 import EMPTY_L2, FAULT, L2Plan, Link, VrrpInstance, interface_for, plan_l2
 from gatelb.announce.l2_speaker import L2Election, L2Speaker, SpeakerError
 from gatelb.announce.log import event
-from gatelb.announce.notes import Note, Snapshot, diff, parse_sessions
+from gatelb.announce.notes import Note, Snapshot, diff
+from gatelb.announce.peers import PeerState, VipIndex, parse_states
 from gatelb.model import (
     HA_ACTIVE_ACTIVE,
     GatewayGroup,
@@ -50,7 +51,6 @@ from gatelb.model import (
 )
 
 WATCH_S = 1.0  # how often the FRR daemons' liveness is checked
-SESSIONS_S = 2.0  # how often BGP session states are read, when someone listens (Kubernetes Events)
 RETRY_S = 2.0
 STANDBY_PREPEND = 3
 
@@ -76,8 +76,6 @@ class Announcer:
         self.report: Callable[[list[Note]], None] | None = None
         self._snap = Snapshot()
         self._lbs_of: dict[IPAddress, tuple[str, ...]] = {}
-        self._sessions: dict[str, str] = {}
-        self._sessions_at = 0.0
         self.frr = frr or FrrInstance(directory, node)
         self.keepalived = Keepalived(l2_directory or directory.parent / "keepalived")
         self.plan: Plan = EMPTY
@@ -98,17 +96,60 @@ class Announcer:
         self.ha: HaController | None = None
         self._ha_events: asyncio.Queue[str] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        # BGP peers' session and BFD state as FRR reports them (read every WATCH_S), and which
+        # peers each VIP of the applied plan goes to: `gatelb status`, the metrics
+        self.peer_states: dict[str, PeerState] = {}
+        self._index = VipIndex(None)
+        self._l2_by_vip: tuple[L2Plan | None, dict[str, VrrpInstance]] = (None, {})
+
+    def where(self, vip: str | None) -> dict[str, Any]:
+        """Where `vip` is announced and how (`gatelb status`, per load balancer): the BGP peers
+        with their session and BFD state, the L2 instance with this gateway's VRRP state."""
+        if vip is None:
+            return {"bgp": [], "l2": None}
+        bgp = []
+        for prefix, peer in self._index.lookup(vip):
+            st = self.peer_states.get(peer)
+            bgp.append({"peer": peer, "prefix": prefix, "address": st.address if st else None,
+                        "session": st.session if st else "unknown", "bfd": st.bfd if st else None})
+        if self._l2_by_vip[0] is not self.l2:
+            self._l2_by_vip = (self.l2, {str(v): i for i in self.l2.instances for v in i.vips})
+        l2 = None
+        if (inst := self._l2_by_vip[1].get(vip)) is not None:
+            state = self.l2_states.get(inst.name, "unknown")
+            l2 = {"interface": inst.interface, "instance": inst.name, "state": state,
+                  "owner": self.node if state == "MASTER" else None,
+                  "servableHere": all(str(v) != vip for v in inst.unservable)}
+        return {"bgp": bgp, "l2": l2}
+
+    def _read_peers(self) -> None:
+        """The peers' session and BFD state from FRR (a thread: one vtysh run); logs changes."""
+        bgp = self.plan.bgp
+        if bgp is None or not self._frr_up:
+            self.peer_states = {}
+            return
+        out = self.frr.vtysh("show bgp neighbors json", "show bfd peers json")
+        states = parse_states(bgp, out)
+        for name, st in states.items():
+            old = self.peer_states.get(name)
+            if old is None or (old.session, old.bfd) != (st.session, st.bfd):
+                event(logging.INFO, "bgp-session", peer=name, address=st.address, session=st.session, bfd=st.bfd,
+                      wall_time=time.time())
+        self.peer_states = states
 
     def _wake_soon(self) -> None:
         self._wake.set()
 
     def info(self) -> dict[str, Any]:
-        """For the state record (`gatelb status`): where each L2 VIP is owned, the HA role."""
+        """For the state record (`gatelb status`): the BGP peers' state, where each L2 VIP is
+        owned, the HA role."""
         ha = {"ha": self.ha.info()} if self.ha is not None and self.ha.info() else {}
         g = self._group
         if g is not None and g.mode == HA_ACTIVE_ACTIVE:  # every member serves: no role to report
             ha = {"ha": {"group": g.name, "mode": g.mode, "node": self.node, "members": [m.name for m in g.members],
                          "selection": "maglev", "dnat": self._dnat}}
+        if self.peer_states:
+            ha["bgp"] = {"node": self.node, "peers": [s.as_dict() for _, s in sorted(self.peer_states.items())]}
         if self.election is not None:
             if not self.plan.l2 and not self.l2_errors and not self.l2_owned:
                 return ha
@@ -178,12 +219,12 @@ class Announcer:
                         self._wake.set()  # an interface may have appeared
                     if self.ha is not None:
                         self._ha_post("watch")
-                    if self.report is not None:
-                        if self._frr_up and self.plan.bgp is not None and \
-                                time.monotonic() - self._sessions_at >= SESSIONS_S:
-                            self._sessions_at = time.monotonic()
-                            await asyncio.to_thread(self._read_sessions)
-                        self._notify()
+                    if self._frr_up:
+                        try:
+                            await asyncio.to_thread(self._read_peers)
+                        except (FrrError, OSError, ValueError) as err:
+                            event(logging.WARNING, "bgp-state-unreadable", error=str(err)[:300])
+                    self._notify()
                     continue
                 self._wake.clear()
                 try:
@@ -215,7 +256,8 @@ class Announcer:
                 if peers:
                     bgp[vip] = peers
         ha = self.ha.info() if self.ha is not None else {}
-        return Snapshot(l2, bgp, dict(self._sessions), (ha["group"], ha["role"]) if ha else None)
+        sessions = {name: st.session for name, st in self.peer_states.items()}
+        return Snapshot(l2, bgp, sessions, (ha["group"], ha["role"]) if ha else None)
 
     def _notify(self) -> None:
         if self.report is None:
@@ -225,14 +267,6 @@ class Announcer:
         self._snap = snap
         if notes:
             self.report(notes)
-
-    def _read_sessions(self) -> None:
-        bgp = self.plan.bgp
-        if bgp is None:
-            return
-        names = {str(pp.peer.peer_address): pp.peer.name for pp in bgp.peers}
-        with contextlib.suppress(FrrError, OSError):
-            self._sessions = parse_sessions(self.frr.vtysh("show bgp neighbors json"), names)
 
     async def _ha_worker(self) -> None:
         """The HA role's actions, one event at a time, in keepalived's order (a thread: they run
@@ -404,10 +438,15 @@ class Announcer:
             bgp = replace(bgp, peers=tuple(replace(pp, prefixes=tuple(
                 (p, replace(a, as_path_prepend=STANDBY_PREPEND)) for p, a in pp.prefixes)) for pp in bgp.peers))
         t0 = time.perf_counter()
+        text = render(bgp, self.node, str(self.frr.log_file))
+        render_ms = round((time.perf_counter() - t0) * 1000, 1)
+        self.frr.timings = {}
+        started = False
         if not self._frr_up or len(self.frr.running()) < 3:
-            self.frr.start()
-            self._frr_up = True
-        changed = self.frr.apply(render(bgp, self.node, str(self.frr.log_file)))
+            self.frr.start(text)  # fresh daemons read `text` as their startup files
+            self._frr_up = started = True
+        changed = self.frr.apply(text) or started
+        self._index = VipIndex(bgp)
         now = bgp.prefixes if bgp is not None else ()
         if changed:
             added = sorted(set(now) - set(self._announced), key=str)
@@ -415,7 +454,8 @@ class Announcer:
             event(logging.INFO, "announce", prefixes=len(now), added=[str(p) for p in added[:50]],
                   withdrawn=[str(p) for p in withdrawn[:50]],
                   peers=[pp.peer.name for pp in bgp.peers] if bgp else [],
-                  duration_ms=round((time.perf_counter() - t0) * 1000, 1), wall_time=time.time())
+                  duration_ms=round((time.perf_counter() - t0) * 1000, 1), render_ms=render_ms, **self.frr.timings,
+                  wall_time=time.time())
         self._announced = now
 
     def _withdraw(self) -> None:
@@ -431,10 +471,19 @@ class Announcer:
         if not self._frr_up:
             return
         bgp = self.plan.bgp
+        keep = [pp for pp in bgp.peers if pp.peer.graceful_restart] if bgp is not None else []
         with contextlib.suppress(FrrError, OSError):
             if bgp is not None:
-                self.frr.shutdown_neighbors(bgp.asn, [str(pp.peer.peer_address) for pp in bgp.peers])
-                event(logging.INFO, "withdrawn", peers=[pp.peer.name for pp in bgp.peers], wall_time=time.time())
-        self.frr.stop()
+                gone = [pp for pp in bgp.peers if not pp.peer.graceful_restart]
+                self.frr.shutdown_neighbors(bgp.asn, [str(pp.peer.peer_address) for pp in gone])
+                if gone:
+                    event(logging.INFO, "withdrawn", peers=[pp.peer.name for pp in gone], wall_time=time.time())
+        self.frr.stop(graceful_restart=bool(keep))
         self._frr_up = False
-        event(logging.INFO, "frr-stopped")
+        self.peer_states = {}
+        if keep:
+            event(logging.INFO, "frr-stopped", graceful_restart=[pp.peer.name for pp in keep],
+                  keeping="the routes at these peers (stale) until gatelb is back or their restart timer ends",
+                  wall_time=time.time())
+        else:
+            event(logging.INFO, "frr-stopped")

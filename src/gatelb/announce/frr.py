@@ -2,15 +2,22 @@
 in, with everything under `<state-dir>/frr/`: per-daemon startup files, vty sockets, the zebra
 socket, pid files, the log. Nothing in /etc/frr, no systemd.
 
-- Each daemon starts from its own minimal file (a combined file makes bgpd reject the other
-  daemons' sections) and drops to user frr, which must be able to reach the directory.
-- The configuration is then always applied with FRR's frr-reload.py: it diffs the rendered text
-  against the running configuration and sends only the difference through vtysh, so a change
+- Each daemon starts from its own file (a combined file makes bgpd reject the other daemons'
+  sections) and drops to user frr, which must be able to reach the directory. The file is its
+  part of the rendered configuration (frr_config.daemon_files):
+  everything is there before the first session opens (a graceful restart's End-of-RIB must
+  carry every prefix), and 10,000 VIPs need no reload at start.
+- Changes: only prefixes (and whole route-map entries) changed -> one vtysh run of those lines;
+  anything else -> FRR's frr-reload.py, which diffs against the running configuration. A change
   never restarts anything or drops a session.
+- `frr.conf` is written once FRR runs it: a restart of gatelb that adopts the daemons diffs
+  against it.
 - A previous run's daemons (gatelb killed, FRR still running, found by their pid files) are
   adopted: sessions survive a restart of gatelb itself.
 - Stop: every neighbor is shut down first (a Cease notification: the router withdraws our routes
-  at once, without waiting for BFD or the hold time), then the daemons are stopped.
+  at once, without waiting for BFD or the hold time), then the daemons are stopped; with
+  graceful restart for some peer, those are not shut down and the daemons are killed (no Cease,
+  no BFD admin-down: the router keeps the routes as stale).
 """
 
 from __future__ import annotations
@@ -26,7 +33,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from gatelb.announce.frr_config import quick_changes
+from gatelb.announce.frr_config import daemon_files, quick_changes
 from gatelb.announce.log import event
 
 DAEMONS = ("zebra", "bfdd", "bgpd")
@@ -40,6 +47,48 @@ COMMAND_TIMEOUT_S = 60.0
 
 class FrrError(RuntimeError):
     pass
+
+
+def _ms(seconds: float) -> float:
+    return round(seconds * 1000, 1)
+
+
+BGP_PORT_HEX = f"{179:04X}"
+
+
+def _listeners(port_hex: str) -> list[str]:
+    """The sockets listening on TCP port `port_hex` in this network namespace (inode numbers)."""
+    found = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError), open(table) as f:
+            for line in list(f)[1:]:
+                w = line.split()
+                if w[1].rsplit(":", 1)[1] == port_hex and w[3] == "0A":
+                    found.append(w[9])
+    return found
+
+
+def _owner(inode: str) -> str:
+    target = f"socket:[{inode}]"
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{pid}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{pid}/fd/{fd}") == target:
+                        return f"{Path(f'/proc/{pid}/comm').read_text().strip()} (pid {pid})"
+    return "another process"
+
+
+def check_bgp_port() -> None:
+    """gatelb's bgpd needs TCP port 179 of this namespace to itself: an FRR (or any BGP speaker)
+    that already runs here would take the router's connections. Using that FRR instead is not
+    supported (docs/announce.md, "An FRR that already runs on the gateway")."""
+    listeners = _listeners(BGP_PORT_HEX)
+    if listeners:
+        raise FrrError(f"BGP announcements: TCP port 179 is already taken by {_owner(listeners[0])} in this "
+                       f"network namespace. gatelb runs its own FRR and cannot share the port; using an FRR "
+                       f"that already runs on the gateway is not supported (docs/announce.md): stop its bgpd, "
+                       f"or run gatelb in another network namespace")
 
 
 def _reachable_by(path: Path, uid: int, gids: set[int]) -> Path | None:
@@ -62,6 +111,7 @@ class FrrInstance:
         self.directory = directory
         self.hostname = hostname
         self.applied: str | None = None
+        self.timings: dict[str, float] = {}  # of the last apply: where its time went (the `announce` event)
 
     @property
     def log_file(self) -> Path:
@@ -105,16 +155,31 @@ class FrrInstance:
         if not vtysh_conf.exists():
             vtysh_conf.write_text("service integrated-vtysh-config\n")
 
-    def start(self) -> None:
-        """Start the daemons that are not running (adopting the others); idempotent."""
+    @property
+    def candidate_file(self) -> Path:
+        return self.directory / "frr.conf.new"
+
+    def start(self, text: str | None = None) -> None:
+        """Start the daemons that are not running (adopting the others); idempotent. A daemon
+        started now reads its part of `text` (the rendered configuration) as its startup file."""
         self.prepare()
         user = pwd.getpwnam(USER)
+        files = daemon_files(text) if text is not None else {}
+        log_start = self.log_file.stat().st_size if self.log_file.exists() else 0
         started = []
         for daemon in DAEMONS:
             if self._pid(daemon) is not None:
                 continue
+            if daemon == "bgpd":
+                check_bgp_port()
+            # A killed daemon's sockets stay behind (graceful-restart stop, power loss): without
+            # them the waits below see this start's sockets, not the last run's.
+            for stale in (f"{daemon}.vty", *(["zserv.api"] if daemon == "zebra" else [])):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.directory / stale).unlink()
             conf = self.directory / f"{daemon}.conf"
-            conf.write_text(f"hostname {self.hostname}\nlog file {self.log_file} informational\n")
+            conf.write_text(files.get(daemon) or f"hostname {self.hostname}\nlog file {self.log_file} informational\n")
+            os.chmod(conf, 0o600)  # it may hold BGP passwords
             os.chown(conf, user.pw_uid, user.pw_gid)
             argv = [str(FRR_LIB / daemon), "-d", "-u", USER, "-g", USER, "-f", str(conf),
                     "-i", str(self.directory / f"{daemon}.pid"), "-z", str(self.directory / "zserv.api"),
@@ -128,10 +193,35 @@ class FrrInstance:
         for daemon in started:
             self._wait_for(self.directory / f"{daemon}.vty")
         if started:
-            self.applied = None  # a fresh daemon runs its startup file only: apply everything again
-            event(logging.INFO, "frr-started", daemons=started, directory=str(self.directory))
+            # Every daemon fresh from its part of `text`: that is the running configuration
+            # (unless a line was refused: the log says so, and frr-reload.py then repairs).
+            # Some daemons adopted: apply everything again (frr-reload.py diffs).
+            self.applied = None
+            if text is not None and len(started) == len(DAEMONS):
+                refused = self._refused_lines(log_start)
+                if refused:
+                    event(logging.ERROR, "frr-startup-refused", lines=refused[:10])
+                else:
+                    self._applied(text)
+            event(logging.INFO, "frr-started", daemons=started, directory=str(self.directory),
+                  from_startup_files=self.applied is not None)
         else:
+            # What the previous run applied last (frr.conf is only written once applied), so
+            # that a restart of gatelb sends FRR only what changed meanwhile
+            with contextlib.suppress(OSError):
+                self.applied = self.config_file.read_text()
             event(logging.INFO, "frr-adopted", daemons=list(DAEMONS), directory=str(self.directory))
+
+    def _refused_lines(self, offset: int) -> list[str]:
+        """Startup-file lines a daemon refused, from what the log got since `offset` (FRR logs
+        "No such command on config line N: ..." and starts anyway)."""
+        try:
+            with open(self.log_file, "rb") as f:
+                f.seek(offset)
+                log = f.read().decode(errors="replace")
+        except OSError:
+            return []
+        return [line for line in log.splitlines() if " on config line " in line]
 
     def _wait_for(self, path: Path) -> None:
         deadline = time.monotonic() + START_TIMEOUT_S
@@ -145,26 +235,38 @@ class FrrInstance:
         Returns False when nothing needed doing."""
         if text == self.applied:
             return False
+        t0 = time.perf_counter()
         quick = quick_changes(self.applied, text) if self.applied is not None else None
-        self._write(text)
+        t1 = time.perf_counter()
         if quick is not None:
             self.vtysh_batch(quick)
-            self.applied = text
+            t2 = time.perf_counter()
+            self._applied(text)
+            self.timings = {"diff_ms": _ms(t1 - t0), "vtysh_ms": _ms(t2 - t1),
+                            "write_ms": _ms(time.perf_counter() - t2), "commands": len(quick)}
             return True
+        self._write(self.candidate_file, text)
         argv = ["python3", str(RELOAD), "--reload", "--stdout", "--bindir", "/usr/bin",
                 "--confdir", str(self.directory), "--rundir", str(self.directory),
-                "--vty_socket", str(self.directory), str(self.config_file)]
+                "--vty_socket", str(self.directory), str(self.candidate_file)]
         done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
         if done.returncode != 0:
             raise FrrError(f"frr-reload.py failed ({done.returncode}): {(done.stderr + done.stdout).strip()[-1500:]}")
-        self.applied = text
+        self._applied(text)
+        self.timings = {"diff_ms": _ms(t1 - t0), "reload_ms": _ms(time.perf_counter() - t1)}
         return True
 
-    def _write(self, text: str) -> None:
-        tmp = self.config_file.with_suffix(".tmp")
+    def _applied(self, text: str) -> None:
+        """`text` is the running configuration now: frr.conf says so (a restart of gatelb reads it)."""
+        self.applied = text
+        self._write(self.config_file, text)
+
+    @staticmethod
+    def _write(path: Path, text: str) -> None:
+        tmp = path.with_suffix(".tmp")
         tmp.write_text(text)
         os.chmod(tmp, 0o600)  # it may hold BGP passwords
-        tmp.replace(self.config_file)
+        tmp.replace(path)
 
     def vtysh_batch(self, commands: list[str]) -> None:
         """Several configuration commands in one vtysh run (read from stdin, stops at an error)."""
@@ -174,6 +276,8 @@ class FrrInstance:
                               capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
         if done.returncode != 0 or "% " in done.stdout:
             self.applied = None  # unknown state: the next apply goes through frr-reload.py
+            with contextlib.suppress(OSError):
+                self.config_file.unlink()
             raise FrrError(f"vtysh: {(done.stderr + done.stdout).strip()[-800:]}")
 
     def vtysh(self, *commands: str) -> str:
@@ -189,11 +293,19 @@ class FrrInstance:
         if neighbors:
             self.vtysh("configure terminal", f"router bgp {asn}", *(f"neighbor {n} shutdown" for n in neighbors))
 
-    def stop(self, timeout: float = 5.0) -> None:
-        pids = [p for d in DAEMONS if (p := self._pid(d)) is not None]
+    def stop(self, timeout: float = 5.0, graceful_restart: bool = False) -> None:
+        """Stop the daemons. `graceful_restart`: SIGKILL, so that bgpd sends no Cease (FRR's own
+        shutdown sends one, which makes the router flush our routes at once) and bfdd no
+        admin-down: the session just ends, and the router's graceful-restart helper keeps our
+        routes as stale until we are back (End-of-RIB) or its restart timer runs out."""
+        # bgpd first when graceful: its TCP session's FIN reaches the router at once, long before
+        # BFD's detection time; the router's helper is then in graceful restart already when BFD
+        # goes down, and keeps the routes
+        order = reversed(DAEMONS) if graceful_restart else DAEMONS
+        pids = [p for d in order if (p := self._pid(d)) is not None]
         for pid in pids:
             with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
+                os.kill(pid, signal.SIGKILL if graceful_restart else signal.SIGTERM)
         deadline = time.monotonic() + timeout
         while any(Path(f"/proc/{p}").exists() for p in pids) and time.monotonic() < deadline:
             time.sleep(0.02)

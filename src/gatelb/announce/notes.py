@@ -15,7 +15,6 @@ rate-limited there.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -85,16 +84,3 @@ def diff(node: str, old: Snapshot, new: Snapshot, lbs_of: Mapping[IPAddress, tup
                               "FailoverActive" if role == "active" else "FailoverStandby",
                               f"node {node} is now the {role} member of GatewayGroup {group} (was {was_role})"))
     return [n for n in notes if n.lbs]
-
-
-def parse_sessions(text: str, names: Mapping[str, str]) -> dict[str, str]:
-    """`show bgp neighbors json` -> peer name -> bgpState, for the peers in `names` (address -> name)."""
-    try:
-        doc = json.loads(text or "{}")
-    except ValueError:
-        return {}
-    out = {}
-    for address, row in doc.items() if isinstance(doc, dict) else ():
-        if address in names and isinstance(row, dict):
-            out[names[address]] = str(row.get("bgpState") or "unknown")
-    return out

@@ -86,6 +86,7 @@ def print_status(data: dict[str, Any], output: str) -> None:
     for text in [*(dns.get("conflicts") or []), *(dns.get("problems") or [])]:
         console.print(f"[yellow]dns: {text}[/yellow]")
     _print_ha(console, info.get("ha"))
+    _print_bgp(console, info.get("bgp"))
     _print_l2(console, info.get("l2"))
     for error in data.get("errors") or []:
         console.print(f"[yellow]{error}[/yellow]")
@@ -113,8 +114,32 @@ def print_status(data: dict[str, Any], output: str) -> None:
     console.print(table)
 
 
-COLUMNS = ("NAME", "FRONTEND / BACKEND", "STATE", "MODE", "NEW", "PACKETS", "BYTES", "SINCE / WHY")
-JUSTIFY = ("left", "left", "left", "left", "right", "right", "right", "left")
+COLUMNS = ("NAME", "FRONTEND / BACKEND", "STATE", "MODE", "ANNOUNCED", "NEW", "PACKETS", "BYTES", "SINCE / WHY")
+JUSTIFY = ("left", "left", "left", "left", "left", "right", "right", "right", "left")
+
+
+def _announced(where: dict[str, Any] | None) -> str:
+    """`bgp upstream,backup(Active) l2 up0`: the peers (with the session state unless
+    Established), the L2 interface (`owner` when this gateway answers, else its VRRP state)."""
+    if where is None:
+        return ""
+    parts = []
+    if where.get("bgp"):
+        peers = [p["peer"] + ("" if p["session"] == "Established" else f"({p['session']})") for p in where["bgp"]]
+        parts.append("bgp " + ",".join(dict.fromkeys(peers)))
+    if l2 := where.get("l2"):
+        parts.append(f"l2 {l2['interface']} ({'owner' if l2['state'] == 'MASTER' else l2['state'].lower()})")
+    return " ".join(parts) or "-"
+
+
+def _print_bgp(console: Console, bgp: Any) -> None:
+    """BGP peers of this gateway: session and BFD state, prefixes given."""
+    for p in (bgp or {}).get("peers") or []:
+        colour = "green" if p["session"] == "Established" else "red"
+        bfd = "" if p["bfd"] is None else f", BFD {p['bfd']}"
+        since = f" since {time.strftime('%H:%M:%S', time.localtime(p['establishedAt']))}" if p["establishedAt"] else ""
+        console.print(f"bgp {p['peer']} {p['address']} (AS {p['asn']}): [{colour}]{p['session']}[/{colour}]{since}"
+                      f"{bfd}, {p['prefixes']} prefixes" + (", graceful restart" if p["gracefulRestart"] else ""))
 RICH_MAX_ROWS = 300  # rich lays out about 1,000 rows per second here; plain columns above
 
 
@@ -134,7 +159,8 @@ def _status_rows(lbs: list[dict[str, Any]]) -> Iterator[tuple[tuple[str, ...], s
         state = lb["state"] if lb["programmed"] or lb["state"] != "active" else "active (not programmed)"
         counts = lb.get("backendStates") or {}
         summary = ", ".join(f"{n} {k}" for k, n in counts.items() if n) if lb.get("backendsOmitted") else ""
-        yield (lb["name"], front, state, " ".join(mode), str(c["newConnections"]), _human(c["packets"]),
+        yield (lb["name"], front, state, " ".join(mode), _announced(lb.get("announced")), str(c["newConnections"]),
+               _human(c["packets"]),
                _human(c["bytes"]), f"backends: {summary or 'none'}" if lb.get("backendsOmitted") else ""), "lb"
         for b in lb["backends"]:
             style = {"up": "green", "down": "red", "draining": "yellow"}.get(b["state"], "white")
@@ -142,7 +168,7 @@ def _status_rows(lbs: list[dict[str, Any]]) -> Iterator[tuple[tuple[str, ...], s
             why = b.get("reason") or ""
             if b.get("since"):
                 why = f"{time.strftime('%H:%M:%S', time.localtime(b['since']))} {why}".strip()
-            yield ("", f"  {_endpoint(b['address'], b['port'])}", b["state"], f"weight {b['weight']}",
+            yield ("", f"  {_endpoint(b['address'], b['port'])}", b["state"], f"weight {b['weight']}", "",
                    str(bc["newConnections"]), _human(bc["packets"]), _human(bc["bytes"]), why), style
 
 

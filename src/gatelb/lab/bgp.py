@@ -91,15 +91,19 @@ class BgpLab(Lab):
 
     def start_router(self, bgpd: str, bfdd: str = "") -> None:
         """Start zebra, bfdd and bgpd in the router namespace, each from its own file."""
-        d = self.router_dir
+        self.start_frr("rtr", self.router_dir, bgpd, bfdd)
+
+    def start_frr(self, role: str, d: Path, bgpd: str, bfdd: str = "") -> None:
+        """An FRR of its own (files in `d`) in namespace `role`: the router's, or one that
+        already runs on a gateway."""
         d.mkdir(exist_ok=True)
-        files = {"zebra": "hostname rtr\n", "bfdd": bfdd, "bgpd": bgpd}
+        files = {"zebra": f"hostname {role}\n", "bfdd": bfdd, "bgpd": bgpd}
         for daemon, text in files.items():
             (d / f"{daemon}.conf").write_text(f"log file {d}/frr.log informational\n{text}")
         for path in [d, *d.iterdir()]:
             shutil.chown(path, "frr", "frr")
         for daemon in files:
-            self.run("rtr", [str(FRR_LIB / daemon), "-d", "-u", "frr", "-g", "frr", "-f", str(d / f"{daemon}.conf"),
+            self.run(role, [str(FRR_LIB / daemon), "-d", "-u", "frr", "-g", "frr", "-f", str(d / f"{daemon}.conf"),
                              "-i", str(d / f"{daemon}.pid"), "-z", str(d / "zserv.api"), "--vty_socket", str(d),
                              "-A", "127.0.0.1"])
             if daemon == "zebra":

@@ -130,6 +130,7 @@ class BGPPeerSpec(Strict):
     password: str | None = None
     bfd_profile: Name | None = None
     ebgp_multi_hop: bool = False
+    enable_graceful_restart: bool = False
     nodes: list[Name] = []  # standalone (Kubernetes: nodeSelectors, not supported yet)
 
 
@@ -222,7 +223,7 @@ def _peer(name: str, s: BGPPeerSpec, problems: Problems) -> BGPPeer:
                                                f"{s.peer_address}"))
     return BGPPeer(name, s.my_asn, s.peer_asn, s.peer_address, s.peer_port, s.source_address, s.router_id,
                    hold, s.keepalive_time, s.connect_time, s.password, s.bfd_profile, s.ebgp_multi_hop,
-                   tuple(s.nodes))
+                   tuple(s.nodes), graceful_restart=s.enable_graceful_restart)
 
 
 def _bgp_adv(name: str, s: BGPAdvertisementSpec, problems: Problems) -> BGPAdvertisement:

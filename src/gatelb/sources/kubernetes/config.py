@@ -18,7 +18,7 @@ CONFIG_KINDS) after the Kubernetes-only fields are worked out here, against the 
   peers; gatelb.io peers are cluster-scoped, so gatelb's own namespace, `--lease-namespace`). A
   missing Secret, another type or a missing key is an error on the peer naming the field.
 - Fields gatelb does not honour are rejected by name, never ignored: a
-  non-empty `vrf`, `dynamicASN`, `interface`, `enableGracefulRestart: true`,
+  non-empty `vrf`, `dynamicASN`, `interface`,
   `dualStackAddressFamily: true` (and any field the
   schema does not know, as unknown). `disableMP` is accepted with either value: gatelb announces
   IPv4 prefixes to IPv4 peers and IPv6 to IPv6 peers only (what `disableMP: true` does).
@@ -112,15 +112,12 @@ def _not_honoured(kind: str, spec: Obj, problems: Problems) -> None:
         spec.pop("disableMP", None)  # see the module docstring
         if spec.get("dualStackAddressFamily") is False:  # MetalLB's default, and gatelb's behaviour
             del spec["dualStackAddressFamily"]
-        if spec.get("enableGracefulRestart") is False:
-            del spec["enableGracefulRestart"]
         if spec.get("vrf") == "":
             del spec["vrf"]
         why = {
             "vrf": "not supported: gatelb's FRR peers from the default VRF",
             "dynamicASN": "not supported: give spec.peerASN",
             "interface": "not supported: BGP unnumbered; give spec.peerAddress",
-            "enableGracefulRestart": "not supported yet (BGP graceful restart)",
             "dualStackAddressFamily": "not supported: IPv4 prefixes go to IPv4 peers, IPv6 to IPv6 peers",
         }
         for name, text in why.items():
