@@ -156,18 +156,37 @@ def _print_plain(rows: list[tuple[tuple[str, ...], str]]) -> None:
 
 
 def _print_ha(console: Console, ha: Any) -> None:
-    """An active-standby group: the members, who is active, this member's role and sync state."""
+    """An active-standby group: the members, who is active, this member's role, priority, upstream
+    and sync state."""
     if not ha:
         return
-    sync = ha.get("sync") or {}
-    last = sync.get("last_received")
-    ago = f", last message {time.time() - last:.1f} s ago" if last else ""
-    console.print(f"ha {ha['group']} ({ha['mode']}): members {', '.join(ha['members'])}; active "
-                  f"{ha.get('active') or 'unknown'}; this member {ha['node']}: {ha['role']} (vrrp {ha['vrrp']}), "
-                  f"backend gateway {ha.get('backendGateway')}")
+    for line in ha_lines(ha, time.time()):
+        console.print(line, markup=False, highlight=False)
+
+
+def ha_lines(ha: dict[str, Any], now: float) -> list[str]:
+    addresses = ha.get("addresses") or {}
+    members = ", ".join(f"{m} ({addresses[m]})" if m in addresses else m for m in ha["members"])
+    priority = ha.get("priority")
+    lines = [f"ha {ha['group']} ({ha['mode']}): members {members}; active {ha.get('active') or 'unknown'}; "
+             f"backend gateway {ha.get('backendGateway')}",
+             f"ha this member {ha['node']}: {ha['role']} (vrrp {ha['vrrp']}, priority "
+             f"{'FAULT' if priority is None else priority})"]
+    up = ha.get("upstream") or {}
+    if up:
+        bgp = {None: "no BGP", True: "BGP established", False: "NO BGP SESSION ESTABLISHED"}[up.get("bgpEstablished")]
+        down = up.get("uplinksDown") or []
+        uplinks = ", ".join(f"{i} (DOWN)" if i in down else i for i in up.get("uplinks") or []) or "none found"
+        lines.append(f"ha upstream: uplinks {uplinks}; {bgp}")
     if ha.get("stateSync"):
-        console.print(f"ha sync: {sync.get('internal', 0)} entries local, {sync.get('external', 0)} replicated "
-                      f"from the peer, {sync.get('recv_pckts', 0)} messages received{ago}")
+        sync = ha.get("sync") or {}
+        last, resync = sync.get("last_received"), sync.get("last_resync")
+        ago = f", the last {now - last:.1f} s ago" if last else ", none yet"
+        full = f"; last resync {now - resync:.1f} s ago" if resync else ""
+        lines.append(f"ha sync: {sync.get('internal', 0)} entries local (sent to the peer), "
+                     f"{sync.get('external', 0)} replicated from the peer; {sync.get('sent_pckts', 0)} "
+                     f"datagrams sent, {sync.get('recv_pckts', 0)} received{ago}{full}")
+    return lines
 
 
 def _print_l2(console: Console, l2: Any) -> None:
