@@ -22,7 +22,7 @@ import contextlib
 import threading
 import time
 
-from gatelb.lab.bgp import GATEWAYS, UPSTREAM, BgpLab, l4lb_doc
+from gatelb.lab.bgp import GATEWAYS, ROUTER, UPSTREAM, BgpLab, l4lb_doc
 from gatelb.lab.held import ConnectionLost, HeldConnection
 from gatelb.lab.topology import backend_v4
 
@@ -70,10 +70,11 @@ class HaLab(BgpLab):
             self.run(f"be{i}", ["ip", "route", "replace", "default", "via", BACKEND_GATEWAY])
 
     def reboot(self, gw: str) -> None:
-        """After `power_off`: what a power loss wipes is wiped, the links come up again."""
+        """After `power_off`: what a power loss wipes is wiped, the links come up again with the
+        boot configuration (the default route, which the kernel dropped with the link)."""
         script = ("conntrack -F 2>/dev/null; nft flush ruleset; "
                   f"ip addr del {BACKEND_GATEWAY}/24 dev lan0 2>/dev/null; "
-                  "ip link set up0 up; ip link set lan0 up; true")
+                  f"ip link set up0 up; ip link set lan0 up; ip route replace default via {ROUTER}; true")
         self.run(gw, ["sh", "-c", script])
         self.run(gw, ["sysctl", "-q", "-w", LIBERAL])
 
