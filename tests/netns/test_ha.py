@@ -10,9 +10,9 @@ gw2 (same connection: the backend echoes every line; the same backend for every 
 flow; the backend still sees the client's address), new connections fail for under 1 s; gw1 comes
 back: it syncs and stays standby (no preemption), and none of 10 connections opened through gw2
 breaks. Then gw2 loses its uplink only (its LAN link and processes stay up): its priority falls
-below gw1's, gw1 takes over and every connection and UDP flow carries on as after the power loss;
-finally gw1 loses its uplink too: neither is healthy, so gw1 stays active (no hand-over to a
-member as badly off).
+below gw1's, gw1 takes over and every connection and UDP flow carries on as after the power loss.
+Then the router drops its BGP session with gw1 (gw1's link stays up): gw2 (no uplink) is worse
+off, so gw1 stays active; gw2's uplink comes back: once its BGP session is up, gw2 takes over.
 """
 
 from __future__ import annotations
@@ -194,15 +194,26 @@ def test_active_standby_power_loss_keeps_connections_and_return_breaks_nothing(l
     standby = gw2.status()["info"]["ha"]
     assert standby["role"] in ("syncing", "standby") and standby["upstream"]["uplinks"] == ["up0"], standby
 
-    # gw1 loses its uplink too: gw2 is no better off, so gw1 keeps the role
-    t_both = time.time()
-    lab.uplink_down("gw1")
-    time.sleep(1.5)
-    assert all(e["role"] == "active" for e in gw1.events("ha-role", after=t_both)), gw1.events("ha-role", after=t_both)
-    assert lab.holder() == {"gw1"}
+    # the router drops its BGP session with gw1 (gw1's link stays up): gw1 has no upstream, but gw2
+    # (no uplink) is worse off, so gw1 keeps the role
+    t_bgp = time.time()
+    lab.router_vtysh("configure terminal", "router bgp 64500", f"neighbor {GATEWAYS['gw1']} shutdown")
+    wait_for("gw1 without BGP", lambda: gw1.status()["info"]["ha"]["upstream"]["bgpEstablished"] is False, 5.0, lab)
+    time.sleep(0.5)
     prio = {name: g.status()["info"]["ha"]["priority"] for name, g in (("gw1", gw1), ("gw2", gw2))}
-    print(f"both uplinks down: gw1 stays active (priorities {prio})")
-    assert prio["gw1"] > prio["gw2"], prio
+    print(f"gw1's BGP session down, gw2's uplink down: gw1 stays active (priorities {prio})")
+    assert all(e["role"] == "active" for e in gw1.events("ha-role", after=t_bgp)), gw1.events("ha-role", after=t_bgp)
+    assert lab.holder() == {"gw1"} and prio["gw1"] > prio["gw2"], prio
+    # gw2's uplink comes back: once its BGP session is up it is better off than gw1 and takes over
+    t_back = time.time()
+    lab.run("gw2", ["sh", "-c", "ip link set up0 up; ip route replace default via 192.0.2.129"])
+    took_over = gw2.wait_event("ha-role", after=t_back, where=lambda e: e["role"] == "active", timeout=15)
+    upstream = gw2.wait_event("ha-upstream", after=t_back, where=lambda e: e["bgp_established"])
+    print(f"gw2's uplink back: its BGP session up at {upstream['wall_time'] - t_back:.2f} s, active at "
+          f"{took_over['wall_time'] - t_back:.2f} s (gw1 has no BGP session)")
+    assert took_over["wall_time"] >= upstream["wall_time"]  # the BGP penalty, not the link, held it back
+    wait_for("gw1 standby", lambda: gw1.status()["info"]["ha"]["role"] in ("syncing", "standby"), 5.0, lab)
+    assert lab.holder() == {"gw2"}
     for f in [*flows, *fresh]:
         f.stop()
     gw1.stop()
