@@ -63,6 +63,12 @@ def created(text: str) -> int:
     return int(m.group(1)) if m else 0
 
 
+def lost(text: str) -> int:
+    """`Lost msgs` in `conntrackd -s` (FTFW sequence gaps seen by the receiver)."""
+    m = re.search(r"(\d+)\s+Lost msgs", text)
+    return int(m.group(1)) if m else 0
+
+
 class Member:
     def __init__(self, lab: HaLab, name: str) -> None:
         self.lab, self.name = lab, name
@@ -90,6 +96,8 @@ def one_rate(lab: HaLab, gw1: Member, gw2: Member, rate: float, seconds: float, 
     cap = lab.python("gw2", "bench.ha_sync_tools", "capture", "--interface", "lan0", "--probe-sources",
                      ",".join(PROBES), "--probes", str(n_probes), "--seconds", str(seconds + 2.0), "--probe-base", base)
     time.sleep(0.3)  # the capture socket is bound
+    before_standby = gw2.stats_text()
+    before = parse_stats(gw1.stats_text())
     load = lab.python("client", "bench.ha_sync_tools", "load", "--target", WEB, "--port", "80", "--sources",
                       ",".join(SOURCES), "--rate", str(rate), "--seconds", str(seconds), "--probe-sources",
                       ",".join(PROBES), "--probe-every", str(PROBE_EVERY_S), "--probe-base", base)
@@ -118,6 +126,11 @@ def one_rate(lab: HaLab, gw1: Member, gw2: Member, rate: float, seconds: float, 
         "lag_ms": {k: v for k, v in summarize(lags).__dict__.items() if k != "values"} if lags else None,
         "lag_p99_ms": sorted(lags)[int(len(lags) * 0.99) - 1] if lags else None,
         "probes": len(sent["probes"]), "probes_seen": len(lags),
+        # the capture's own count against what gw1's conntrackd sent over the whole run: a capture
+        # that missed datagrams (Python, on a busy machine) misses probes or sees a later message
+        "captured_datagrams": seen["datagrams"],
+        "sent_datagrams_run": parse_stats(end1).get("sent_pckts", 0) - before.get("sent_pckts", 0),
+        "lost_msgs_standby": lost(end2) - lost(before_standby),
         "internal_active_end": parse_stats(end1).get("internal"), "external_standby_end": parse_stats(end2).get(
             "external"),
         "load_average": os.getloadavg(),
