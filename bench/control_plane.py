@@ -28,12 +28,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import queue
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -45,11 +41,9 @@ from bench.common import (
     Results,
     RunResult,
     exit_on_signals,
-    gatelb_cmd,
     gatelb_measured_cmd,
     iptables_restore,
     log,
-    netns_prefix,
     parse_sizes,
     ratio,
     require_root,
@@ -58,6 +52,7 @@ from bench.common import (
     summarize,
     wait_quiet,
 )
+from bench.logged_daemon import LoggedDaemon
 
 PHASES = ("parse_s", "ipam_s", "compile_s", "apply_s", "total_s")
 REFERENCES = ("kp-nft-1.36", "kp-nft-1.31", "kp-iptables")
@@ -231,69 +226,6 @@ def _atomic_write(path: Path, text: str) -> float:
     return t0
 
 
-class Daemon:
-    """`gatelb run` in a namespace, with its JSON log lines parsed on a reader thread."""
-
-    def __init__(self, ns: str, config: Path, state_dir: str) -> None:
-        args = ("run", "-f", str(config), "--log-format", "json", "--no-health")
-        cmd = [*netns_prefix(ns), *gatelb_cmd(*args)]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "GATELB_STATE_DIR": state_dir})
-        self.events: queue.Queue[dict[str, Any]] = queue.Queue()
-        self.other: list[str] = []
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                self.other.append(line.rstrip())
-                continue
-            if isinstance(ev, dict) and ev.get("event") == "sync":
-                self.events.put(ev)
-            else:
-                self.other.append(line.rstrip())
-
-    def wait_sync(self, after: float, timeout_s: float) -> dict[str, Any]:
-        """The first sync that changed something and finished after `after` (time.time())."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None:
-                tail = "\n".join(self.other[-20:])
-                rc = self.proc.poll()
-                raise RuntimeError(f"no sync event within {timeout_s:.0f} s (daemon rc={rc}):\n{tail}")
-            try:
-                ev = self.events.get(timeout=min(left, 0.5))
-            except queue.Empty:
-                continue
-            if float(ev.get("wall_time", 0)) >= after and int(ev.get("changes", 1)) > 0:
-                return ev
-
-    def peak_rss_kib(self) -> int:
-        # `ip netns exec` execs the interpreter in place, so this pid is the daemon itself.
-        try:
-            for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1])
-        except OSError:
-            pass
-        return 0
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
-        self._reader.join(timeout=5)
-
-
 @dataclass
 class IncrementalFigures:
     n: int
@@ -347,7 +279,7 @@ def incremental(n: int, repeats: int, workdir: Path, settle_s: float = 0.3) -> I
     with scratch_netns() as ns, tempfile.TemporaryDirectory(prefix="glbb-state-") as state:
         log(f"incremental N={n}: starting gatelb run")
         started = time.time()
-        daemon = Daemon(ns, config, state)
+        daemon = LoggedDaemon(ns, ["-f", str(config)], state)
         try:
             first = daemon.wait_sync(started, startup_timeout)
             figs.initial_sync_s = float(first["wall_time"]) - started

@@ -33,16 +33,11 @@ from __future__ import annotations
 
 import argparse
 import gc
-import json
 import math
 import os
-import queue
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,15 +49,14 @@ import yaml
 from bench.common import (
     Results,
     exit_on_signals,
-    gatelb_cmd,
     log,
-    netns_prefix,
     parse_sizes,
     require_root,
     run_measured,
     scratch_netns,
     wait_quiet,
 )
+from bench.logged_daemon import LoggedDaemon
 from gatelb.agent.runtime import parse_time
 
 MIB = 1024
@@ -127,98 +121,6 @@ def moved_endpoint(r: int) -> str:
 # The daemon
 
 
-class Gatelb:
-    """`gatelb run ... --log-format json --no-health` in a namespace; every JSON log line is kept."""
-
-    profile_dir: Path | None = None  # --profile: run each daemon under cProfile, one file per start
-    log_dir: Path | None = None  # --logs: keep each daemon's log lines
-    _starts = 0
-
-    def __init__(self, ns: str, args: list[str], state_dir: str) -> None:
-        cmd = [*netns_prefix(ns), *gatelb_cmd("run", *args, "--log-format", "json", "--no-health")]
-        if self.profile_dir is not None:
-            Gatelb._starts += 1
-            out = self.profile_dir / f"gatelb-{Gatelb._starts}.prof"
-            i = cmd.index("-m")
-            cmd[i:i] = ["-m", "cProfile", "-o", str(out)]
-        self.started = time.time()
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                                     env={**os.environ, "GATELB_STATE_DIR": state_dir})
-        self.lines: list[dict[str, Any]] = []
-        self.other: list[str] = []
-        self._new: queue.Queue[dict[str, Any]] = queue.Queue()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stderr is not None
-        for line in self.proc.stderr:
-            try:
-                ev = json.loads(line)
-            except ValueError:
-                self.other.append(line.rstrip())
-                continue
-            if isinstance(ev, dict):
-                self.lines.append(ev)
-                self._new.put(ev)
-
-    def wait(self, pred: Callable[[dict[str, Any]], bool], timeout_s: float, what: str) -> dict[str, Any]:
-        """The first line (from now on, or already seen and not yet consumed) matching `pred`."""
-        deadline = time.monotonic() + timeout_s
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0 or self.proc.poll() is not None:
-                tail = "\n".join([json.dumps(x) for x in self.lines[-15:]] + self.other[-15:])
-                raise RuntimeError(f"{what}: not within {timeout_s:.0f} s (daemon rc={self.proc.poll()}):\n{tail}")
-            try:
-                ev = self._new.get(timeout=min(left, 0.5))
-            except queue.Empty:
-                continue
-            if pred(ev):
-                return ev
-
-    def wait_sync(self, after: float, timeout_s: float = 30.0) -> dict[str, Any]:
-        return self.wait(lambda e: e.get("event") == "sync" and int(e.get("changes", 0)) > 0
-                         and float(e.get("wall_time", 0)) >= after, timeout_s, "sync after a change")
-
-    def events(self, name: str) -> list[dict[str, Any]]:
-        return [e for e in self.lines if e.get("event") == name]
-
-    def peak_rss_kib(self) -> int:
-        # `ip netns exec` execs the interpreter in place, so this pid is the daemon itself.
-        return _status_field(self.proc.pid, "VmHWM:")
-
-    def cpu_s(self) -> float:
-        try:
-            fields = Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()
-            return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        except (OSError, IndexError, ValueError):
-            return float("nan")
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
-        self._reader.join(timeout=5)
-        if self.log_dir is not None:
-            path = self.log_dir / f"gatelb-{self.proc.pid}.log"
-            path.write_text("".join(json.dumps(x) + "\n" for x in self.lines) + "\n".join(self.other))
-
-
-def _status_field(pid: int, name: str) -> int:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith(name):
-                return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
-
-
 @dataclass
 class Restart:
     ready_s: float = float("nan")  # process start to the `ready` line
@@ -235,8 +137,8 @@ class Restart:
         return dict(vars(self))
 
 
-def restart(ns: str, old: Gatelb, args: list[str], state_dir: str, timeout_s: float,
-            count_writes: Callable[[], int] | None = None, settle_s: float = 2.0) -> tuple[Restart, Gatelb]:
+def restart(ns: str, old: LoggedDaemon, args: list[str], state_dir: str, timeout_s: float,
+            count_writes: Callable[[], int] | None = None, settle_s: float = 2.0) -> tuple[Restart, LoggedDaemon]:
     """Stop `old`, start the daemon again over the table it left; nothing changed meanwhile."""
     r = Restart()
     t = time.monotonic()
@@ -245,7 +147,7 @@ def restart(ns: str, old: Gatelb, args: list[str], state_dir: str, timeout_s: fl
     r.generation_before = generation_of(ns)
     wait_quiet(5.0)
     writes0 = count_writes() if count_writes else 0
-    d = Gatelb(ns, args, state_dir)
+    d = LoggedDaemon(ns, args, state_dir)
     ready = d.wait(lambda e: e.get("event") == "ready", timeout_s, "ready after restart")
     r.ready_s = parse_time(ready["time"]) - d.started
     synced = d.events("synced")
@@ -424,7 +326,7 @@ def kube_mode(n: int, changes: int, adds: int, workdir: Path) -> KubeFigures:
     figs = KubeFigures(n)
     with scratch_netns() as ns, tempfile.TemporaryDirectory(prefix="glbb-state-") as state:
         cluster = Cluster(ns)
-        d: Gatelb | None = None
+        d: LoggedDaemon | None = None
         try:
             log(f"kube N={n}: filling the stand-in")
             cluster.populate(n)
@@ -435,7 +337,7 @@ def kube_mode(n: int, changes: int, adds: int, workdir: Path) -> KubeFigures:
             log(f"kube N={n}: starting gatelb run")
             writes0 = cluster.writes
             cpu0 = time.process_time()
-            d = Gatelb(ns, args, state)
+            d = LoggedDaemon(ns, args, state)
             timeout = 60.0 + n * 0.02
             # Not simply the first full sync: before the Lease is ours the daemon is a follower and
             # serves only Services with a status (none yet), so the first load may be empty.
@@ -580,11 +482,11 @@ def file_mode(n: int, changes: int, workdir: Path) -> FileFigures:
     make_dir(d, n)
     args = ["-f", str(d)]
     with scratch_netns() as ns, tempfile.TemporaryDirectory(prefix="glbb-state-") as state:
-        daemon: Gatelb | None = None
+        daemon: LoggedDaemon | None = None
         try:
             wait_quiet(10.0)
             log(f"file N={n}: starting gatelb run -f DIR")
-            daemon = Gatelb(ns, args, state)
+            daemon = LoggedDaemon(ns, args, state)
             first = daemon.wait(lambda e: e.get("event") == "sync" and int(e.get("services", 0)) >= n,
                                 60.0 + n * 0.02, "every L4LB in the kernel")
             figs.first_kernel_s = float(first["wall_time"]) - daemon.started
@@ -738,10 +640,10 @@ def main(argv: list[str] | None = None) -> int:
     require_root()
     if a.profile:
         a.profile.mkdir(parents=True, exist_ok=True)
-        Gatelb.profile_dir = Gatelb.log_dir = a.profile
+        LoggedDaemon.profile_dir = LoggedDaemon.log_dir = a.profile
     if a.logs:
         a.logs.mkdir(parents=True, exist_ok=True)
-        Gatelb.log_dir = a.logs
+        LoggedDaemon.log_dir = a.logs
     exit_on_signals()
     sizes = [50] if a.quick else parse_sizes(a.sizes)
     changes, adds = (5, 2) if a.quick else (a.changes, a.adds)

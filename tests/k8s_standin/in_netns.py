@@ -41,8 +41,9 @@ def _join_netns(name: str) -> None:
 
 
 class StandinInNetns:
-    def __init__(self, netns: str, **kw: Any) -> None:
+    def __init__(self, netns: str, host: str = "127.0.0.1", **kw: Any) -> None:
         self.netns = netns
+        self.host = host  # another address of the namespace: reachable from other namespaces
         self.server = StandinServer(**kw)
         self._kw = kw
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -69,7 +70,7 @@ class StandinInNetns:
         self._loop.close()
 
     async def _setup(self) -> str:
-        url = await self.server.start()
+        url = await self.server.start(self.host)
         self._client = await new_client_from_config_dict(self.server.kubeconfig())
         return url
 

@@ -99,15 +99,16 @@ def test_gatelb_crds_reach_the_synced_config_and_the_announce_plan() -> None:
             assert config[ObjectRef("L2Advertisement", "lan")] == L2Advertisement("lan", ("public",), ("up0",))
             await wait_for(lambda: ingress_of(server, "web"))
             await wait_for(lambda: state_of(a).services)
-            # L2 election in Kubernetes mode (Leases) is not built: an L2Advertisement there is an
-            # error naming it (docs/announce.md, "Not yet"), and the announcer keeps its last good
-            # plan; without it, BGP is planned.
+            # In Kubernetes the L2 owner is elected with Leases, so no GatewayGroup is needed (the
+            # standalone rule, which needs one, still applies to a file).
             _, errors = decide(state_of(a), "gw1")
             assert [str(e) for e in errors] == [
                 "L2Advertisement lan: gateway gw1 is in no GatewayGroup: L2 needs the group to elect one "
                 "owner per VIP (add a GatewayGroup listing gw1 among spec.members, or name the node with --node)"]
-            plan, errors = decide(without_l2(state_of(a)), "gw1")
+            plan, errors = decide(state_of(a), "gw1", l2_groups=False)
             assert errors == [] and plan.bgp is not None
+            assert [(str(c.vip), c.interfaces, c.advertisement) for c in plan.l2] == [
+                ("203.0.113.10", ("up0",), "lan")]
             [peer] = plan.bgp.peers
             assert [str(p) for p, _ in peer.prefixes] == ["203.0.113.10/32"]
             assert peer.bfd == BFDProfile("fast", 100, 100)
@@ -220,8 +221,7 @@ def test_metallb_fields_gatelb_does_not_honour_are_errors_and_events() -> None:
             assert shown == [
                 "BGPAdvertisement metallb-system/all: metadata.name: BGPAdvertisement all is already given by "
                 "gatelb.io BGPAdvertisement all",
-                "BGPPeer metallb-system/secret: spec.passwordSecret: not supported yet: a Secret is not read; put the "
-                "password in spec.password",
+                "BGPPeer metallb-system/secret: spec.passwordSecret: Secret metallb-system/bgp-auth not found",
                 "BGPPeer metallb-system/vrf: spec.vrf: 'red': not supported: gatelb's FRR peers from the default VRF",
             ]
             assert set(state_of(a).config) == {ObjectRef("BGPPeer", "fine"), ObjectRef("BGPAdvertisement", "all")}
@@ -252,5 +252,92 @@ def test_metallb_pool_clashing_with_an_ippool_is_an_error_and_the_ippool_serves(
                                 "IPPool public")
             assert shown[0].startswith("IPAddressPool metallb-system/overlap: spec.addresses[0]:"), shown[0]
             assert [p.name for p in state_of(a).pools] == ["public"]
+
+    run(body)
+
+
+def test_password_secret_is_read_and_watched_and_a_bad_one_names_the_field() -> None:
+    """MetalLB's passwordSecret: a kubernetes.io/basic-auth Secret in the peer's namespace, key
+    `password`; a change of the Secret changes the peer's password (FRR is re-rendered from it)."""
+    import base64
+
+    def secret(name: str, password: str | None, kind: str = "kubernetes.io/basic-auth") -> dict[str, Any]:
+        data = {"password": base64.b64encode(password.encode()).decode()} if password is not None else {}
+        return {"metadata": {"name": name}, "type": kind, "data": {"username": "eA==", **data}}
+
+    def password_of(a: Any, name: str) -> Any:
+        state = a.daemon.reconciler.last_state
+        peer = state.config.get(ObjectRef("BGPPeer", name)) if state is not None else None
+        return peer.password if peer is not None else None
+
+    async def body(server: StandinServer, client: ApiClient) -> None:
+        install_metallb(server)
+        await create_namespace(client, "metallb-system")
+        core = CoreV1Api(client)
+        await core.create_namespaced_secret("metallb-system", secret("bgp-auth", "s3cret"))
+        await core.create_namespaced_secret("metallb-system", secret("opaque", "x", "Opaque"))
+        await core.create_namespaced_secret("metallb-system", secret("nokey", None))
+        await core.create_namespaced_secret("gatelb-system", secret("ours", "ours-pw"))
+        peer = {"myASN": 64512, "peerASN": 64500}
+        await metallb(client, "bgppeers", "up", {**peer, "peerAddress": "192.0.2.129",
+                                                 "passwordSecret": {"name": "bgp-auth", "namespace": "metallb-system"}})
+        await metallb(client, "bgppeers", "opaque", {**peer, "peerAddress": "192.0.2.130",
+                                                     "passwordSecret": {"name": "opaque"}})
+        await metallb(client, "bgppeers", "nokey", {**peer, "peerAddress": "192.0.2.131",
+                                                    "passwordSecret": {"name": "nokey"}})
+        await metallb(client, "bgppeers", "elsewhere", {**peer, "peerAddress": "192.0.2.132",
+                                                        "passwordSecret": {"name": "bgp-auth", "namespace": "default"}})
+        # a gatelb.io peer is cluster-scoped: its Secret is in gatelb's namespace (gatelb-system)
+        await ours(client, "bgppeers", "mine", {**peer, "peerAddress": "192.0.2.133",
+                                                "passwordSecret": {"name": "ours"}})
+        async with agent(client) as (a, _):
+            assert await wait_for(lambda: password_of(a, "up")) == "s3cret"
+            assert password_of(a, "mine") == "ours-pw"
+            errors = await wait_for(lambda: len(state_of(a).errors) == 3 and state_of(a).errors)
+            assert sorted(str(e) for errs in errors.values() for e in errs) == [
+                "BGPPeer metallb-system/elsewhere: spec.passwordSecret.namespace: 'default': the Secret must be in "
+                "the peer's namespace metallb-system",
+                "BGPPeer metallb-system/nokey: spec.passwordSecret: Secret metallb-system/nokey has no key password "
+                "(or it is empty)",
+                "BGPPeer metallb-system/opaque: spec.passwordSecret: Secret metallb-system/opaque is of type "
+                "'Opaque'; it must be kubernetes.io/basic-auth",
+            ]
+            # watched: a new password reaches the peer (and so FRR's configuration)
+            await core.replace_namespaced_secret("bgp-auth", "metallb-system", secret("bgp-auth", "rotated"))
+            assert await wait_for(lambda: password_of(a, "up") == "rotated")
+            # fixed by adding the key: the error goes
+            await core.replace_namespaced_secret("nokey", "metallb-system", secret("nokey", "now"))
+            assert await wait_for(lambda: password_of(a, "nokey")) == "now"
+            # deleted: an error naming the Secret; the last good password stays in force
+            await core.delete_namespaced_secret("bgp-auth", "metallb-system")
+            errs = await wait_for(lambda: state_of(a).errors.get(ObjectRef("BGPPeer", "metallb-system/up")))
+            assert [str(e) for e in errs] == [
+                "BGPPeer metallb-system/up: spec.passwordSecret: Secret metallb-system/bgp-auth not found"]
+            assert password_of(a, "up") == "rotated"
+
+    run(body)
+
+
+def test_announcement_events_land_on_the_service_once_per_message() -> None:
+    """What the announcer reports (announce/notes.py) becomes Events on the Service that gave the
+    load balancer, posted by every instance (not only the leader), deduplicated."""
+    async def body(server: StandinServer, client: ApiClient) -> None:
+        await make_pool(client, "public", ["203.0.113.10/32"])
+        await make_service(client, "web")
+        await make_slice(client, "web", "198.51.100.11")
+        async with agent(client) as (a, _):
+            await wait_for(lambda: ingress_of(server, "web"))
+            names = tuple(await wait_for(lambda: sorted(state_of(a).services)))
+            message = "203.0.113.10 announced by node gw1 on interface up0 (ARP)"
+            for _ in range(3):
+                a.kube.announce_event(names, "Normal", "L2Announced", message)
+            a.kube.announce_event(names, "Warning", "BGPSessionChanged", "node gw1: BGP session with peer up is Idle")
+            await wait_for(lambda: events(server, "BGPSessionChanged"))
+            assert events(server, "L2Announced") == [message]
+            [ev] = [o for (rid, _, _), o in server.store.objects.items()
+                    if rid == "v1/events" and o["reason"] == "L2Announced"]
+            assert (ev["involvedObject"]["kind"], ev["involvedObject"]["name"], ev["type"]) == (
+                "Service", "web", "Normal")
+            assert ev["metadata"]["namespace"] == "default"
 
     run(body)

@@ -104,7 +104,8 @@ def test_l4lb_has_status_subresource_and_printer_columns() -> None:
 ANNOUNCE = ("BFDProfile", "BGPPeer", "BGPAdvertisement", "L2Advertisement")
 # Kubernetes-only fields, worked out against the cluster before the standalone parser runs
 # (sources/kubernetes/config.py): the CRD has them, the pydantic schema rejects them.
-KUBE_ONLY = {"BGPPeer": {"nodeSelectors"}, "BGPAdvertisement": {"nodeSelectors", "ipAddressPoolSelectors"},
+KUBE_ONLY = {"BGPPeer": {"nodeSelectors", "passwordSecret"},
+             "BGPAdvertisement": {"nodeSelectors", "ipAddressPoolSelectors"},
              "L2Advertisement": {"nodeSelectors", "ipAddressPoolSelectors"}}
 
 
@@ -154,7 +155,7 @@ def test_announce_example_of_the_docs_validates() -> None:
     ("BGPPeer", {"myASN": 0, "peerASN": 64500, "peerAddress": "192.0.2.1"}, "0"),
     ("BGPPeer", {"myASN": 64512, "peerAddress": "192.0.2.1"}, "peerASN"),
     ("BGPPeer", {"myASN": 64512, "peerASN": 64500, "peerAddress": "192.0.2.1", "peerPort": 20000}, "20000"),
-    ("BGPPeer", {"myASN": 64512, "peerASN": 64500, "peerAddress": "192.0.2.1", "passwordSecret": {}}, "password"),
+    ("BGPPeer", {"myASN": 64512, "peerASN": 64500, "peerAddress": "192.0.2.1", "passwordSecret": {}}, "name"),
     ("BFDProfile", {"receiveInterval": 5}, "5"),
     ("BFDProfile", {"detectMultiplier": 256}, "256"),
     ("BGPAdvertisement", {"aggregationLength": 33}, "33"),

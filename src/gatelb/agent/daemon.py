@@ -47,6 +47,7 @@ from gatelb.model import Backend, IPAddress, SyncedState
 from gatelb.sources.base import Source
 
 if TYPE_CHECKING:  # the Kubernetes client library costs about 50 MiB of RSS: file mode never loads it
+    from gatelb.announce.l2_speaker import L2Election
     from gatelb.sources.kubernetes.source import KubeSettings
 
 
@@ -63,6 +64,10 @@ class Parts:
     # DNS records: Kubernetes Events for conflicts, and Secrets holding TSIG keys (Kubernetes mode).
     dns_report: Report | None = None
     dns_secrets: SecretLookup | None = None
+    # L2 ownership decided outside keepalived (Kubernetes: a Lease per VIP); the announcer uses it.
+    l2_election: L2Election | None = None
+    # Events about announcements (Kubernetes): (load balancers, type, reason, message).
+    announce_event: Callable[[tuple[str, ...], str, str, str], None] | None = None
 
 
 @dataclass(frozen=True)
@@ -270,11 +275,16 @@ async def kube_parts(kubeconfig: str | None, settings: KubeSettings, files: Sequ
                      allow_empty: bool = False) -> Parts:
     """`gatelb run --kubeconfig K [-f FILE]`: the cluster as a source and as the status
     write-back consumer, plus the standalone files if given."""
+    import socket
+
     from gatelb.sources.kubernetes.api import KubeApi, connect
+    from gatelb.sources.kubernetes.l2lease import L2LeaseElection
     from gatelb.sources.kubernetes.source import KubeSource
 
     client = await connect(kubeconfig)
     kube = KubeSource(KubeApi(client), settings)
+    election = L2LeaseElection(KubeApi(client), settings.lease_namespace, settings.node or socket.gethostname(),
+                               settings.l2_lease_duration_s)
     parts = file_parts(files, allow_empty)
     # After the files: their pools are known when the Service IPAM runs in the same round.
     parts.sources.append(kube)
@@ -283,6 +293,9 @@ async def kube_parts(kubeconfig: str | None, settings: KubeSettings, files: Sequ
     parts.dns_report = kube.report
     parts.dns_secrets = kube.read_secret
     parts.closers.append(client.close)
+    parts.l2_election = election
+    parts.announce_event = kube.announce_event
+    parts.tasks["l2-leases"] = election.run()
     return parts
 
 
@@ -296,10 +309,17 @@ def add_announcer(parts: Parts, node: str, state_dir: Path) -> None:
     L2 VIPs are owned goes to the state record (`info`, key "l2"). An active-standby GatewayGroup
     adds its own conntrackd (<state-dir>/conntrackd) and the role (key "ha"), in the same task."""
     from gatelb.announce import Announcer
+    from gatelb.announce.notes import Note
 
-    announcer = Announcer(node, state_dir / "frr", l2_directory=state_dir / "keepalived")
+    announcer = Announcer(node, state_dir / "frr", l2_directory=state_dir / "keepalived", election=parts.l2_election)
     parts.consumers.append(announcer)
     parts.tasks["announce"] = announcer.run()
+    if (post := parts.announce_event) is not None:
+        def report(notes: list[Note]) -> None:
+            for n in notes:
+                post(n.lbs, n.type, n.reason, n.message)
+
+        announcer.report = report
     mode_info = parts.info
 
     def info() -> dict[str, Any]:

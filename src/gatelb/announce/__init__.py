@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -34,11 +35,14 @@ from gatelb.announce.ha_control import HaController, ha_instance
 from gatelb.announce.keepalived import Keepalived, KeepalivedError, parse_notify, read_links
 from gatelb.announce.keepalived_config import render as render_keepalived
 from gatelb.announce.keepalived_config import tracks
-from gatelb.announce.l2 import EMPTY_L2, FAULT, L2Plan, Link, plan_l2
+from gatelb.announce.l2 import EMPTY_L2, FAULT, L2Plan, Link, interface_for, plan_l2
+from gatelb.announce.l2_speaker import L2Election, L2Speaker, SpeakerError
 from gatelb.announce.log import event
-from gatelb.model import GatewayGroup, IPNetwork, L2Advertisement, SyncedState, ValidationError
+from gatelb.announce.notes import Note, Snapshot, diff, parse_sessions
+from gatelb.model import GatewayGroup, IPAddress, IPNetwork, L2Advertisement, SyncedState, ValidationError
 
 WATCH_S = 1.0  # how often the FRR daemons' liveness is checked
+SESSIONS_S = 2.0  # how often BGP session states are read, when someone listens (Kubernetes Events)
 RETRY_S = 2.0
 STANDBY_PREPEND = 3
 
@@ -50,8 +54,22 @@ def _effective(priority: int, track: int) -> int:
 
 class Announcer:
     def __init__(self, node: str, directory: Path, frr: FrrInstance | None = None,
-                 l2_directory: Path | None = None) -> None:
+                 l2_directory: Path | None = None, election: L2Election | None = None) -> None:
         self.node = node
+        # Kubernetes: the L2 owner of each VIP is elected with Leases (the election's own task), and
+        # this gateway adds the VIPs it owns and sends the gratuitous ARP itself; no keepalived.
+        self.election = election
+        self.speaker = L2Speaker((l2_directory or directory.parent / "keepalived").parent / "l2")
+        self.l2_owned: dict[IPAddress, tuple[str, ...]] = {}
+        if election is not None:
+            election.on_change = self._wake_soon
+        # Notes about what changed (announced, withdrawn, session, failover) go to `report`: the
+        # Kubernetes source makes Events of them. None: nobody listens, nothing is computed.
+        self.report: Callable[[list[Note]], None] | None = None
+        self._snap = Snapshot()
+        self._lbs_of: dict[IPAddress, tuple[str, ...]] = {}
+        self._sessions: dict[str, str] = {}
+        self._sessions_at = 0.0
         self.frr = frr or FrrInstance(directory, node)
         self.keepalived = Keepalived(l2_directory or directory.parent / "keepalived")
         self.plan: Plan = EMPTY
@@ -72,9 +90,18 @@ class Announcer:
         self._ha_events: asyncio.Queue[str] | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
+    def _wake_soon(self) -> None:
+        self._wake.set()
+
     def info(self) -> dict[str, Any]:
         """For the state record (`gatelb status`): where each L2 VIP is owned, the HA role."""
         ha = {"ha": self.ha.info()} if self.ha is not None and self.ha.info() else {}
+        if self.election is not None:
+            if not self.plan.l2 and not self.l2_errors and not self.l2_owned:
+                return ha
+            return {**ha, "l2": {"node": self.node, "election": "leases", "owned": sorted(map(str, self.l2_owned)),
+                                 "interfaces": {str(v): list(i) for v, i in sorted(self.l2_owned.items(), key=str)},
+                                 **self.election.info(), "errors": self.l2_errors}}
         if self.l2.empty and not self.l2_errors:
             return ha
         instances: dict[str, dict[str, Any]] = {}
@@ -94,7 +121,12 @@ class Announcer:
             self._wake.set()  # an HA change (mode, backend gateway) changes no plan
         self._group = group
         self._l2_advs = state.config_of(L2Advertisement)
-        plan, errors = decide(state, self.node)
+        if self.report is not None:
+            lbs: dict[IPAddress, list[str]] = {}
+            for name in sorted(state.services):
+                lbs.setdefault(state.services[name].vip, []).append(name)
+            self._lbs_of = {vip: tuple(names) for vip, names in lbs.items()}
+        plan, errors = decide(state, self.node, l2_groups=self.election is None)
         if errors:
             if [str(e) for e in errors] != [str(e) for e in self.errors]:
                 event(logging.ERROR, "announce-config-invalid", errors=[str(e) for e in errors],
@@ -130,20 +162,61 @@ class Announcer:
                         self._wake.set()  # an interface may have appeared
                     if self.ha is not None:
                         self._ha_post("watch")
+                    if self.report is not None:
+                        if self._frr_up and self.plan.bgp is not None and \
+                                time.monotonic() - self._sessions_at >= SESSIONS_S:
+                            self._sessions_at = time.monotonic()
+                            await asyncio.to_thread(self._read_sessions)
+                        self._notify()
                     continue
                 self._wake.clear()
                 try:
                     await asyncio.to_thread(self._apply, self.plan)
-                except (FrrError, KeepalivedError, ConntrackdError, GuardError, OSError) as err:
+                except (FrrError, KeepalivedError, ConntrackdError, GuardError, SpeakerError, OSError) as err:
                     event(logging.ERROR, "announce-failed", error=str(err))
                     await asyncio.sleep(RETRY_S)
                     self._wake.set()
                 self._watch_fifo()
+                self._notify()
         finally:
             worker.cancel()
             self._unwatch_fifo()
-            if self._frr_up or not self.l2.empty or self.ha is not None:
+            if self._frr_up or not self.l2.empty or self.ha is not None or self.l2_owned:
                 await asyncio.shield(asyncio.to_thread(self._withdraw))
+
+    def _snapshot(self) -> Snapshot:
+        if self.election is not None:
+            l2 = dict(self.l2_owned)
+        else:
+            l2 = {v: (i.interface,) for i in self.l2.instances if self.l2_states.get(i.name) == "MASTER"
+                  for v in i.vips}
+        bgp: dict[IPAddress, tuple[str, ...]] = {}
+        if self._frr_up and self.plan.bgp is not None and (self._group is None or not self._group.ha
+                                                           or (self.ha is not None and self.ha.announcing)):
+            for vip in self.plan.servable:
+                peers = tuple(pp.peer.name for pp in self.plan.bgp.peers
+                              if any(vip in prefix for prefix, _ in pp.prefixes))
+                if peers:
+                    bgp[vip] = peers
+        ha = self.ha.info() if self.ha is not None else {}
+        return Snapshot(l2, bgp, dict(self._sessions), (ha["group"], ha["role"]) if ha else None)
+
+    def _notify(self) -> None:
+        if self.report is None:
+            return
+        snap = self._snapshot()
+        notes = diff(self.node, self._snap, snap, self._lbs_of)
+        self._snap = snap
+        if notes:
+            self.report(notes)
+
+    def _read_sessions(self) -> None:
+        bgp = self.plan.bgp
+        if bgp is None:
+            return
+        names = {str(pp.peer.peer_address): pp.peer.name for pp in bgp.peers}
+        with contextlib.suppress(FrrError, OSError):
+            self._sessions = parse_sessions(self.frr.vtysh("show bgp neighbors json"), names)
 
     async def _ha_worker(self) -> None:
         """The HA role's actions, one event at a time, in keepalived's order (a thread: they run
@@ -236,15 +309,58 @@ class Announcer:
         return any(isinstance(v, dict) and v.get("bgpState") == "Established" for k, v in states.items()
                    if k in wanted)
 
+    def _apply_l2_leases(self, plan: Plan, election: L2Election) -> None:
+        """Kubernetes: tell the election what this gateway may own, and hold exactly what it owns."""
+        links: dict[str, Link] = read_links() if plan.l2 else {}
+        errors: list[str] = []
+        for name in sorted(self._l2_advs):
+            for i, iface in enumerate(self._l2_advs[name].interfaces):
+                if iface not in links and any(c.advertisement == name for c in plan.l2):
+                    errors.append(str(ValidationError(L2Advertisement.KIND, name, f"spec.interfaces[{i}]",
+                                                      f"no interface {iface!r} on gateway {self.node}")))
+        wanted: dict[IPAddress, tuple[tuple[str, ...], bool]] = {}
+        interfaces: dict[IPAddress, tuple[str, ...]] = {}
+        for claim in plan.l2:
+            ifaces = claim.interfaces
+            if not ifaces:
+                found = interface_for(claim.vip, links)
+                if found is None:
+                    errors.append(str(ValidationError(L2Advertisement.KIND, claim.advertisement, "spec.interfaces", (
+                        f"{claim.vip} is on no subnet of gateway {self.node}'s interfaces "
+                        f"({', '.join(sorted(links)) or 'none'}): name the interface"))))
+                    continue
+                ifaces = (found,)
+            adv = self._l2_advs.get(claim.advertisement)
+            wanted[claim.vip] = (adv.nodes if adv is not None else (), claim.servable)
+            interfaces[claim.vip] = ifaces
+        if errors != self.l2_errors:
+            if errors:
+                event(logging.ERROR, "announce-config-invalid", errors=errors,
+                      keeping="the VIPs whose interface is known")
+            else:
+                event(logging.INFO, "announce-config-valid-again")
+        self.l2_errors = errors
+        election.want(wanted)
+        owned = {v: interfaces[v] for v in election.owned() if v in interfaces}
+        added, removed = self.speaker.apply(owned)
+        if added or removed:
+            event(logging.INFO, "l2-announce", election="leases", node=self.node,
+                  taken=sorted(f"{v} on {i}" for v, i in added), released=sorted(f"{v} on {i}" for v, i in removed),
+                  owned=len(owned), wall_time=time.time())
+        self.l2_owned = owned
+
     def _apply_l2(self, plan: Plan) -> None:
         group = self._group
-        if group is not None and group.ha:
+        if group is not None and group.ha:  # also in Kubernetes mode, from a file given with -f
             self._apply_ha(plan, group)
             return
         if self.ha is not None:  # the group is no longer active-standby
             self.ha.stop()
             guard.apply(guard.removal())
             self.ha = None
+        if self.election is not None and group is None:  # a GatewayGroup (from -f) elects with VRRP
+            self._apply_l2_leases(plan, self.election)
+            return
         links: dict[str, Link] = read_links() if plan.l2 else {}
         l2, errors = plan_l2(plan.l2, self._group, self._l2_advs, self.node, links)
         if errors:
@@ -303,6 +419,10 @@ class Announcer:
     def _withdraw(self) -> None:
         if self.ha is not None:
             self.ha.stop()
+        if self.l2_owned or self.election is not None:
+            with contextlib.suppress(SpeakerError, OSError):
+                self.speaker.stop()
+            self.l2_owned = {}
         if not self.l2.empty or self.keepalived.running():
             self.keepalived.stop()
             event(logging.INFO, "keepalived-stopped", wall_time=time.time())

@@ -122,9 +122,11 @@ def _on(node: str, nodes: tuple[str, ...]) -> bool:
     return not nodes or node in nodes
 
 
-def check(config: Mapping[ObjectRef, ConfigObject], pools: Iterable[IPPool], node: str) -> list[ValidationError]:
+def check(config: Mapping[ObjectRef, ConfigObject], pools: Iterable[IPPool], node: str,
+          l2_groups: bool = True) -> list[ValidationError]:
     """Problems across objects: unknown pools, peers, profiles and gateways; two AS numbers or
-    router IDs, or one peer address twice, on this gateway."""
+    router IDs, or one peer address twice, on this gateway. `l2_groups`: L2 is elected among a
+    GatewayGroup's members (standalone; Kubernetes elects with Leases and needs none)."""
     pool_names = {p.name for p in pools}
     peers = {o.name: o for o in config.values() if isinstance(o, BGPPeer)}
     profiles = {o.name for o in config.values() if isinstance(o, BFDProfile)}
@@ -154,7 +156,8 @@ def check(config: Mapping[ObjectRef, ConfigObject], pools: Iterable[IPPool], nod
                 errors.append(ValidationError(obj.KIND, obj.name, "spec.bfdProfile",
                                               f"unknown BFDProfile {obj.bfd_profile!r}"))
             nodes_known(obj.KIND, obj.name, obj.nodes)
-    errors += _l2_groups(config, groups, node)
+    if l2_groups:
+        errors += _l2_groups(config, groups, node)
     mine = [peers[n] for n in sorted(peers) if _on(node, peers[n].nodes)]
     if mine:
         first = mine[0]
@@ -196,12 +199,12 @@ def _l2_groups(config: Mapping[ObjectRef, ConfigObject], groups: list[GatewayGro
         for g in mine[1:]]
 
 
-def decide(state: SyncedState, node: str) -> tuple[Plan, list[ValidationError]]:
+def decide(state: SyncedState, node: str, l2_groups: bool = True) -> tuple[Plan, list[ValidationError]]:
     """The plan for gateway `node`, or EMPTY and the problems when the configuration is wrong."""
     config = state.config
     if not has_announcements(config):
         return EMPTY, []
-    errors = check(config, state.pools, node)
+    errors = check(config, state.pools, node, l2_groups)
     if errors:
         return EMPTY, errors
     vips = servable(state)

@@ -89,7 +89,7 @@ def vrid_bases(sets: Iterable[tuple[str, ...]]) -> dict[tuple[str, ...], int]:
     return bases
 
 
-def _interface_for(vip: IPAddress, links: Mapping[str, Link]) -> str | None:
+def interface_for(vip: IPAddress, links: Mapping[str, Link]) -> str | None:
     """The interface whose subnet holds the VIP (the longest prefix; host routes, such as the VIP
     itself added by the election, do not count)."""
     best: tuple[int, str] | None = None
@@ -102,6 +102,9 @@ def _interface_for(vip: IPAddress, links: Mapping[str, Link]) -> str | None:
             if best is None or cand < best:
                 best = cand
     return best[1] if best else None
+
+
+_interface_for = interface_for  # the name active-standby (ha_control) imports
 
 
 def plan_l2(claims: Iterable[L2Claim], group: GatewayGroup | None, advertisements: Mapping[str, L2Advertisement],
@@ -131,7 +134,7 @@ def plan_l2(claims: Iterable[L2Claim], group: GatewayGroup | None, advertisement
             continue
         ifaces = claim.interfaces
         if not ifaces:
-            found = _interface_for(claim.vip, links)
+            found = interface_for(claim.vip, links)
             if found is None:
                 errors.append(ValidationError(L2Advertisement.KIND, claim.advertisement, "spec.interfaces", (
                     f"{claim.vip} is on no subnet of gateway {node}'s interfaces "

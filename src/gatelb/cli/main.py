@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="ignore Services without spec.loadBalancerClass (only gatelb.io/gatelb ones)")
     k.add_argument("--lease-namespace", default=os.environ.get("POD_NAMESPACE", "gatelb-system"),
                    help="namespace of the leader-election Lease (default: $POD_NAMESPACE or gatelb-system)")
+    k.add_argument("--l2-lease-duration", type=int, default=2, metavar="SECONDS",
+                   help="L2 VIP ownership Leases last this long: an owner's loss is taken over after about "
+                        "this (default 2; 1 is the shortest a Lease allows; docs/announce.md)")
     k.add_argument("--metallb-namespace", default="metallb-system",
                    help="read MetalLB's metallb.io objects from this namespace (default metallb-system)")
     r.add_argument("--node", default="", help="which gateway this is (GatewayGroup members, nodes: lists of "
@@ -156,8 +159,14 @@ def _run(args: argparse.Namespace) -> int:
         from gatelb.sources.kubernetes.translate import BackendMode, Options
 
         opts = Options(BackendMode(args.backend_mode), default_class=not args.no_default_class)
+        if args.l2_lease_duration < 1:
+            print("gatelb run: --l2-lease-duration: a Lease lasts whole seconds, at least 1", file=sys.stderr)
+            return 2
+        import socket
+
         settings = KubeSettings(opts, lease_namespace=args.lease_namespace, health=not args.no_health,
-                                metallb_namespace=args.metallb_namespace)
+                                metallb_namespace=args.metallb_namespace, node=args.node or socket.gethostname(),
+                                l2_lease_duration_s=args.l2_lease_duration)
 
         async def make() -> Parts:
             return await kube_parts(args.kubeconfig, settings, files, allow_empty=args.allow_empty)

@@ -195,6 +195,12 @@ def _print_l2(console: Console, l2: Any) -> None:
         return
     for error in l2.get("errors") or []:
         console.print(f"[red]l2: {error}[/red]")
+    if l2.get("election") == "leases":  # Kubernetes: a Lease per VIP (docs/announce.md)
+        mine = l2.get("interfaces") or {}
+        for vip, holder in sorted((l2.get("holders") or {}).items()):
+            where = f" on {', '.join(mine[vip])}" if vip in mine else ""
+            console.print(f"l2 {vip}: owned by {holder}{where} (Lease, {l2.get('leaseDurationSeconds')} s)")
+        console.print(f"l2 members alive: {', '.join(l2.get('members') or []) or 'none'}")
     for name, inst in sorted((l2.get("instances") or {}).items()):
         owner = f"owned by {l2['node']}" if inst["state"] == "MASTER" else f"{inst['state'].lower()} on {l2['node']}"
         console.print(f"l2 {inst['interface']} vrid {inst['vrid']} ({name}): {owner}, "

@@ -7,6 +7,7 @@ deserialising every watch event twice.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import re
@@ -246,6 +247,10 @@ class Kind:
     # Another project's kind (MetalLB's): when its CRD is not installed the kind simply has no
     # objects, instead of holding every informer's first sync (and with it all programming) back.
     optional: bool = False
+    namespace: str | None = None  # watched in this namespace only (Secrets), else cluster-wide
+    # A 403 is "no objects" (retried), not a failure that holds the first sync back: Secrets that
+    # only a BGPPeer's passwordSecret needs; the peer names the missing permission.
+    forbidden_ok: bool = False
 
     @property
     def custom(self) -> bool:
@@ -286,6 +291,8 @@ class KubeApi:
 
     async def _call(self, kind: Kind, **kw: Any) -> Any:
         kw["_preload_content"] = False
+        if kind.plural == "secrets":
+            return await self._core.list_namespaced_secret(kind.namespace, **kw)
         if kind.custom:
             return await self._custom.list_cluster_custom_object(kind.group, kind.version, kind.plural, **kw)
         fn = {
@@ -298,13 +305,13 @@ class KubeApi:
 
     async def list(self, kind: Kind) -> tuple[list[Obj], str]:
         """Every object and the list's resourceVersion (where a watch must start)."""
-        body = await _json(await self._call(kind), Request("list", kind.plural, kind.group))
+        body = await _json(await self._call(kind), Request("list", kind.plural, kind.group, kind.namespace))
         return list(body.get("items") or []), str(body["metadata"]["resourceVersion"])
 
     async def watch(self, kind: Kind, resource_version: str, timeout_s: int) -> AsyncIterator[tuple[str, Obj]]:
         """(type, object) from `resource_version` on, BOOKMARKs included, until the server ends the
         stream (after `timeout_s`, or when the connection drops). Raises Gone on 410."""
-        request = Request("watch", kind.plural, kind.group)
+        request = Request("watch", kind.plural, kind.group, kind.namespace)
         resp = await self._call(kind, watch=True, resource_version=resource_version,
                                 allow_watch_bookmarks=True, timeout_seconds=timeout_s,
                                 _request_timeout=timeout_s + 30)
@@ -357,6 +364,12 @@ class KubeApi:
             if err.status == 404:
                 return None
             raise
+
+    async def list_leases(self, namespace: str) -> builtins.list[Obj]:
+        """Every Lease of the namespace (the L2 election reads them all in one request per tick)."""
+        body = await _json(await self._coord.list_namespaced_lease(namespace, _preload_content=False),
+                           Request("list", "leases", LEASE_GROUP, namespace))
+        return list(body.get("items") or [])
 
     async def create_lease(self, namespace: str, body: Obj) -> Obj:
         """POST: 409 AlreadyExists when someone else created it first, 404 when the namespace is missing."""

@@ -13,7 +13,11 @@ CONFIG_KINDS) after the Kubernetes-only fields are worked out here, against the 
 - `ipAddressPoolSelectors`: the pools (IPPool and MetalLB IPAddressPool objects) whose labels
   match are added to `ipAddressPools`; matching none with no `ipAddressPools` means no pool (not
   every pool, which is what an empty list says), so the advertisement is left out.
-- Fields gatelb does not honour are rejected by name, never ignored: `passwordSecret`, a
+- `passwordSecret` (BGPPeer, MetalLB's meaning): a Secret of type kubernetes.io/basic-auth whose
+  key `password` is the TCP MD5 password, in the peer's namespace (metallb-system for MetalLB's
+  peers; gatelb.io peers are cluster-scoped, so gatelb's own namespace, `--lease-namespace`). A
+  missing Secret, another type or a missing key is an error on the peer naming the field.
+- Fields gatelb does not honour are rejected by name, never ignored: a
   non-empty `vrf`, `dynamicASN`, `interface`, `enableGracefulRestart: true`,
   `dualStackAddressFamily: true` (and any field the
   schema does not know, as unknown). `disableMP` is accepted with either value: gatelb announces
@@ -22,6 +26,7 @@ CONFIG_KINDS) after the Kubernetes-only fields are worked out here, against the 
 
 from __future__ import annotations
 
+import base64
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -69,6 +74,9 @@ class Context:
 
     node_labels: Mapping[str, Mapping[str, str]]  # Node name -> labels
     pool_labels: Mapping[str, Mapping[str, str]]  # pool name (IPPool, IPAddressPool) -> labels
+    secrets: Mapping[str, Obj] = dataclasses.field(default_factory=dict)  # "namespace/name" -> Secret
+    namespace: str = "gatelb-system"  # where the Secrets of cluster-scoped (gatelb.io) peers are
+    unreadable: Mapping[str, str] = dataclasses.field(default_factory=dict)  # namespace -> why Secrets are not read
 
 
 @dataclass(frozen=True)
@@ -109,7 +117,6 @@ def _not_honoured(kind: str, spec: Obj, problems: Problems) -> None:
         if spec.get("vrf") == "":
             del spec["vrf"]
         why = {
-            "passwordSecret": "not supported yet: a Secret is not read; put the password in spec.password",
             "vrf": "not supported: gatelb's FRR peers from the default VRF",
             "dynamicASN": "not supported: give spec.peerASN",
             "interface": "not supported: BGP unnumbered; give spec.peerAddress",
@@ -122,6 +129,49 @@ def _not_honoured(kind: str, spec: Obj, problems: Problems) -> None:
                 problems.append((f"spec.{name}", text if isinstance(value, dict) else f"{show(value)}: {text}"))
 
 
+BASIC_AUTH = "kubernetes.io/basic-auth"
+
+
+def _password_secret(raw: Obj, spec: Obj, ctx: Context, problems: Problems) -> None:
+    """spec.passwordSecret -> spec.password, from the Secret (MetalLB's semantics)."""
+    ref = spec.pop("passwordSecret", None)
+    if ref is None:
+        return
+    field = "spec.passwordSecret"
+    if not isinstance(ref, dict) or not isinstance(ref.get("name"), str) or not ref["name"]:
+        problems.append((f"{field}.name", "a Secret name is required"))
+        return
+    namespace = (raw.get("metadata") or {}).get("namespace") or ctx.namespace
+    if ref.get("namespace") not in (None, "", namespace):
+        problems.append((f"{field}.namespace", f"{show(ref['namespace'])}: the Secret must be in the peer's "
+                                                f"namespace {namespace}"))
+        return
+    if spec.get("password"):
+        problems.append((field, "give spec.password or spec.passwordSecret, not both"))
+        return
+    where = f"{namespace}/{ref['name']}"
+    secret = ctx.secrets.get(where)
+    if secret is None:
+        why = ctx.unreadable.get(namespace)
+        problems.append((field, f"Secret {where} not found" + (f" (Secrets in {namespace} cannot be read: {why})"
+                                                               if why else "")))
+        return
+    if secret.get("type") != BASIC_AUTH:
+        problems.append((field, f"Secret {where} is of type {show(secret.get('type') or 'Opaque')}; "
+                                f"it must be {BASIC_AUTH}"))
+        return
+    value = (secret.get("data") or {}).get("password")
+    try:
+        password = base64.b64decode(value, validate=True).decode() if isinstance(value, str) else None
+    except (ValueError, UnicodeDecodeError):
+        problems.append((field, f"Secret {where}: key password is not text"))
+        return
+    if not password:
+        problems.append((field, f"Secret {where} has no key password (or it is empty)"))
+        return
+    spec["password"] = password
+
+
 def parse(raw: Obj, ctx: Context, parser: ConfigParser) -> Parsed:
     """One gatelb.io or metallb.io object -> its model object, through `parser` (the file
     loader's for its kind) once the Kubernetes-only fields are taken out."""
@@ -130,6 +180,8 @@ def parse(raw: Obj, ctx: Context, parser: ConfigParser) -> Parsed:
     problems: Problems = []
     nodes = pools = None
     if isinstance(spec, dict):
+        if kind == "BGPPeer":
+            _password_secret(raw, spec, ctx, problems)
         _not_honoured(kind, spec, problems)
         if kind in ("BGPPeer", "BGPAdvertisement", "L2Advertisement"):  # elsewhere an unknown field
             nodes = _selectors(spec, "nodeSelectors", problems)

@@ -24,7 +24,7 @@ import logging
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol, TypeAlias
 
-from gatelb.sources.kubernetes.api import GRACE_S, ApiException, Gone, Kind, Obj, Trouble
+from gatelb.sources.kubernetes.api import GRACE_S, ApiException, ApiProblem, Gone, Kind, Obj, Trouble, describe
 from gatelb.sources.kubernetes.changes import same_version
 
 log = logging.getLogger("gatelb.kube")
@@ -67,6 +67,7 @@ class Informer:
         self._on_change = on_change
         self._timeout = watch_timeout_s
         self.absent = False  # an optional kind the API server does not know (its CRD is not installed)
+        self.forbidden: ApiProblem | None = None  # a forbidden_ok kind we may not read (the last 403)
         self.absent_retry_s = ABSENT_RETRY_S
 
     @property
@@ -85,7 +86,14 @@ class Informer:
             except asyncio.CancelledError:
                 raise
             except ApiException as err:
-                if not (self.kind.optional and err.status == 404):
+                if self.kind.forbidden_ok and err.status == 403:
+                    if self.forbidden is None:
+                        log.warning("not allowed to read, taken as empty", extra={"fields": {
+                            "kind": self.kind.name, "error": str(describe(err)), "retry_every_s": self.absent_retry_s}})
+                    self.forbidden = describe(err)
+                    self._absent()
+                    await asyncio.sleep(self.absent_retry_s)
+                elif not (self.kind.optional and err.status == 404):
                     failures = await self._failed(err, failures)
                 elif self.resource_version is not None:  # CRD deleted while we watched: list again
                     self.resource_version = None
@@ -127,6 +135,7 @@ class Informer:
         self.resource_version = rv
         self.counts["lists"] += 1
         self.trouble.ok()
+        self.forbidden = None
         if self.absent:
             log.info("kind installed, reading it", extra={"fields": {"kind": self.kind.name}})
             self.absent = False

@@ -143,7 +143,17 @@ _BY_KIND: dict[str, Slim] = {"services": service, "endpointslices": endpointslic
                              "namespaces": namespace}
 
 
+def secret(obj: Obj) -> Obj:
+    """A Secret keeps only what a BGPPeer's passwordSecret reads: its type and `password`."""
+    meta = obj.get("metadata") or {}
+    data = obj.get("data") or {}
+    return {"metadata": {k: meta[k] for k in _META if k in meta}, "type": obj.get("type"),
+            "data": {k: v for k, v in data.items() if k == "password"}}
+
+
 def for_kind(name: str) -> Slim:
     """The reduction for the informer kind `name` (gatelb.sources.kubernetes.api.WATCHED names)."""
+    if name.startswith("secrets."):
+        return secret
     return _BY_KIND.get(name, other)
 

@@ -43,9 +43,10 @@ from gatelb.sources.kubernetes import config as kconfig
 from gatelb.sources.kubernetes import slim
 from gatelb.sources.kubernetes.api import METALLB, WATCHED, ApiException, Kind, KubeApi, Obj, describe
 from gatelb.sources.kubernetes.changes import IPADDRESSPOOLS, IPPOOLS, L4LBS, NODES, SERVICES, ChangeTracker
+from gatelb.sources.kubernetes.events import EventLimiter
 from gatelb.sources.kubernetes.informer import Informer
 from gatelb.sources.kubernetes.lease import LeaseElector
-from gatelb.sources.kubernetes.status import StatusWriter
+from gatelb.sources.kubernetes.status import StatusWriter, event_body
 from gatelb.sources.kubernetes.translate import (
     ANN_POOL_RECORD,
     IPADDRESSPOOL,
@@ -82,6 +83,8 @@ class KubeSettings:
     health: bool = True
     # MetalLB's objects are read from its own namespace only, as MetalLB does (names are unique there).
     metallb_namespace: str = "metallb-system"
+    node: str = ""  # --node: the L2 election's identity (default: the host name)
+    l2_lease_duration_s: int = 2
 
 
 class KubeSource:
@@ -89,7 +92,12 @@ class KubeSource:
         self._api = api
         self._options = settings.options
         self._tracker = ChangeTracker(settings.options)
-        kinds = [*WATCHED, *(kind for kind, _ in CONFIG_RESOURCES.values())]
+        # Secrets a BGPPeer's passwordSecret may name: gatelb's namespace (gatelb.io peers are
+        # cluster-scoped) and MetalLB's (its peers' own), watched so a new password re-renders FRR.
+        self._secret_kinds = {f"secrets.{ns}": Kind(f"secrets.{ns}", "secrets", namespace=ns, forbidden_ok=True)
+                              for ns in sorted({settings.lease_namespace, settings.metallb_namespace})}
+        self._secret_namespace = settings.lease_namespace
+        kinds = [*WATCHED, *(kind for kind, _ in CONFIG_RESOURCES.values()), *self._secret_kinds.values()]
         self._informers = {k.name: Informer(api, k, self._on_event, slim=slim.for_kind(k.name)) for k in kinds}
         self._metallb = {k.name for k in kinds if k.group == METALLB}
         self._metallb_ns = settings.metallb_namespace
@@ -118,6 +126,7 @@ class KubeSource:
         self._state: SyncedState | None = None
         self._wake_writer = asyncio.Event()
         self._background: set[asyncio.Task[None]] = set()
+        self._limiter = EventLimiter()
 
     # -- Source ------------------------------------------------------------------------------
 
@@ -144,7 +153,9 @@ class KubeSource:
     def _on_event(self, kind: str, key: str, old: Obj | None, new: Obj | None) -> None:
         if kind in self._metallb and key.partition("/")[0] != self._metallb_ns:
             return
-        if kind in self._config_objects:
+        if kind in self._secret_kinds:
+            self._config_dirty = True  # a peer's password may have changed (few, re-parsed whole)
+        elif kind in self._config_objects:
             objects = self._config_objects[kind]
             if new is None:
                 objects.pop(key, None)
@@ -267,8 +278,12 @@ class KubeSource:
         self._config_dirty = False
         nodes = self._tracker.objects(NODES)
         pool_objects = [*self._tracker.objects(IPPOOLS).values(), *self._tracker.objects(IPADDRESSPOOLS).values()]
+        secrets = {key: obj for name in self._secret_kinds for key, obj in self._informers[name].objects.items()}
+        unreadable = {str(self._secret_kinds[name].namespace): str(inf.forbidden)
+                      for name in self._secret_kinds if (inf := self._informers[name]).forbidden is not None}
         ctx = kconfig.Context({name: labels_of(n) for name, n in nodes.items()},
-                              {str(_dig(p, "metadata", "name")): labels_of(p) for p in pool_objects})
+                              {str(_dig(p, "metadata", "name")): labels_of(p) for p in pool_objects},
+                              secrets, self._secret_namespace, unreadable)
         given: dict[ObjectRef, ConfigObject] = {}
         by: dict[ObjectRef, str] = {}
         bad: dict[ObjectRef, tuple[ValidationError, ...]] = {}
@@ -505,6 +520,30 @@ class KubeSource:
         if obj is not None:
             task = asyncio.get_running_loop().create_task(
                 self._guard(self._writer.event(obj, ref.kind, "Warning", reason, message)))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    def announce_event(self, lbs: tuple[str, ...], event_type: str, reason: str, message: str) -> None:
+        """An Event about announcements (announce/notes.py) on the Services / L4LBs that gave the
+        load balancers `lbs`. Every instance posts its own (each says what it announces), within
+        the limiter's rates; leader or not."""
+        state = self._state
+        if state is None:
+            return
+        refs = sorted({state.origins[n] for n in lbs if n in state.origins}, key=str)
+        for ref in refs:
+            if ref.kind == SERVICE:
+                obj = self._tracker.service(ref.key)
+            elif ref.kind == L4LB:
+                obj = self._tracker.objects(L4LBS).get(ref.key)
+            else:
+                continue
+            if obj is None or not self._limiter.allow(str(ref), reason, message):
+                continue
+            meta = obj.get("metadata") or {}
+            body = event_body(obj, ref.kind, event_type, reason, message)
+            task = asyncio.get_running_loop().create_task(
+                self._guard(self._api.create_event(str(meta.get("namespace") or "default"), body)))
             self._background.add(task)
             task.add_done_callback(self._background.discard)
 
