@@ -263,7 +263,8 @@ class HaController:
         knows: the role track, the BGP penalty and the uplinks' link state (read every second)."""
         if self.instance is None:
             return None
-        return ha_priority(self.instance.priority, self.track, len(self.uplinks_down), self.bgp_down)
+        return ha_priority(self.instance.priority, self.track, len(self.uplinks_down),
+                           self.instance.bgp and self.bgp_down)
 
     def _quiet(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
