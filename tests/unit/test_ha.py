@@ -16,6 +16,7 @@ from gatelb.announce.conntrackd_config import render as render_conntrackd
 from gatelb.announce.decide import L2Claim
 from gatelb.announce.ha import Action, Member, Role, start, sync_lost, synced, vrrp
 from gatelb.announce.ha_control import ha_instance
+from gatelb.announce.keepalived_config import ACTIVE_BONUS, HA_PRIORITIES, UPSTREAM_WEIGHT, ha_priority
 from gatelb.announce.keepalived_config import render as render_keepalived
 from gatelb.announce.l2 import EMPTY_L2, Link
 from gatelb.model import GatewayGroup, ValidationErrors
@@ -92,9 +93,10 @@ def test_golden_keepalived_ha_instance() -> None:
     links = {"lan0": Link("lan0", (ipaddress.ip_interface("198.51.100.2/24"),)),
              "up0": Link("up0", (ipaddress.ip_interface("192.0.2.130/26"),))}
     claims = [L2Claim(ip("192.0.2.140"), (), "lan", True)]
-    inst = ha_instance(group(), "gw1", claims, links)
+    inst = ha_instance(group(), "gw1", claims, links, [ip("192.0.2.129")])
     assert inst.addresses == ("198.51.100.1/24 dev lan0", "192.0.2.140/32 dev up0")
-    assert (inst.priority, ha_instance(group(), "gw2", claims, links).priority) == (200, 100)
+    assert (inst.uplinks, inst.bgp) == (("up0",), True)
+    assert (inst.priority, ha_instance(group(), "gw2", claims, links).priority) == HA_PRIORITIES
     assert ha_instance(group(), "gw2", claims, links).vrid == inst.vrid  # both members agree
     golden("ha-gw1.keepalived", render_keepalived(EMPTY_L2, "gw1", Path("/var/lib/gatelb/keepalived"), inst))
 
@@ -127,7 +129,7 @@ def test_takeover_commits_before_it_lets_traffic_in_and_announces() -> None:
     assert (m.role, actions) == (Role.STANDBY, [])
     m, actions = vrrp(m, "MASTER")
     assert m.role is Role.ACTIVE
-    assert actions == [Action.COMMIT, Action.UNGUARD, Action.ANNOUNCE]
+    assert actions == [Action.HOLD, Action.COMMIT, Action.UNGUARD, Action.ANNOUNCE]
 
 
 def test_demotion_releases_first_and_syncs_again() -> None:
@@ -142,8 +144,8 @@ def test_without_state_sync_no_commit_and_no_resync() -> None:
     m, actions = start(False)
     assert (m.role, actions) == (Role.STANDBY, [Action.GUARD, Action.WITHDRAW, Action.ELIGIBLE])
     m, actions = vrrp(m, "MASTER")
-    assert actions == [Action.UNGUARD, Action.ANNOUNCE]
-    assert vrrp(m, "FAULT")[1] == [Action.WITHDRAW, Action.GUARD]
+    assert actions == [Action.HOLD, Action.UNGUARD, Action.ANNOUNCE]
+    assert vrrp(m, "FAULT")[1] == [Action.WITHDRAW, Action.GUARD, Action.ELIGIBLE]
 
 
 def test_conntrackd_restart_resyncs_a_standby_but_not_the_active() -> None:
@@ -169,7 +171,7 @@ def test_invariants_over_random_histories() -> None:
     rng = random.Random(7)
     for _ in range(2000):
         m, actions = start(rng.random() < 0.8)
-        guarded, announcing, committed = True, False, False
+        guarded, announcing, committed, track = True, False, False, "ineligible"
         for _ in range(rng.randrange(1, 12)):
             what = rng.choice(["MASTER", "BACKUP", "FAULT", "STOP", "synced", "lost"])
             was_active = m.active
@@ -186,9 +188,15 @@ def test_invariants_over_random_histories() -> None:
                     guarded, committed = True, False
                 elif a in (Action.ANNOUNCE, Action.WITHDRAW):
                     announcing = a is Action.ANNOUNCE
+                if a in (Action.HOLD, Action.ELIGIBLE, Action.INELIGIBLE):
+                    track = str(a)
             if m.active:
                 assert m.vrrp == "MASTER" and m.synced
             assert announcing == m.active and guarded == (not m.active)
+            # the bonus exactly while active; the state-less start is eligible at once
+            assert (track == "hold") == m.active
+            if not m.active and m.state_sync:
+                assert (track == "ineligible") == (m.role is Role.SYNCING)
 
 
 def test_two_members_never_active_together_on_one_segment() -> None:
@@ -240,3 +248,84 @@ def test_a_standby_announces_a_prepended_path() -> None:
     active = BGPPlan(64512, None, (PeerPlan(peer, None, ((prefix, Attributes()),)),))
     assert " set as-path prepend 64512 64512 64512\n" in render(standby, "gw2", "/tmp/frr.log")
     assert "as-path prepend" not in render(active, "gw2", "/tmp/frr.log")
+
+
+# -- the priorities: upstream tracking without preemption (keepalived's arithmetic) -------------
+
+# how badly a member's upstream is off: 0 healthy, 1 its BGP sessions down (the link is up),
+# 2 its uplink down (the sessions go down with it)
+PENALTIES = {0: (0, False), 1: (0, True), 2: (1, True)}
+
+
+def _prio(rank: int, track: int, level: int) -> int | None:
+    links_down, bgp_down = PENALTIES[level]
+    return ha_priority(HA_PRIORITIES[rank], track, links_down, bgp_down)
+
+
+def _takes_over(active: int | None, standby: int | None) -> bool:
+    """VRRP with preemption: a BACKUP takes over from the MASTER whose adverts carry a strictly
+    lower priority, or that advertises nothing (FAULT, dead)."""
+    return standby is not None and (active is None or standby > active)
+
+
+@pytest.mark.parametrize("active_rank", [0, 1])
+def test_a_healthy_active_member_is_never_preempted(active_rank: int) -> None:
+    """The no-preemption rule: whatever the standby's state (a returning member, higher base)."""
+    active = _prio(active_rank, ACTIVE_BONUS, 0)
+    for level in PENALTIES:
+        assert not _takes_over(active, _prio(1 - active_rank, 0, level))
+
+
+@pytest.mark.parametrize("active_rank", [0, 1])
+def test_an_active_member_without_upstream_hands_over_only_to_a_better_one(active_rank: int) -> None:
+    """It gives its role up to a standby whose upstream is better, never to one as badly off
+    (the only healthy one, or the least unhealthy, stays), never to one that is not synced."""
+    for mine in PENALTIES:
+        active = _prio(active_rank, ACTIVE_BONUS, mine)
+        assert active is not None
+        for theirs in PENALTIES:
+            standby = _prio(1 - active_rank, 0, theirs)
+            assert _takes_over(active, standby) == (theirs < mine), (active_rank, mine, theirs, active, standby)
+            assert not _takes_over(active, _prio(1 - active_rank, -254, theirs))  # syncing: FAULT
+
+
+def test_no_sum_is_clamped() -> None:
+    """keepalived clamps priorities to 1-254: a clamped sum would tie members that differ."""
+    for rank in (0, 1):
+        for track in (0, ACTIVE_BONUS):
+            for links_down, bgp_down in PENALTIES.values():
+                total = HA_PRIORITIES[rank] + track + UPSTREAM_WEIGHT * (links_down + int(bgp_down))
+                assert 1 <= total <= 254
+                assert ha_priority(HA_PRIORITIES[rank], track, links_down, bgp_down) == total
+
+
+def test_both_starting_the_healthier_wins_then_the_first_member() -> None:
+    for a in PENALTIES:
+        for b in PENALTIES:
+            p1, p2 = _prio(0, 0, a), _prio(1, 0, b)
+            assert p1 is not None and p2 is not None
+            assert (p1 > p2) == (a <= b), (a, b, p1, p2)
+
+
+def test_status_lines() -> None:
+    from gatelb.cli.output import ha_lines
+
+    info = {"group": "edge", "mode": "active-standby", "node": "gw2", "role": "standby", "vrrp": "BACKUP",
+            "members": ["gw1", "gw2"], "active": "gw1", "addresses": {"gw1": "198.51.100.1", "gw2": "198.51.100.2"},
+            "backendGateway": "198.51.100.254/24", "priority": 140,
+            "upstream": {"uplinks": ["up0"], "bgp": True, "bgpEstablished": True}, "stateSync": True,
+            "sync": {"internal": 0, "external": 51, "sent_pckts": 20, "recv_pckts": 412, "last_received": 99.6,
+                     "last_resync": 40.0}}
+    assert ha_lines(info, 100.0) == [
+        "ha edge (active-standby): members gw1 (198.51.100.1), gw2 (198.51.100.2); active gw1; "
+        "backend gateway 198.51.100.254/24",
+        "ha this member gw2: standby (vrrp BACKUP, priority 140)",
+        "ha upstream: uplinks up0; BGP established",
+        "ha sync: 0 entries local (sent to the peer), 51 replicated from the peer; 20 datagrams sent, 412 "
+        "received, the last 0.4 s ago; last resync 60.0 s ago"]
+    info.update(priority=None, upstream={"uplinks": ["up0"], "uplinksDown": ["up0"], "bgp": True,
+                                         "bgpEstablished": False}, sync={})
+    assert ha_lines(info, 100.0)[1:] == ["ha this member gw2: standby (vrrp BACKUP, priority FAULT)",
+                                          "ha upstream: uplinks up0 (DOWN); NO BGP SESSION ESTABLISHED",
+                                          "ha sync: 0 entries local (sent to the peer), 0 replicated from the peer; "
+                                          "0 datagrams sent, 0 received, none yet"]

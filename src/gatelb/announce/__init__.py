@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import os
 import time
@@ -335,8 +336,9 @@ class Announcer:
         links = read_links()
         if self.ha is None:
             self.ha = HaController(self.node, self.keepalived.directory.parent / "conntrackd", self.keepalived,
-                                   self._ha_wake, self._ha_post)
-        inst = ha_instance(group, self.node, plan.l2, links)
+                                   self._ha_wake, self._ha_post, self._bgp_established)
+        peers = [pp.peer.peer_address for pp in plan.bgp.peers] if plan.bgp is not None else []
+        inst = ha_instance(group, self.node, plan.l2, links, peers)
         self.ha.ensure(group, inst)  # guard and track in place before keepalived may elect
         reloaded = self.keepalived.apply(render_keepalived(EMPTY_L2, self.node, self.keepalived.directory, inst),
                                          self.ha.tracks())
@@ -344,6 +346,19 @@ class Announcer:
             event(logging.INFO, "ha-configured", group=group.name, instance=inst.name, vrid=inst.vrid,
                   priority=inst.priority, addresses=list(inst.addresses))
         self.l2 = EMPTY_L2
+
+    def _bgp_established(self) -> bool | None:
+        """Whether a BGP session of this member is established (None: it has no BGP peers); the
+        HA instance's upstream penalty (gatelb.announce.keepalived_config)."""
+        bgp = self.plan.bgp
+        if bgp is None or not bgp.peers:
+            return None
+        if not self._frr_up:
+            return False
+        states = json.loads(self.frr.vtysh("show bgp neighbors json") or "{}")
+        wanted = {str(pp.peer.peer_address) for pp in bgp.peers}
+        return any(isinstance(v, dict) and v.get("bgpState") == "Established" for k, v in states.items()
+                   if k in wanted)
 
     def _apply_l2_leases(self, plan: Plan, election: L2Election) -> None:
         """Kubernetes: tell the election what this gateway may own, and hold exactly what it owns."""

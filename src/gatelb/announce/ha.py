@@ -7,8 +7,10 @@ order they must run. Its rules (docs/ha.md):
   in FAULT (the track file) so keepalived cannot make it MASTER, and asks the peer for its state
   (`conntrackd -n`). Only once the resync is done (or no peer answered: there is no state to get)
   does it become eligible: a returning member never attracts traffic without the current state.
-- **No preemption.** Eligibility only lets keepalived decide; keepalived runs `nopreempt`, so a
-  member that returns stays STANDBY while the other is MASTER.
+- **No preemption.** Eligibility only lets keepalived decide; the active member holds a priority
+  bonus (HOLD, through the track file), so a member that returns stays STANDBY while the other is
+  MASTER (keepalived preempts: an active member that loses its upstream falls below a healthy
+  standby and hands over, see gatelb.announce.keepalived_config).
 - **Commit before traffic.** On MASTER the member commits the replicated state into its kernel
   (`conntrackd -c`, then the primary's housekeeping), and only then lifts its guard (the nftables
   drop of forwarded traffic that protects a non-active member) and announces over BGP.
@@ -33,6 +35,7 @@ class Role(enum.StrEnum):
 class Action(enum.StrEnum):
     INELIGIBLE = "ineligible"  # track file: FAULT (keepalived cannot become MASTER)
     ELIGIBLE = "eligible"  # track file: 0
+    HOLD = "hold"  # track file: the active member's bonus (a returning member does not preempt it)
     RESYNC = "resync"  # conntrackd -n: ask the peer for its whole state, then report Synced
     COMMIT = "commit"  # conntrackd -c (external cache into the kernel), -f, -R, -B
     UNGUARD = "unguard"  # forwarded traffic accepted
@@ -87,11 +90,11 @@ def vrrp(m: Member, state: str) -> tuple[Member, list[Action]]:
     if state == MASTER:
         if m.role is Role.STANDBY:
             commit = [Action.COMMIT] if m.state_sync else []
-            return replace(m, role=Role.ACTIVE), [*commit, Action.UNGUARD, Action.ANNOUNCE]
+            return replace(m, role=Role.ACTIVE), [Action.HOLD, *commit, Action.UNGUARD, Action.ANNOUNCE]
         return m, []  # SYNCING: ineligible, so keepalived steps down at once; nothing was taken
     if m.role is Role.ACTIVE:
         if not m.state_sync:
-            return replace(m, role=Role.STANDBY), [Action.WITHDRAW, Action.GUARD]
+            return replace(m, role=Role.STANDBY), [Action.WITHDRAW, Action.GUARD, Action.ELIGIBLE]
         # its external cache is stale (it was the one sending): it follows again once resynced
         return replace(m, role=Role.SYNCING, synced=False), [Action.WITHDRAW, Action.GUARD, Action.DEMOTE,
                                                               Action.INELIGIBLE, Action.RESYNC]

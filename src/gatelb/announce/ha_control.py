@@ -9,6 +9,7 @@ transitions and their actions together. The resync wait holds no lock.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import time
@@ -21,8 +22,16 @@ from gatelb.announce.conntrackd import Conntrackd, ConntrackdError
 from gatelb.announce.conntrackd_config import render as render_conntrackd
 from gatelb.announce.decide import L2Claim
 from gatelb.announce.ha import Action, Member, Role, start, sync_lost, synced, vrrp
-from gatelb.announce.keepalived import Keepalived
-from gatelb.announce.keepalived_config import HA_PRIORITIES, HaInstance, ha_vrid, track_file
+from gatelb.announce.keepalived import Keepalived, KeepalivedError, read_links
+from gatelb.announce.keepalived_config import (
+    ACTIVE_BONUS,
+    HA_PRIORITIES,
+    HaInstance,
+    bgp_track_file,
+    ha_priority,
+    ha_vrid,
+    track_file,
+)
 from gatelb.announce.l2 import FAULT, Link, _interface_for
 from gatelb.announce.log import event
 from gatelb.model import GatewayGroup, IPAddress
@@ -36,22 +45,33 @@ def instance_name(group: GatewayGroup) -> str:
     return f"gatelb-ha-{group.name}"[:31]  # keepalived's name limit is generous; keep it readable
 
 
-def ha_instance(group: GatewayGroup, node: str, claims: Iterable[L2Claim], links: Mapping[str, Link]) -> HaInstance:
-    """This member's VRRP instance of `group`: the backend gateway and the L2 VIPs move with it."""
+def ha_instance(group: GatewayGroup, node: str, claims: Iterable[L2Claim], links: Mapping[str, Link],
+                peers: Iterable[IPAddress] = ()) -> HaInstance:
+    """This member's VRRP instance of `group`: the backend gateway and the L2 VIPs move with it;
+    its uplinks (tracked) are the interfaces on the subnet of a BGP peer (`peers`: their addresses)
+    and those of the L2 VIPs, other than the group's own interface."""
     assert group.backend_gateway is not None  # the schema requires it in active-standby
     addresses = [f"{group.backend_gateway} dev {group.interface}"]
+    uplinks: set[str] = set()
     for claim in claims:
         for iface in claim.interfaces or ((_interface_for(claim.vip, links) or group.interface),):
             addresses.append(f"{claim.vip}/{claim.vip.max_prefixlen} dev {iface}")
+            uplinks.add(iface)
+    peers = tuple(peers)
+    for peer in peers:
+        if (via := _interface_for(peer, links)) is not None:  # none for a multi-hop peer: its session counts
+            uplinks.add(via)
+    uplinks.discard(group.interface)  # keepalived already puts the instance in FAULT when it fails
     names = tuple(m.name for m in group.members)
     rank = names.index(node)
     return HaInstance(instance_name(group), group.name, group.interface, ha_vrid(group.name),
-                      HA_PRIORITIES[min(rank, len(HA_PRIORITIES) - 1)], names, tuple(addresses))
+                      HA_PRIORITIES[min(rank, len(HA_PRIORITIES) - 1)], names, tuple(addresses),
+                      tuple(sorted(uplinks)), bool(peers))
 
 
 class HaController:
     def __init__(self, node: str, directory: Path, keepalived: Keepalived, on_announce: Callable[[], None],
-                 post: Callable[[str], None]) -> None:
+                 post: Callable[[str], None], bgp_established: Callable[[], bool | None] = lambda: None) -> None:
         self.node = node
         self.conntrackd = Conntrackd(directory)
         self.keepalived = keepalived
@@ -63,6 +83,9 @@ class HaController:
         self.member: Member | None = None
         self.announcing = False
         self.track = FAULT
+        self._bgp_established = bgp_established  # any BGP session established (None: no BGP)
+        self.bgp_down = True  # until FRR says otherwise: a member that starts has no session yet
+        self.uplinks_down: list[str] = []  # keepalived tracks them itself; this is for the status
         self._moving: tuple[IPAddress, ...] = ()
         self.sync: dict[str, Any] = {}
         self.transitions: list[dict[str, Any]] = []  # the last few, for status
@@ -74,7 +97,10 @@ class HaController:
     def tracks(self) -> dict[Path, str]:
         if self.instance is None:
             return {}
-        return {track_file(self.keepalived.directory, self.instance): f"{self.track}\n"}
+        out = {track_file(self.keepalived.directory, self.instance): f"{self.track}\n"}
+        if self.instance.bgp:
+            out[bgp_track_file(self.keepalived.directory, self.instance)] = f"{int(self.bgp_down)}\n"
+        return out
 
     def ensure(self, group: GatewayGroup, instance: HaInstance) -> None:
         """Called before keepalived is (re)configured: conntrackd runs with this group's file, the
@@ -132,8 +158,8 @@ class HaController:
                 guard.apply(guard.render(self._moving))
             elif action is Action.UNGUARD:
                 guard.apply(guard.removal())
-            elif action in (Action.ELIGIBLE, Action.INELIGIBLE):
-                self.track = 0 if action is Action.ELIGIBLE else FAULT
+            elif action in (Action.ELIGIBLE, Action.INELIGIBLE, Action.HOLD):
+                self.track = {Action.ELIGIBLE: 0, Action.INELIGIBLE: FAULT, Action.HOLD: ACTIVE_BONUS}[action]
                 if self.instance is not None:
                     self.keepalived.prepare()
                     self.keepalived.write_tracks(self.tracks())
@@ -194,9 +220,13 @@ class HaController:
             self._run(actions)
 
     def _watch(self) -> None:
-        """Every second: conntrackd alive (restarted, and resynced, if not), the sync counters."""
+        """Every second: the BGP sessions (the upstream penalty), conntrackd alive (restarted, and
+        resynced, if not), the sync counters."""
         group, instance = self.group, self.instance
-        if group is None or instance is None or not group.state_sync:
+        if group is None or instance is None:
+            return
+        self._watch_bgp(instance)
+        if not group.state_sync:
             return
         if not self.conntrackd.running():
             event(logging.ERROR, "conntrackd-died")
@@ -209,6 +239,32 @@ class HaController:
             if stats.get("recv_pckts", 0) > self.sync.get("recv_pckts", 0):
                 self.sync["last_received"] = time.time()
             self.sync.update(stats)
+
+    def _watch_bgp(self, instance: HaInstance) -> None:
+        with contextlib.suppress(KeepalivedError, OSError, ValueError):  # only for the status
+            links = read_links()
+            self.uplinks_down = [i for i in instance.uplinks if i in links and not links[i].up]
+        try:
+            established = self._bgp_established() if instance.bgp else None
+        except Exception as err:  # FRR not answering (restarting, busy) is no verdict on the sessions
+            event(logging.WARNING, "ha-bgp-state-unknown", error=str(err))
+            return
+        down = established is False
+        if down != self.bgp_down:
+            with self._lock:
+                self.bgp_down = down
+                event(logging.INFO, "ha-upstream", bgp_established=not down, wall_time=time.time(),
+                      priority=self.priority())
+                self.keepalived.prepare()
+                self.keepalived.write_tracks(self.tracks())
+
+    def priority(self) -> int | None:
+        """The priority keepalived advertises for this member (None: FAULT), from what gatelb
+        knows: the role track, the BGP penalty and the uplinks' link state (read every second)."""
+        if self.instance is None:
+            return None
+        return ha_priority(self.instance.priority, self.track, len(self.uplinks_down),
+                           self.instance.bgp and self.bgp_down)
 
     def _quiet(self, fn: Callable[..., Any], *args: Any) -> Any:
         try:
@@ -229,9 +285,15 @@ class HaController:
             return {}
         peer = next((x.name for x in group.members if x.name != self.node), "")
         active = self.node if m.active else (peer if m.vrrp == "BACKUP" else None)
+        inst = self.instance
+        upstream = {"uplinks": list(inst.uplinks) if inst else [], "uplinksDown": list(self.uplinks_down),
+                    "bgp": bool(inst and inst.bgp),
+                    "bgpEstablished": None if not (inst and inst.bgp) else not self.bgp_down}
         return {"group": group.name, "mode": group.mode, "node": self.node, "role": str(m.role), "vrrp": m.vrrp,
                 "members": [x.name for x in group.members], "active": active,
+                "addresses": {x.name: str(x.address) for x in group.members},
                 "backendGateway": str(group.backend_gateway) if group.backend_gateway else None,
+                "priority": self.priority(), "upstream": upstream,
                 "stateSync": group.state_sync, "sync": dict(self.sync), "transitions": self.transitions}
 
 

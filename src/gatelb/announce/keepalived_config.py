@@ -14,9 +14,22 @@
   at the takeover, two more 2 s later, and one a minute while MASTER so that switches' MAC tables
   (300 s) never age out.
 - An active-standby GatewayGroup (docs/ha.md) has one instance of its own, `gatelb-ha-<group>`:
-  `nopreempt` (a returning member stays BACKUP while the other is MASTER), the backend gateway as
-  its virtual address and the L2 VIPs as excluded ones, the same sub-second adverts, and a track
-  file that gatelb holds at FAULT while the member has not synced the connection state.
+  the backend gateway as its virtual address and the L2 VIPs as excluded ones, the same
+  sub-second adverts, and three weights on its priority (`ha_priority` does keepalived's sum):
+  - the role track file (weight 1), written by gatelb: FAULT while the member has not synced the
+    connection state, `ACTIVE_BONUS` while it is active, 0 otherwise. The bonus replaces
+    keepalived's `nopreempt`: with `nopreempt` a lowered priority never moves the MASTER (only
+    FAULT does, and FAULT would also drop the last healthy member), so the instance preempts and
+    the active member's bonus (more than the members' base difference) keeps a returning member
+    BACKUP;
+  - `track_interface` on the uplinks (the interfaces towards the BGP peers and the L2 VIPs),
+    `UPSTREAM_WEIGHT`: keepalived sees a link go down itself (netlink), at once, even without
+    gatelb;
+  - the BGP track file (`UPSTREAM_WEIGHT` when no BGP session of the member is established),
+    written by gatelb from FRR's neighbour states (a BGP session can fail on a link that stays up).
+  An upstream penalty is larger than the bonus plus the base difference, so an active member
+  without upstream falls below a healthy standby, which takes over; a standby as badly off never
+  does (the same penalty on both keeps the order).
 - State changes go to a FIFO gatelb reads (`INSTANCE "name" MASTER 254`); the health penalty
   comes from one track file per instance (watched by keepalived, no reload).
 """
@@ -35,7 +48,12 @@ GARP_SECOND_SET_S = 2
 GARP_REFRESH_S = 60
 
 
-HA_PRIORITIES = (200, 100)  # by member order: who wins when both start at once
+# Chosen so that keepalived never clamps a sum (200 + 50 <= 254, 190 - 2 x 90 >= 1): the order of
+# the members is then exactly the order of their upstreams' health (tests/unit/test_ha.py).
+HA_PRIORITIES = (200, 190)  # by member order: who wins when both start at once
+ACTIVE_BONUS = 50  # > the base difference: the active member keeps MASTER against a returning one
+UPSTREAM_WEIGHT = -90  # < -(ACTIVE_BONUS + the base difference): no upstream, no longer preferred
+PRIORITY_MIN, PRIORITY_MAX = 1, 254  # keepalived clamps the sum of the weights to these
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +67,17 @@ class HaInstance:
     priority: int
     members: tuple[str, ...]
     addresses: tuple[str, ...]  # "ADDR/PREFIX dev IFACE": the backend gateway first, then the L2 VIPs
+    uplinks: tuple[str, ...] = ()  # the interfaces towards the upstream (track_interface)
+    bgp: bool = False  # the member has BGP peers: their sessions are tracked (the BGP track file)
+
+
+def ha_priority(base: int, track: int, links_down: int = 0, bgp_down: bool = False) -> int | None:
+    """The priority keepalived advertises for the HA instance (None: FAULT, it advertises nothing):
+    the base plus the role track value plus the upstream penalties, clamped as keepalived does."""
+    if track <= -254:
+        return None
+    total = base + track + UPSTREAM_WEIGHT * (links_down + int(bgp_down))
+    return min(PRIORITY_MAX, max(PRIORITY_MIN, total))
 
 
 def ha_vrid(group: str) -> int:
@@ -60,19 +89,30 @@ def track_file(directory: Path, instance: VrrpInstance | HaInstance) -> Path:
     return directory / "track" / instance.name
 
 
+def bgp_track_name(ha: HaInstance) -> str:
+    return f"{ha.name}-bgp"
+
+
+def bgp_track_file(directory: Path, ha: HaInstance) -> Path:
+    """Holds 1 while no BGP session of the member is established, else 0 (x UPSTREAM_WEIGHT)."""
+    return directory / "track" / bgp_track_name(ha)
+
+
 def _ha_instance(ha: HaInstance) -> list[str]:
     lines = [
         f"vrrp_instance {ha.name} {{",
         f"    # active-standby GatewayGroup {ha.group}; members {', '.join(ha.members)}",
         "    state BACKUP",
-        "    nopreempt",
         f"    interface {ha.interface}",
         f"    virtual_router_id {ha.vrid}",
         f"    priority {ha.priority}",
         f"    advert_int {ADVERT_INT_S}",
         "    track_file {",
         f"        {ha.name}",
+        *([f"        {bgp_track_name(ha)} weight {UPSTREAM_WEIGHT}"] if ha.bgp else []),
         "    }",
+        *(["    track_interface {", *(f"        {i} weight {UPSTREAM_WEIGHT}" for i in ha.uplinks), "    }"]
+          if ha.uplinks else []),
         "    virtual_ipaddress {",
         f"        {ha.addresses[0]}",
         "    }",
@@ -131,6 +171,8 @@ def render(plan: L2Plan, node: str, directory: Path, ha: HaInstance | None = Non
             "    weight 1",
             "}",
         ]
+    if ha is not None and ha.bgp:
+        out += [f"track_file {bgp_track_name(ha)} {{", f"    file {bgp_track_file(directory, ha)}", "}"]
     if ha is not None:
         out += _ha_instance(ha)
     for inst in plan.instances:

@@ -182,27 +182,45 @@ def _print_plain(rows: list[tuple[tuple[str, ...], str]]) -> None:
 
 
 def _print_ha(console: Console, ha: Any) -> None:
-    """An active-standby group: the members, who is active, this member's role and sync state;
-    an active-active one: its members."""
+    """An active-standby group: the members, who is active, this member's role, priority, upstream
+    and sync state; an active-active one: its members."""
     if not ha:
         return
+    for line in ha_lines(ha, time.time()):
+        console.print(line, markup=False, highlight=False)
+
+
+def ha_lines(ha: dict[str, Any], now: float) -> list[str]:
     if ha.get("mode") == "active-active":
-        console.print(f"ha {ha['group']} (active-active): members {', '.join(ha['members'])}, every one serving; "
-                      f"this member {ha['node']}; flows to backends by {ha['selection']} (the same on every member)")
+        lines = [f"ha {ha['group']} (active-active): members {', '.join(ha['members'])}, every one serving; "
+                 f"this member {ha['node']}; flows to backends by {ha['selection']} (the same on every member)"]
         if ha.get("dnat"):
-            console.print(f"[yellow]ha: nat: dnat in active-active ({', '.join(ha['dnat'])}): the backends' answers "
-                          "must come back through the member that forwarded the request, or connections break "
-                          "(docs/ha.md)[/yellow]")
-        return
-    sync = ha.get("sync") or {}
-    last = sync.get("last_received")
-    ago = f", last message {time.time() - last:.1f} s ago" if last else ""
-    console.print(f"ha {ha['group']} ({ha['mode']}): members {', '.join(ha['members'])}; active "
-                  f"{ha.get('active') or 'unknown'}; this member {ha['node']}: {ha['role']} (vrrp {ha['vrrp']}), "
-                  f"backend gateway {ha.get('backendGateway')}")
+            lines.append(f"ha: warning: nat: dnat in active-active ({', '.join(ha['dnat'])}): the backends' "
+                         "answers must come back through the member that forwarded the request, or connections "
+                         "break (docs/ha.md)")
+        return lines
+    addresses = ha.get("addresses") or {}
+    members = ", ".join(f"{m} ({addresses[m]})" if m in addresses else m for m in ha["members"])
+    priority = ha.get("priority")
+    lines = [f"ha {ha['group']} ({ha['mode']}): members {members}; active {ha.get('active') or 'unknown'}; "
+             f"backend gateway {ha.get('backendGateway')}",
+             f"ha this member {ha['node']}: {ha['role']} (vrrp {ha['vrrp']}, priority "
+             f"{'FAULT' if priority is None else priority})"]
+    up = ha.get("upstream") or {}
+    if up:
+        bgp = {None: "no BGP", True: "BGP established", False: "NO BGP SESSION ESTABLISHED"}[up.get("bgpEstablished")]
+        down = up.get("uplinksDown") or []
+        uplinks = ", ".join(f"{i} (DOWN)" if i in down else i for i in up.get("uplinks") or []) or "none found"
+        lines.append(f"ha upstream: uplinks {uplinks}; {bgp}")
     if ha.get("stateSync"):
-        console.print(f"ha sync: {sync.get('internal', 0)} entries local, {sync.get('external', 0)} replicated "
-                      f"from the peer, {sync.get('recv_pckts', 0)} messages received{ago}")
+        sync = ha.get("sync") or {}
+        last, resync = sync.get("last_received"), sync.get("last_resync")
+        ago = f", the last {now - last:.1f} s ago" if last else ", none yet"
+        full = f"; last resync {now - resync:.1f} s ago" if resync else ""
+        lines.append(f"ha sync: {sync.get('internal', 0)} entries local (sent to the peer), "
+                     f"{sync.get('external', 0)} replicated from the peer; {sync.get('sent_pckts', 0)} "
+                     f"datagrams sent, {sync.get('recv_pckts', 0)} received{ago}{full}")
+    return lines
 
 
 def _print_l2(console: Console, l2: Any) -> None:

@@ -10,6 +10,10 @@ whose default route is the group's backend gateway (198.51.100.254, held by the 
 `Flow` drives one held connection from a thread: a line every 100 ms, noting every failure and
 every change of backend. `reboot` is the return after `power_off`: the kernel state a power loss
 wipes (conntrack table, nftables, the addresses keepalived had added) is wiped, links come up.
+`uplink_down` takes a gateway's upstream link down and nothing else (its LAN link stays up).
+
+Besides the TCP service `web` (203.0.113.10:80) the file has a UDP one, `dns` (203.0.113.11:53 ->
+the backends' UDP echo on 8080), for the UDP flows that must cross a failover too.
 """
 
 from __future__ import annotations
@@ -18,12 +22,14 @@ import contextlib
 import threading
 import time
 
-from gatelb.lab.bgp import GATEWAYS, UPSTREAM, BgpLab, l4lb_doc
+from gatelb.lab.bgp import GATEWAYS, ROUTER, UPSTREAM, BgpLab, l4lb_doc
 from gatelb.lab.held import ConnectionLost, HeldConnection
 from gatelb.lab.topology import backend_v4
 
 BACKEND_GATEWAY = "198.51.100.254"
 WEB = "203.0.113.10"
+DNS = "203.0.113.11"  # UDP
+UDP_PORT = 53
 LIBERAL = "net.netfilter.nf_conntrack_tcp_be_liberal=1"  # committed entries carry no window state yet
 
 CONFIG = "---\n".join([
@@ -39,6 +45,16 @@ spec:
   stateSync: true
 """,
     l4lb_doc("web", WEB, [f"{backend_v4(i)}:8080" for i in (1, 2, 3)], nat="dnat"),
+    f"""apiVersion: gatelb.io/v1alpha1
+kind: L4LB
+metadata: {{name: dns}}
+spec:
+  protocol: udp
+  frontend: {{ip: {DNS}, port: {UDP_PORT}}}
+  backend: [{", ".join(f'"{backend_v4(i)}:8080"' for i in (1, 2, 3))}]
+  nat: dnat
+  check: {{type: udp, payload: ping, expect: ping, interval: 100, timeout: 100, fall: 3, rise: 2}}
+""",
 ])
 
 
@@ -54,17 +70,25 @@ class HaLab(BgpLab):
             self.run(f"be{i}", ["ip", "route", "replace", "default", "via", BACKEND_GATEWAY])
 
     def reboot(self, gw: str) -> None:
-        """After `power_off`: what a power loss wipes is wiped, the links come up again."""
+        """After `power_off`: what a power loss wipes is wiped, the links come up again with the
+        boot configuration (the default route, which the kernel dropped with the link)."""
         script = ("conntrack -F 2>/dev/null; nft flush ruleset; "
                   f"ip addr del {BACKEND_GATEWAY}/24 dev lan0 2>/dev/null; "
-                  "ip link set up0 up; ip link set lan0 up; true")
+                  f"ip link set up0 up; ip link set lan0 up; ip route replace default via {ROUTER}; true")
         self.run(gw, ["sh", "-c", script])
         self.run(gw, ["sysctl", "-q", "-w", LIBERAL])
 
+    def uplink_down(self, gw: str) -> None:
+        """`gw` loses its upstream (up0 down); its LAN link and every process stay up."""
+        self.run(gw, ["ip", "link", "set", "up0", "down"])
+
     def holder(self) -> set[str]:
+        """The gateways that hold the backend gateway on a link that is up (a powered-off one may
+        keep the address on its dead link: its keepalived was killed before it could react)."""
         out = set()
         for g in GATEWAYS:
-            if BACKEND_GATEWAY in self.run(g, ["ip", "-4", "-o", "addr", "show", "dev", "lan0"], check=False).stdout:
+            if BACKEND_GATEWAY in self.run(g, ["ip", "-4", "-o", "addr", "show", "dev", "lan0", "up"],
+                                           check=False).stdout:
                 out.add(g)
         return out
 
