@@ -143,3 +143,26 @@ def test_sigterm_during_the_bgp_act_removes_everything() -> None:
     assert proc.returncode == 128 + signal.SIGTERM, (seen + rest).decode(errors="replace")
     assert lab_namespaces(proc.pid) == []
     assert processes_mentioning(f"{naming.PREFIX}{proc.pid}-") == []
+
+
+def test_ha_act_keeps_connections_over_the_power_loss() -> None:
+    from gatelb.cli.demo.ha import HaFacts, run_ha_act
+
+    out = io.StringIO()
+    console = Console(file=out, width=140, color_system=None)
+    before = lab_namespaces(os.getpid())
+    f: HaFacts = run_ha_act(console)
+    text = out.getvalue()
+    print(text)
+
+    assert len(f.held_backends) >= 2 and f.held_sources == {"192.0.2.10"}  # dnat: the client's own address
+    assert f.replicated >= f.held, f.replicated  # the standby had the state before the loss
+    assert f.kept >= f.held - 1, f.kept  # the floor: at least 19 of 20
+    assert f.committed >= f.held
+    assert f.outage_s < 1.0, f.during.failures
+    assert f.holder_after == {"gw2"}
+    assert f.returned_role == "standby" and f.broken_by_return == 0
+    assert f"{f.kept} of {f.held}" in text and "measured in this run" in text
+
+    assert lab_namespaces(os.getpid()) == before
+    assert not processes_mentioning(f"{naming.PREFIX}{os.getpid()}-")

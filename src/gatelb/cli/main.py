@@ -144,9 +144,10 @@ def build_parser() -> argparse.ArgumentParser:
     dm = sub.add_parser("demo", help="build a small network in namespaces and show load balancing live")
     dm.add_argument("--connections", type=int, default=300, help="new connections per experiment (the bgp act "
                     "makes a fifth as many, at least 20)")
-    dm.add_argument("--act", choices=["all", "basic", "bgp"], default="all",
+    dm.add_argument("--act", choices=["all", "basic", "bgp", "ha"], default="all",
                     help="basic: one gateway (spread, weights, affinity, IPv6, failover); bgp: two gateways "
-                    "announcing over BGP with BFD to an FRR router (ECMP, power loss, withdrawal); default all")
+                    "announcing over BGP with BFD to an FRR router (ECMP, power loss, withdrawal); ha: an "
+                    "active-standby pair keeping connections over a power loss; default all")
     return p
 
 
