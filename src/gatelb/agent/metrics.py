@@ -26,7 +26,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gatelb.agent.reconciler import Reconciler, RoundReport
-from gatelb.dataplane.layout import FAMILY_SETS
+from gatelb.dataplane.layout import COUNTER_SETS, FAMILY_SETS, counter_shard
 from gatelb.health.monitor import HealthChange, HealthMonitor, TargetKey
 from gatelb.health.probes import ProbeResult
 from gatelb.kernel.counters import RawCounts, counter_key
@@ -56,16 +56,18 @@ class _Row:
     lines are reused, not formatted again)."""
 
     labels: str  # lb="...",backend="..."
-    flows: str  # counter set names (family)
+    flows: str  # counter set names (family and shard): client -> backend
+    replies: str  # backend -> client
     conns: str
     key: bytes  # raw counter key
     target: TargetKey
     serving: bool
     new: int = -1
     flow: tuple[int, int] = (-1, -1)
+    reply: tuple[int, int] = (-1, -1)
     up: int = -1
     new_line: str = ""
-    packets_line: str = ""
+    packets_line: str = ""  # both directions' lines
     bytes_line: str = ""
     up_line: str = ""
 
@@ -76,9 +78,13 @@ def _rows(name: str, lb: LoadBalancer, svc: Service | None) -> list[_Row]:
     serving = {b.key for b in svc.backends}
     sets = FAMILY_SETS[svc.vip.version]
     lb_label = _escape(name)
-    return [_Row(f'lb="{lb_label}",backend="{b}"', sets.flows, sets.conns,
-                 counter_key(svc.vip, svc.protocol, b.address, b.port), TargetKey(name, b.address, b.port),
-                 b.key in serving) for b in lb.backends]
+    rows = []
+    for b in lb.backends:
+        shard = counter_shard(b.address)
+        rows.append(_Row(f'lb="{lb_label}",backend="{b}"', sets.flows[shard], sets.replies[shard], sets.conns[shard],
+                         counter_key(svc.vip, svc.protocol, b.address, b.port), TargetKey(name, b.address, b.port),
+                         b.key in serving))
+    return rows
 
 
 def _info_line(name: str, svc: Service, pool: str | None) -> str:
@@ -94,9 +100,11 @@ _HEADERS = {
                 "1 while the backend takes new connections (up, weight > 0, not draining), else 0"),
     "new": ("gatelb_backend_new_connections_total", "counter", "New connections sent to the backend (kernel counter)"),
     "packets": ("gatelb_backend_packets_total", "counter",
-                "Packets of the backend's connections, both directions (kernel counter)"),
+                "Packets of the backend's connections; direction in: client to backend, out: backend to client "
+                "(kernel counter)"),
     "bytes": ("gatelb_backend_bytes_total", "counter",
-              "Bytes of the backend's connections, both directions (kernel counter)"),
+              "Bytes (IP packets, headers included) of the backend's connections; direction in: client to backend, "
+              "out: backend to client (kernel counter)"),
     "info": ("gatelb_lb_info", "gauge", "One per programmed load balancer: its frontend, protocol, algorithm, pool"),
 }
 
@@ -156,17 +164,20 @@ class _BackendSeries:
             raw = counters.sets
             empty: RawCounts = {}
             zero = (0, 0)
-            by_set = {name: raw.get(name, empty) for name in {r.flows for r in rows} | {r.conns for r in rows}}
+            by_set = {layout.name: raw.get(layout.name, empty) for layout in COUNTER_SETS}
             for r in rows:
                 new = by_set[r.conns].get(r.key, zero)[0]
                 if new != r.new:
                     r.new = new
                     r.new_line = f"gatelb_backend_new_connections_total{{{r.labels}}} {new}\n"
                 flow = by_set[r.flows].get(r.key, zero)
-                if flow != r.flow:
-                    r.flow = flow
-                    r.packets_line = f"gatelb_backend_packets_total{{{r.labels}}} {flow[0]}\n"
-                    r.bytes_line = f"gatelb_backend_bytes_total{{{r.labels}}} {flow[1]}\n"
+                reply = by_set[r.replies].get(r.key, zero)
+                if flow != r.flow or reply != r.reply:
+                    r.flow, r.reply = flow, reply
+                    r.packets_line = (f'gatelb_backend_packets_total{{{r.labels},direction="in"}} {flow[0]}\n'
+                                      f'gatelb_backend_packets_total{{{r.labels},direction="out"}} {reply[0]}\n')
+                    r.bytes_line = (f'gatelb_backend_bytes_total{{{r.labels},direction="in"}} {flow[1]}\n'
+                                    f'gatelb_backend_bytes_total{{{r.labels},direction="out"}} {reply[1]}\n')
                 is_up = 1 if up(r.target) else 0
                 if is_up != r.up:
                     r.up = is_up
