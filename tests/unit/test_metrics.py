@@ -57,7 +57,7 @@ def test_backend_series_carry_the_kernel_counters_and_follow_changes() -> None:
         src = StaticSource("file", desired(lb("web", 11, 12)))
         r, _nft, _rec = make(src)
         dump = kernel({("198.51.100.11", 8080): (7, 40, 5000), ("198.51.100.12", 8080): (3, 20, 900)})
-        metrics = Metrics(read_kernel=lambda: dump)
+        metrics = Metrics(read_kernel=lambda: [dump])
         metrics.attach(r, None)
         await start(r, src)
         assert await r.round()
@@ -102,7 +102,7 @@ def test_healthz_follows_failures_and_the_pending_limit() -> None:
         src = StaticSource("file", desired(lb("web", 11)))
         r, nft, _rec = make(src)
         problems: list[str] = []
-        metrics = Metrics(problems=lambda: problems, healthz_timeout_s=0.05, read_kernel=RawDump)
+        metrics = Metrics(problems=lambda: problems, healthz_timeout_s=0.05, read_kernel=list)
         metrics.attach(r, None)
         await start(r, src)
         assert await r.round()
@@ -135,7 +135,7 @@ def test_label_values_are_escaped() -> None:
     async def go() -> None:
         src = StaticSource("file", desired(lb('we"b\\x', 11)))
         r, _nft, _rec = make(src)
-        metrics = Metrics(read_kernel=RawDump)
+        metrics = Metrics(read_kernel=list)
         metrics.attach(r, None)
         await start(r, src)
         assert await r.round()
@@ -179,7 +179,7 @@ def test_the_dashboard_and_docs_use_only_series_the_daemon_serves() -> None:
     async def go() -> set[str]:
         src = StaticSource("file", desired(lb("web", 11)))
         r, _nft, _rec = make(src)
-        metrics = Metrics(read_kernel=RawDump)
+        metrics = Metrics(read_kernel=list)
         metrics.attach(r, None)
         await start(r, src)
         assert await r.round()

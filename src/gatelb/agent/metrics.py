@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,11 +26,11 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gatelb.agent.reconciler import Reconciler, RoundReport
-from gatelb.dataplane.layout import COUNTER_SETS, FAMILY_SETS, counter_shard
+from gatelb.dataplane.layout import COUNTER_SETS, FAMILY_SETS, Role, counter_shard
 from gatelb.health.monitor import HealthChange, HealthMonitor, TargetKey
 from gatelb.health.probes import ProbeResult
 from gatelb.kernel.counters import RawCounts, counter_key
-from gatelb.kernel.nlcounters import RawDump, dump_raw
+from gatelb.kernel.nlcounters import RawDump, dump_shards
 from gatelb.model import HealthCheck, IPAddress, LoadBalancer, Service, SyncedState
 
 # The `*_created` series double every counter's size and say nothing a restart counter would not.
@@ -126,6 +126,7 @@ class _BackendSeries:
         self._dirty: set[str] | None = None  # None: everything
         self._rows: dict[str, list[_Row]] = {}
         self._flat: list[_Row] = []
+        self._groups: dict[str, list[_Row]] = {}  # flows set name (family and shard) -> its rows
         # Text that changes only with a sync: the serving and info series.
         self._static = ""
 
@@ -153,40 +154,62 @@ class _BackendSeries:
                 self._rows[name] = _rows(name, lb, state.services.get(name))
         names = sorted(self._rows)
         self._flat = [r for n in names for r in self._rows[n]]
+        self._groups = {layout.name: [] for layout in COUNTER_SETS if layout.role is Role.FLOWS}
+        for r in self._flat:
+            self._groups[r.flows].append(r)
         serving = "".join(f"gatelb_backend_serving{{{r.labels}}} {1 if r.serving else 0}\n" for r in self._flat)
         info = "".join(_info_line(n, state.services[n], state.pool_of.get(n)) for n in names if n in state.services)
         self._static = _header("serving") + serving + _header("info") + info
         return self._flat
 
-    def render(self, counters: RawDump, up: Callable[[TargetKey], bool]) -> str:
+    def render(self, parts: Iterable[RawDump], up: Callable[[TargetKey], bool]) -> str:
+        """`parts`: the kernel's counter sets, each part holding whole shards (the three sets of
+        one family and shard), as they are read: the rows of a shard are updated while the
+        kernel is still dumping the next ones (the dump's kernel time runs on another core)."""
         with self._lock:
             rows = self._current()
-            raw = counters.sets
-            empty: RawCounts = {}
-            zero = (0, 0)
-            by_set = {layout.name: raw.get(layout.name, empty) for layout in COUNTER_SETS}
-            for r in rows:
-                new = by_set[r.conns].get(r.key, zero)[0]
-                if new != r.new:
-                    r.new = new
-                    r.new_line = f"gatelb_backend_new_connections_total{{{r.labels}}} {new}\n"
-                flow = by_set[r.flows].get(r.key, zero)
-                reply = by_set[r.replies].get(r.key, zero)
-                if flow != r.flow or reply != r.reply:
-                    r.flow, r.reply = flow, reply
-                    r.packets_line = (f'gatelb_backend_packets_total{{{r.labels},direction="in"}} {flow[0]}\n'
-                                      f'gatelb_backend_packets_total{{{r.labels},direction="out"}} {reply[0]}\n')
-                    r.bytes_line = (f'gatelb_backend_bytes_total{{{r.labels},direction="in"}} {flow[1]}\n'
-                                    f'gatelb_backend_bytes_total{{{r.labels},direction="out"}} {reply[1]}\n')
-                is_up = 1 if up(r.target) else 0
-                if is_up != r.up:
-                    r.up = is_up
-                    r.up_line = f"gatelb_backend_up{{{r.labels}}} {is_up}\n"
+            groups = self._groups
+            pending = set(groups)
+            for part in parts:
+                for name in [n for n in pending if n in part.sets]:
+                    pending.discard(name)
+                    self._update(groups[name], part.sets, up)
+            for name in pending:  # not in the kernel (no table): zeros
+                self._update(groups[name], {}, up)
             return "".join((
                 _header("up"), "".join([r.up_line for r in rows]), self._static,
                 _header("new"), "".join([r.new_line for r in rows]),
                 _header("packets"), "".join([r.packets_line for r in rows]),
                 _header("bytes"), "".join([r.bytes_line for r in rows])))
+
+    @staticmethod
+    def _update(rows: list[_Row], sets: dict[str, RawCounts], up: Callable[[TargetKey], bool]) -> None:
+        """New lines for the rows (one shard's) whose numbers moved."""
+        if not rows:
+            return
+        empty: RawCounts = {}
+        zero = (0, 0)
+        first = rows[0]
+        flows, replies, conns = (sets.get(first.flows, empty), sets.get(first.replies, empty),
+                                 sets.get(first.conns, empty))
+        for r in rows:
+            key = r.key
+            new = conns.get(key, zero)[0]
+            if new != r.new:
+                r.new = new
+                r.new_line = f"gatelb_backend_new_connections_total{{{r.labels}}} {new}\n"
+            flow = flows.get(key, zero)
+            reply = replies.get(key, zero)
+            if flow != r.flow or reply != r.reply:
+                r.flow, r.reply = flow, reply
+                r.packets_line = (f'gatelb_backend_packets_total{{{r.labels},direction="in"}} {flow[0]}\n'
+                                  f'gatelb_backend_packets_total{{{r.labels},direction="out"}} {reply[0]}\n')
+                r.bytes_line = (f'gatelb_backend_bytes_total{{{r.labels},direction="in"}} {flow[1]}\n'
+                                f'gatelb_backend_bytes_total{{{r.labels},direction="out"}} {reply[1]}\n')
+            is_up = 1 if up(r.target) else 0
+            if is_up != r.up:
+                r.up = is_up
+                r.up_line = f"gatelb_backend_up{{{r.labels}}} {is_up}\n"
 
 
 class _PoolCollector(Collector):
@@ -226,7 +249,7 @@ class Metrics:
     `health()` the /healthz verdict. Constructing it does no I/O."""
 
     def __init__(self, problems: Problems | None = None, healthz_timeout_s: float = DEFAULT_HEALTHZ_TIMEOUT_S,
-                 read_kernel: Callable[[], RawDump] = dump_raw) -> None:
+                 read_kernel: Callable[[], Iterable[RawDump]] = dump_shards) -> None:
         self._reconciler: Reconciler | None = None
         self._monitor: HealthMonitor | None = None
         self._problems = problems

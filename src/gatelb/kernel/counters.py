@@ -21,7 +21,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from gatelb.dataplane.layout import COUNTER_SETS, FAMILY_SETS, GENERATION, SERVICE_MAPS, Key, Role, counter_shard
+from gatelb.dataplane.layout import COUNTER_SETS, COUNTER_SHARDS, FAMILY_SETS, GENERATION, SERVICE_MAPS, Key, Role
 from gatelb.model import IPAddress, Protocol
 
 FlowKey = tuple[str, str, str, int]  # (vip, protocol, backend address, backend port), canonical text
@@ -54,6 +54,8 @@ class TableCounters:
     # The frontends the kernel's service maps (svc4/svc6) hold: what is programmed now, whatever
     # the state record says. None when they were not read.
     frontends: set[Frontend] | None = None
+    _by_shard: dict[int, tuple[list[RawCounts], list[RawCounts], list[RawCounts]]] = field(
+        default_factory=dict, repr=False, compare=False)
 
     def programmed(self, vip: IPAddress, protocol: Protocol, port: int) -> bool:
         """Whether the kernel serves this frontend (when the service maps were not read: whether
@@ -77,19 +79,28 @@ class TableCounters:
         address: `lookup` for a whole load balancer, its key prefix encoded once."""
         if not self.raw:
             return [(c.packets, c.bytes, n) for c, n in (self.lookup(vip, protocol, a, p) for a, p in backends)]
-        sets = FAMILY_SETS[vip.version]
-        empty: RawCounts = {}
-        get = self.raw.get
+        flows, replies, conns = self._shards(vip.version)
         head = vip.packed + _PROTO_BYTES[protocol]
         zero = (0, 0)
         out = []
         for address, port in backends:
-            raw = head + address.packed + _PORT.pack(port) + b"\0\0"
-            shard = counter_shard(address)
-            p_in, b_in = get(sets.flows[shard], empty).get(raw, zero)
-            p_out, b_out = get(sets.replies[shard], empty).get(raw, zero)
-            out.append((p_in + p_out, b_in + b_out, get(sets.conns[shard], empty).get(raw, zero)[0]))
+            packed = address.packed
+            raw = head + packed + _PORT.pack(port) + b"\0\0"
+            shard = packed[-1] & _SHARD_MASK  # layout.counter_shard, from the bytes at hand
+            p_in, b_in = flows[shard].get(raw, zero)
+            p_out, b_out = replies[shard].get(raw, zero)
+            out.append((p_in + p_out, b_in + b_out, conns[shard].get(raw, zero)[0]))
         return out
+
+    def _shards(self, family: int) -> tuple[list[RawCounts], list[RawCounts], list[RawCounts]]:
+        """The raw counts of one family's flows, replies and conns sets, by shard (memoised: a
+        status looks up 100,000 backends)."""
+        got = self._by_shard.get(family)
+        if got is None:
+            sets, empty = FAMILY_SETS[family], {}
+            got = self._by_shard[family] = tuple(  # type: ignore[assignment]
+                [self.raw.get(n, empty) for n in names] for names in (sets.flows, sets.replies, sets.conns))
+        return got
 
 
 def counter_key(vip: IPAddress, protocol: Protocol, address: IPAddress, port: int) -> bytes:
@@ -99,6 +110,8 @@ def counter_key(vip: IPAddress, protocol: Protocol, address: IPAddress, port: in
 
 
 _PORT = struct.Struct("!H")
+_SHARD_MASK = COUNTER_SHARDS - 1
+assert COUNTER_SHARDS <= 256, "the shard is taken from the address's last byte"
 _PROTO_BYTES = {Protocol.TCP: bytes((socket.IPPROTO_TCP, 0, 0, 0)), Protocol.UDP: bytes((socket.IPPROTO_UDP, 0, 0, 0))}
 
 
