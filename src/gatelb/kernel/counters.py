@@ -97,9 +97,10 @@ class TableCounters:
         status looks up 100,000 backends)."""
         got = self._by_shard.get(family)
         if got is None:
-            sets, empty = FAMILY_SETS[family], {}
-            got = self._by_shard[family] = tuple(  # type: ignore[assignment]
-                [self.raw.get(n, empty) for n in names] for names in (sets.flows, sets.replies, sets.conns))
+            sets, empty = FAMILY_SETS[family], RawCounts()
+            flows, replies, conns = ([self.raw.get(n, empty) for n in names]
+                                     for names in (sets.flows, sets.replies, sets.conns))
+            got = self._by_shard[family] = (flows, replies, conns)
         return got
 
 
