@@ -30,7 +30,7 @@ from gatelb.dataplane.layout import COUNTER_SETS, FAMILY_SETS, Role, counter_sha
 from gatelb.health.monitor import HealthChange, HealthMonitor, TargetKey
 from gatelb.health.probes import ProbeResult
 from gatelb.kernel.counters import RawCounts, counter_key
-from gatelb.kernel.nlcounters import RawDump, dump_shards
+from gatelb.kernel.nlcounters import RawDump, dump_raw
 from gatelb.model import HealthCheck, IPAddress, LoadBalancer, Service, SyncedState
 
 # The `*_created` series double every counter's size and say nothing a restart counter would not.
@@ -164,8 +164,10 @@ class _BackendSeries:
 
     def render(self, parts: Iterable[RawDump], up: Callable[[TargetKey], bool]) -> str:
         """`parts`: the kernel's counter sets, each part holding whole shards (the three sets of
-        one family and shard), as they are read: the rows of a shard are updated while the
-        kernel is still dumping the next ones (the dump's kernel time runs on another core)."""
+        one family and shard). One part with every set is the rule: formatting a shard while
+        the kernel dumps the next ones was measured slower (the dump threads, which release
+        the GIL for every message, wait for the formatting thread to give it back: up to the
+        5 ms switch interval each time), docs/benchmarks.md, Observability."""
         with self._lock:
             rows = self._current()
             groups = self._groups
@@ -249,7 +251,7 @@ class Metrics:
     `health()` the /healthz verdict. Constructing it does no I/O."""
 
     def __init__(self, problems: Problems | None = None, healthz_timeout_s: float = DEFAULT_HEALTHZ_TIMEOUT_S,
-                 read_kernel: Callable[[], Iterable[RawDump]] = dump_shards) -> None:
+                 read_kernel: Callable[[], Iterable[RawDump]] = lambda: [dump_raw()]) -> None:
         self._reconciler: Reconciler | None = None
         self._monitor: HealthMonitor | None = None
         self._problems = problems

@@ -12,7 +12,7 @@ import errno
 import socket
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor, as_completed
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import cast
 
@@ -217,38 +217,6 @@ def dump_raw(table: str = "gatelb", sets: Sequence[SetLayout] = COUNTER_SETS) ->
             except TableMissing:  # removed between the generation and this set
                 return RawDump()
     return out
-
-
-# The counter sets by shard: the flows, replies and conns sets of one family and shard.
-SHARDS: tuple[tuple[SetLayout, ...], ...] = tuple(
-    tuple(s for s in COUNTER_SETS if (s.family, s.shard) == group)
-    for group in dict.fromkeys((s.family, s.shard) for s in COUNTER_SETS))
-
-
-def _dump_sets(table: str, layouts: Sequence[SetLayout]) -> dict[str, RawCounts]:
-    return {layout.name: _dump_set(table, layout) for layout in layouts}
-
-
-def dump_shards(table: str = "gatelb", groups: Sequence[Sequence[SetLayout]] = SHARDS) -> Iterator[RawDump]:
-    """dump_raw by groups of sets, one RawDump per group as soon as it has been read (in the
-    order they finish), for a reader that works on one while the kernel dumps the next (the
-    metrics scrape). Nothing when our table does not exist; stops when it goes away meanwhile."""
-    generation = read_generation(table)
-    if generation is None:
-        return
-    with ThreadPoolExecutor(max_workers=max(1, min(DUMP_THREADS, len(groups))),
-                            thread_name_prefix="counters") as pool:
-        futures = [pool.submit(_dump_sets, table, group) for group in groups]
-        try:
-            for future in as_completed(futures):
-                try:
-                    sets = future.result()
-                except TableMissing:
-                    return
-                yield RawDump(generation, sets)
-        finally:
-            for future in futures:
-                future.cancel()
 
 
 def _addr_text(raw: bytes) -> str:
