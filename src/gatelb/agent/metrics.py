@@ -127,6 +127,9 @@ class _BackendSeries:
         self._rows: dict[str, list[_Row]] = {}
         self._flat: list[_Row] = []
         self._groups: dict[str, list[_Row]] = {}  # flows set name (family and shard) -> its rows
+        # Per group, the digests of its three sets when its rows were last updated: a shard whose
+        # counters did not move since is not gone over again (its lines are current).
+        self._seen: dict[str, tuple[bytes | None, ...]] = {}
         # Text that changes only with a sync: the serving and info series.
         self._static = ""
 
@@ -154,6 +157,7 @@ class _BackendSeries:
                 self._rows[name] = _rows(name, lb, state.services.get(name))
         names = sorted(self._rows)
         self._flat = [r for n in names for r in self._rows[n]]
+        self._seen = {}  # rows rebuilt: their numbers are not known yet
         self._groups = {layout.name: [] for layout in COUNTER_SETS if layout.role is Role.FLOWS}
         for r in self._flat:
             self._groups[r.flows].append(r)
@@ -162,7 +166,7 @@ class _BackendSeries:
         self._static = _header("serving") + serving + _header("info") + info
         return self._flat
 
-    def render(self, parts: Iterable[RawDump], up: Callable[[TargetKey], bool]) -> str:
+    def render(self, parts: Iterable[RawDump], up: Callable[[TargetKey], bool] | None) -> str:
         """`parts`: the kernel's counter sets, each part holding whole shards (the three sets of
         one family and shard). One part with every set is the rule: formatting a shard while
         the kernel dumps the next ones was measured slower (the dump threads, which release
@@ -175,8 +179,18 @@ class _BackendSeries:
             for part in parts:
                 for name in [n for n in pending if n in part.sets]:
                     pending.discard(name)
-                    self._update(groups[name], part.sets, up)
+                    rows_of = groups[name]
+                    first = rows_of[0] if rows_of else None
+                    seen = None if first is None else tuple(
+                        part.digests.get(n) for n in (first.flows, first.replies, first.conns))
+                    if seen is not None and None not in seen and self._seen.get(name) == seen:
+                        self._update_up(rows_of, up)  # the kernel's numbers of this shard did not move
+                        continue
+                    self._update(rows_of, part.sets, up)
+                    if seen is not None and None not in seen:
+                        self._seen[name] = seen
             for name in pending:  # not in the kernel (no table): zeros
+                self._seen.pop(name, None)
                 self._update(groups[name], {}, up)
             return "".join((
                 _header("up"), "".join([r.up_line for r in rows]), self._static,
@@ -185,7 +199,18 @@ class _BackendSeries:
                 _header("bytes"), "".join([r.bytes_line for r in rows])))
 
     @staticmethod
-    def _update(rows: list[_Row], sets: dict[str, RawCounts], up: Callable[[TargetKey], bool]) -> None:
+    def _update_up(rows: list[_Row], up: Callable[[TargetKey], bool] | None, fresh: bool = False) -> None:
+        """`up` None: no health checks, every backend is up (only fresh rows need their line)."""
+        if up is None and not fresh:
+            return
+        for r in rows:
+            is_up = 1 if up is None or up(r.target) else 0
+            if is_up != r.up:
+                r.up = is_up
+                r.up_line = f"gatelb_backend_up{{{r.labels}}} {is_up}\n"
+
+    @staticmethod
+    def _update(rows: list[_Row], sets: dict[str, RawCounts], up: Callable[[TargetKey], bool] | None) -> None:
         """New lines for the rows (one shard's) whose numbers moved."""
         if not rows:
             return
@@ -208,10 +233,7 @@ class _BackendSeries:
                                   f'gatelb_backend_packets_total{{{r.labels},direction="out"}} {reply[0]}\n')
                 r.bytes_line = (f'gatelb_backend_bytes_total{{{r.labels},direction="in"}} {flow[1]}\n'
                                 f'gatelb_backend_bytes_total{{{r.labels},direction="out"}} {reply[1]}\n')
-            is_up = 1 if up(r.target) else 0
-            if is_up != r.up:
-                r.up = is_up
-                r.up_line = f"gatelb_backend_up{{{r.labels}}} {is_up}\n"
+        _BackendSeries._update_up(rows, up, fresh=True)
 
 
 class _PoolCollector(Collector):
@@ -336,7 +358,8 @@ class Metrics:
     def render(self) -> bytes:
         """The /metrics body. Blocking (a kernel dump): call it in a thread."""
         counters = self._read_kernel()
-        return self._backends.render(counters, self._up).encode() + generate_latest(self.registry)
+        up = None if self._monitor is None else self._up  # None: no health checks, all up
+        return self._backends.render(counters, up).encode() + generate_latest(self.registry)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """kube-proxy's /healthz: healthy while the last round succeeded and no change has waited

@@ -9,6 +9,7 @@ the tests compare this with.
 from __future__ import annotations
 
 import errno
+import hashlib
 import socket
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -70,6 +71,9 @@ class TableMissing(Exception):
 class RawDump:
     generation: int | None = None  # None: our table does not exist
     sets: dict[str, RawCounts] = field(default_factory=dict)
+    # Per set, a digest of the kernel's answer (every key and number, in the kernel's order):
+    # equal digests mean an unchanged set, so a reader may skip what it derived from it.
+    digests: dict[str, bytes] = field(default_factory=dict)
 
 
 def _counter(expr: bytes) -> Counter | None:
@@ -177,15 +181,19 @@ def _open() -> socket.socket:
     return sock
 
 
-def _dump_set(table: str, layout: SetLayout) -> RawCounts:
+def _dump_set(table: str, layout: SetLayout) -> tuple[RawCounts, bytes]:
+    """One set's counts and a digest of the kernel's messages (blake2b releases the GIL while
+    it hashes)."""
     key_length = ElementCodec(layout).key_length
     counts: RawCounts = {}
+    hasher = hashlib.blake2b(digest_size=16)
     with _open() as sock:
         for body in _messages(sock, table, layout.name, 1):
+            hasher.update(body)
             for kind, value in attrs(body):
                 if kind == NFTA_SET_ELEM_LIST_ELEMENTS:
                     _scan(value, key_length, counts)
-    return counts
+    return counts, hasher.digest()
 
 
 # Parallel set dumps: more threads than cores only add GIL handoffs (measured in
@@ -213,7 +221,7 @@ def dump_raw(table: str = "gatelb", sets: Sequence[SetLayout] = COUNTER_SETS) ->
         dumps = [(layout.name, pool.submit(_dump_set, table, layout)) for layout in sets]
         for name, future in dumps:
             try:
-                out.sets[name] = future.result()
+                out.sets[name], out.digests[name] = future.result()
             except TableMissing:  # removed between the generation and this set
                 return RawDump()
     return out
@@ -318,7 +326,7 @@ def read_counters_for(keys: Iterable[tuple[IPAddress, Protocol, IPAddress, int]]
             return read_counters_raw(table)
     # Whether each is programmed: the service maps are small (one element per frontend).
     try:
-        out.frontends = _frontends({layout.name: _dump_set(table, layout) for layout in SERVICE_MAPS})
+        out.frontends = _frontends({layout.name: _dump_set(table, layout)[0] for layout in SERVICE_MAPS})
     except TableMissing:
         out.frontends = set()
     return out
