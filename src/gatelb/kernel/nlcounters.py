@@ -196,8 +196,9 @@ def _dump_set(table: str, layout: SetLayout) -> tuple[RawCounts, bytes]:
     return counts, hasher.digest()
 
 
-# Parallel set dumps: more threads than cores only add GIL handoffs (measured in
-# docs/benchmarks.md, Observability).
+# Parallel set dumps (96 counter sets): 1, 2, 4 and 8 threads showed no consistent difference on
+# two cores (docs/benchmarks.md, Observability); a few keep the kernel's share of the work on
+# the other core while Python reads, without 96 threads at a time.
 DUMP_THREADS = 4
 
 
