@@ -24,21 +24,24 @@ nft.apply(compile_full(example_state(), generation=7))
 # counters with known values (nft can set them when adding an element)
 F4 = "203.0.113.10 . tcp . 198.51.100.12 . 8080"
 C6 = "2001:db8:100::1 . tcp . 2001:db8:2::12 . 8080"
-nft.apply(f"delete element inet gatelb flows4 {{ {F4} }}\\n"
-          f"add element inet gatelb flows4 {{ {F4} counter packets 12 bytes 3456 }}\\n"
-          f"delete element inet gatelb conns6 {{ {C6} }}\\n"
-          f"add element inet gatelb conns6 {{ {C6} counter packets 5 bytes 300 }}\\n")
+# (each backend's shard is its address & 15: .12 -> 12, ::12 -> 2)
+nft.apply(f"delete element inet gatelb flows4_12 {{ {F4} }}\\n"
+          f"add element inet gatelb flows4_12 {{ {F4} counter packets 12 bytes 3456 }}\\n"
+          f"delete element inet gatelb replies4_12 {{ {F4} }}\\n"
+          f"add element inet gatelb replies4_12 {{ {F4} counter packets 10 bytes 1000 }}\\n"
+          f"delete element inet gatelb conns6_2 {{ {C6} }}\\n"
+          f"add element inet gatelb conns6_2 {{ {C6} counter packets 5 bytes 300 }}\\n")
 fast, reference = read_counters(), parse_table(nft.list_table_json())
 assert fast == reference, (fast, reference)
 assert fast.generation == 7
-assert fast.flows[("203.0.113.10", "tcp", "198.51.100.12", 8080)].bytes == 3456
+assert fast.flows[("203.0.113.10", "tcp", "198.51.100.12", 8080)].bytes == 4456  # both directions
 assert fast.new_connections[("2001:db8:100::1", "tcp", "2001:db8:2::12", 8080)] == 5
 # The raw-key reader (status, metrics) looks up the same figures for every key.
 from ipaddress import ip_address
 from gatelb.kernel.nlcounters import read_counters_raw
 from gatelb.model import Protocol
 raw = read_counters_raw()
-assert raw.generation == 7 and raw.raw["flows4"]
+assert raw.generation == 7 and raw.raw["flows4_12"] and raw.raw["replies4_12"]
 for (vip, proto, addr, port), c in reference.flows.items():
     got = raw.lookup(ip_address(vip), Protocol(proto), ip_address(addr), port)
     assert got == (c, reference.new_connections[(vip, proto, addr, port)]), (vip, addr, got)
@@ -48,7 +51,7 @@ from gatelb.kernel.nlcounters import read_counters_for
 one = [(ip_address("203.0.113.10"), Protocol.TCP, ip_address("198.51.100.12"), 8080),
        (ip_address("2001:db8:100::1"), Protocol.TCP, ip_address("2001:db8:2::12"), 8080)]
 some = read_counters_for(one)
-assert some.generation == 7 and sum(len(v) for v in some.raw.values()) == 4, some
+assert some.generation == 7 and sum(len(v) for v in some.raw.values()) == 6, some
 for key in one:
     assert some.lookup(*key) == raw.lookup(*key), key
 missing = read_counters_for([(ip_address("203.0.113.99"), Protocol.TCP, ip_address("198.51.100.12"), 8080)])

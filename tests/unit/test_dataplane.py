@@ -90,7 +90,8 @@ def test_weights_become_slots() -> None:
 def test_idle_backends_keep_counters_but_take_no_slots() -> None:
     rs = compile_ruleset(example_state())
     ip = ipaddress.ip_address
-    assert (ip("203.0.113.10"), Protocol.TCP, ip("198.51.100.14"), 8080) in rs.elements["flows4"]
+    key = (ip("203.0.113.10"), Protocol.TCP, ip("198.51.100.14"), 8080)
+    assert all(key in rs.elements[f"{kind}4_14"] for kind in ("flows", "replies", "conns"))  # .14 & 15
     assert (ip("198.51.100.14"), 8080) not in rs.elements["be4"].values()
 
 

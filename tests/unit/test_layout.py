@@ -50,7 +50,7 @@ def test_declarations() -> None:
     assert SETS["svc4"].declaration() == "map svc4 { type ipv4_addr . inet_proto . inet_service : verdict; }"
     assert SETS["allow6"].declaration() == (
         "set allow6 { type ipv6_addr . inet_proto . inet_service . ipv6_addr; flags interval; }")
-    assert SETS["flows6"].declaration().endswith("tcp dport; counter; }")
+    assert SETS["flows6_0"].declaration().endswith("tcp dport; counter; }")
     assert layout.affinity_set(6, 30).declaration_body() == "type ipv6_addr; flags dynamic,timeout; timeout 30s;"
 
 
@@ -64,7 +64,11 @@ def _check_all(rs: Ruleset) -> set[str]:
 
 def test_every_set_the_compiler_fills_matches_the_layout() -> None:
     filled = _check_all(compile_ruleset(everything_state()))
-    assert filled == set(SETS) - {layout.GENERATION.name}  # the generation is the renderer's
+    # the generation is the renderer's; of the counter shards, those its backends' addresses pick
+    assert {n for n in filled if SETS[n].shard is None} == {
+        n for n, s in SETS.items() if s.shard is None} - {layout.GENERATION.name}
+    assert {(SETS[n].family, SETS[n].role) for n in filled if SETS[n].shard is not None} == {
+        (f, role) for f in (4, 6) for role in (Role.FLOWS, Role.REPLIES, Role.CONNS)}
     _check_all(compile_ruleset(example_state()))
     rng = random.Random(7)
     for _ in range(30):
@@ -93,13 +97,20 @@ def test_derived_set_lists() -> None:
     assert set(layout.NETLINK_BULK_SETS) <= set(layout.NETLINK_INCREMENT_SETS)
     assert not any(SETS[n].interval for n in layout.NETLINK_INCREMENT_SETS)
     assert set(CODECS) == set(layout.NETLINK_INCREMENT_SETS)
-    assert [s.name for s in layout.COUNTER_SETS] == ["flows4", "conns4", "flows6", "conns6"]
+    shards = range(layout.COUNTER_SHARDS)
+    assert [s.name for s in layout.COUNTER_SETS] == [
+        f"{kind}{f}_{i}" for f in (4, 6) for kind in ("flows", "replies", "conns") for i in shards]
+    assert [(s.role, s.shard) for s in layout.COUNTER_SETS if s.family == 6] == [
+        (role, i) for role in (Role.FLOWS, Role.REPLIES, Role.CONNS) for i in shards]
+    assert layout.FAMILY_SETS[6].replies == tuple(f"replies6_{i}" for i in shards)
     assert all(Flag.COUNTER in s.flags for s in layout.COUNTER_SETS)
     assert layout.GENERATION.role is Role.GENERATION
     # the engine keeps no list of its own
     assert not hasattr(engine, "ELEMENT_SETS") and not hasattr(engine, "BULK_SETS")
     for family, names in layout.FAMILY_SETS.items():
-        assert {SETS[getattr(names, f)].family for f in names.__slots__} == {family}
+        fields = [getattr(names, f) for f in names.__slots__]
+        every = [n for v in fields for n in (v if isinstance(v, tuple) else (v,))]
+        assert {SETS[n].family for n in every} == {family}
 
 
 @pytest.mark.parametrize("name", layout.NETLINK_INCREMENT_SETS)
@@ -108,6 +119,9 @@ def test_netlink_codec_round_trip(name: str) -> None:
     items = list(rs.elements.get(name, {}).items())
     if name == layout.GENERATION.name:
         items = [((0,), None), ((7,), None), ((2**32 - 1,), None)]
+    if not items and SETS[name].shard is not None:  # shards share their layout: any filled one's elements
+        items = next(list(e.items()) for n, e in rs.elements.items()
+                     if e and SETS[n].role is SETS[name].role and SETS[n].family == SETS[name].family)
     assert items, f"no sample elements for {name}"
     codec = CODECS[name]()
     for key, data in items:
@@ -150,13 +164,15 @@ def test_element_text() -> None:
 def test_counter_json_reader_follows_the_layout() -> None:
     elem = {"elem": {"val": {"concat": ["2001:db8:100:0::1", "udp", "2001:db8:2::12", 53]},
                      "counter": {"packets": 3, "bytes": 120}}}
-    counters = parse_table([{"table": {}}, {"set": {"name": "flows6", "elem": [elem]}},
-                            {"set": {"name": "conns6", "elem": [elem]}},
+    counters = parse_table([{"table": {}}, {"set": {"name": "flows6_2", "elem": [elem]}},
+                            {"set": {"name": "replies6_2", "elem": [elem]}},
+                            {"set": {"name": "conns6_2", "elem": [elem]}},
                             {"set": {"name": "generation", "elem": [4]}},
                             {"set": {"name": "fullnat6", "elem": [elem]}}])
     key = ("2001:db8:100::1", "udp", "2001:db8:2::12", 53)
     assert counters.generation == 4
-    assert counters.flows[key].bytes == 120 and counters.new_connections == {key: 3}
+    # both directions together (status), new connections apart
+    assert counters.flows[key].bytes == 240 and counters.new_connections == {key: 3}
 
 
 def test_fake_takes_netlink_elements_for_netlink_sets_only() -> None:
@@ -178,3 +194,26 @@ def test_a_netlink_batch_splits_large_element_lists_below_the_attribute_limit() 
     size = len(CODECS["be6"]().encode(*items[0]))
     assert size * len(items) > 65535 > MESSAGE_BYTES
     assert acks == 2 and len(batch) < 2 * 65535  # two messages, each below the limit
+
+
+def test_counter_shard_is_what_the_rules_pick() -> None:
+    """The forward hook's vmap sends `backend & mask` to count{f}_{s}/reply{f}_{s}, whose rules
+    update shard s's sets: the compiler must put each backend's elements in that same shard."""
+    from gatelb.dataplane.render import BASE_CHAINS, REGULAR_CHAINS
+
+    rules = BASE_CHAINS["forward_counters"][1]
+    for f, addresses in ((4, ("198.51.100.11", "198.51.100.32", "198.51.100.255")),
+                         (6, ("2001:db8:2::12", "2001:db8::ffff", "2001:db8::"))):
+        ip_kw = "ip" if f == 4 else "ip6"
+        mask = ipaddress.ip_address(layout.shard_value(f, layout.COUNTER_SHARDS - 1))
+        as_address = ipaddress.IPv4Address if f == 4 else ipaddress.IPv6Address
+        for direction, field, chain in (("original", "daddr", "count"), ("reply", "saddr", "reply")):
+            rule = next(r for r in rules if f"direction {direction} {ip_kw} {field} & {mask} vmap" in r)
+            for text in addresses:
+                address = ipaddress.ip_address(text)
+                shard_address = as_address(int(address) & int(mask))
+                assert f"{shard_address} : goto {chain}{f}_{layout.counter_shard(address)}" in rule
+                s = layout.counter_shard(address)
+                names = layout.FAMILY_SETS[f]
+                sets = [names.conns[s], names.flows[s]] if chain == "count" else [names.replies[s]]
+                assert [r.rsplit("@", 1)[1] for r in REGULAR_CHAINS[f"{chain}{f}_{s}"]] == sets

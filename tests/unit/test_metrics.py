@@ -14,7 +14,8 @@ from gatelb.agent.metrics import Metrics
 from gatelb.agent.server import parse_address
 from gatelb.cli.completion import bash_script
 from gatelb.cli.main import build_parser
-from gatelb.kernel.counters import counter_key
+from gatelb.dataplane.layout import FAMILY_SETS, counter_shard
+from gatelb.kernel.counters import RawCounts, counter_key
 from gatelb.kernel.nlcounters import RawDump
 from gatelb.model import Protocol
 from gatelb.sources.static import StaticSource
@@ -33,15 +34,22 @@ def parse(text: bytes) -> Samples:
 
 
 def kernel(counts: dict[tuple[str, int], tuple[int, int, int]]) -> RawDump:
-    """A dump where backend (address, port) of VIP 203.0.113.1 has (new, packets, bytes)."""
+    """A dump where backend (address, port) of VIP 203.0.113.1 has (new, packets, bytes) client ->
+    backend, and half those packets and a third of those bytes backend -> client; each backend's
+    elements in the shard the layout gives its address."""
     vip = ip("203.0.113.1")
-    flows = {counter_key(vip, Protocol.TCP, ip(a), p): (pk, b) for (a, p), (_, pk, b) in counts.items()}
-    conns = {counter_key(vip, Protocol.TCP, ip(a), p): (n, n * 60) for (a, p), (n, _, _) in counts.items()}
-    return RawDump(generation=1, sets={"flows4": flows, "conns4": conns})
+    sets: dict[str, RawCounts] = {}
+    names = FAMILY_SETS[4]
+    for (a, p), (n, pk, b) in counts.items():
+        key, shard = counter_key(vip, Protocol.TCP, ip(a), p), counter_shard(ip(a))  # type: ignore[arg-type]
+        sets.setdefault(names.flows[shard], {})[key] = (pk, b)
+        sets.setdefault(names.replies[shard], {})[key] = (pk // 2, b // 3)
+        sets.setdefault(names.conns[shard], {})[key] = (n, n * 60)
+    return RawDump(generation=1, sets=sets)
 
 
-def labels(lb_name: str, backend: str) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted({"lb": lb_name, "backend": backend}.items()))
+def labels(lb_name: str, backend: str, **more: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted({"lb": lb_name, "backend": backend, **more}.items()))
 
 
 def test_backend_series_carry_the_kernel_counters_and_follow_changes() -> None:
@@ -49,23 +57,41 @@ def test_backend_series_carry_the_kernel_counters_and_follow_changes() -> None:
         src = StaticSource("file", desired(lb("web", 11, 12)))
         r, _nft, _rec = make(src)
         dump = kernel({("198.51.100.11", 8080): (7, 40, 5000), ("198.51.100.12", 8080): (3, 20, 900)})
-        metrics = Metrics(read_kernel=lambda: dump)
+        metrics = Metrics(read_kernel=lambda: [dump])
         metrics.attach(r, None)
         await start(r, src)
         assert await r.round()
         m = parse(metrics.render())
         a, b = labels("web", "198.51.100.11:8080"), labels("web", "198.51.100.12:8080")
         assert m["gatelb_backend_new_connections_total"] == {a: 7, b: 3}
-        assert m["gatelb_backend_packets_total"] == {a: 40, b: 20}
-        assert m["gatelb_backend_bytes_total"] == {a: 5000, b: 900}
+        def way(lb_name: str, backend: str, direction: str) -> tuple[tuple[str, str], ...]:
+            return labels(lb_name, backend, direction=direction)
+        a_in, a_out = way("web", "198.51.100.11:8080", "in"), way("web", "198.51.100.11:8080", "out")
+        b_in, b_out = way("web", "198.51.100.12:8080", "in"), way("web", "198.51.100.12:8080", "out")
+        assert m["gatelb_backend_packets_total"] == {a_in: 40, a_out: 20, b_in: 20, b_out: 10}
+        assert m["gatelb_backend_bytes_total"] == {a_in: 5000, a_out: 1666, b_in: 900, b_out: 300}
         assert m["gatelb_backend_up"] == {a: 1, b: 1}
         assert m["gatelb_backend_serving"] == {a: 1, b: 1}
         info = {"lb": "web", "frontend": "203.0.113.1:80", "protocol": "tcp", "algorithm": "random", "pool": "public"}
         assert m["gatelb_lb_info"] == {tuple(sorted(info.items())): 1}
         # A second scrape with moved counters shows the new numbers (lines are cached per value).
-        dump.sets["conns4"][counter_key(ip("203.0.113.1"), Protocol.TCP, ip("198.51.100.11"), 8080)] = (9, 0)
+        shard = counter_shard(ip("198.51.100.11"))  # type: ignore[arg-type]
+        key = counter_key(ip("203.0.113.1"), Protocol.TCP, ip("198.51.100.11"), 8080)
+        dump.sets[FAMILY_SETS[4].conns[shard]][key] = (9, 0)
+        dump.sets[FAMILY_SETS[4].replies[shard]][key] = (21, 1700)
         m = parse(metrics.render())
         assert m["gatelb_backend_new_connections_total"] == {a: 9, b: 3}
+        assert m["gatelb_backend_packets_total"] == {a_in: 40, a_out: 21, b_in: 20, b_out: 10}
+        assert m["gatelb_backend_bytes_total"] == {a_in: 5000, a_out: 1700, b_in: 900, b_out: 300}
+        # With the kernel's digests: a shard whose three digests are those of the last scrape is
+        # not gone over again (its lines stand); a new digest makes it read.
+        names = FAMILY_SETS[4]
+        dump.digests = {n: b"d0" for n in (*names.flows, *names.replies, *names.conns)}
+        parse(metrics.render())
+        dump.sets[names.conns[shard]][key] = (10, 0)
+        assert parse(metrics.render())["gatelb_backend_new_connections_total"] == {a: 9, b: 3}
+        dump.digests[names.conns[shard]] = b"d1"
+        assert parse(metrics.render())["gatelb_backend_new_connections_total"] == {a: 10, b: 3}
         assert m["gatelb_sync_duration_seconds_count"] == {(("kind", "full"),): 1}
         assert m["gatelb_pool_addresses_total"] == {(("pool", "public"),): 100}
         assert m["gatelb_pool_addresses_in_use"] == {(("pool", "public"),): 1}
@@ -85,7 +111,7 @@ def test_healthz_follows_failures_and_the_pending_limit() -> None:
         src = StaticSource("file", desired(lb("web", 11)))
         r, nft, _rec = make(src)
         problems: list[str] = []
-        metrics = Metrics(problems=lambda: problems, healthz_timeout_s=0.05, read_kernel=RawDump)
+        metrics = Metrics(problems=lambda: problems, healthz_timeout_s=0.05, read_kernel=list)
         metrics.attach(r, None)
         await start(r, src)
         assert await r.round()
@@ -118,7 +144,7 @@ def test_label_values_are_escaped() -> None:
     async def go() -> None:
         src = StaticSource("file", desired(lb('we"b\\x', 11)))
         r, _nft, _rec = make(src)
-        metrics = Metrics(read_kernel=RawDump)
+        metrics = Metrics(read_kernel=list)
         metrics.attach(r, None)
         await start(r, src)
         assert await r.round()
@@ -162,7 +188,7 @@ def test_the_dashboard_and_docs_use_only_series_the_daemon_serves() -> None:
     async def go() -> set[str]:
         src = StaticSource("file", desired(lb("web", 11)))
         r, _nft, _rec = make(src)
-        metrics = Metrics(read_kernel=RawDump)
+        metrics = Metrics(read_kernel=list)
         metrics.attach(r, None)
         # the announcer's series (the daemon registers this collector when it announces)
         from gatelb.announce.peers import PeerCollector, PeerState

@@ -24,7 +24,7 @@ from typing import Any, cast
 
 from gatelb.agent.statefile import StoredState
 from gatelb.agent.trace import compare_service, health_of
-from gatelb.dataplane.layout import SETS, Key
+from gatelb.dataplane.layout import FAMILY_SETS, SETS, Key, counter_shard
 from gatelb.dataplane.ruleset import affinity_set_names
 from gatelb.dataplane.selection import slot_shares
 from gatelb.dataplane.slots import slot_sequence
@@ -138,8 +138,12 @@ def counter_keys(svc: Service) -> list[Key]:
 
 def sample_service(svc: Service) -> dict[tuple[str, int], int]:
     """New connections so far per backend (address text, port) of one service: netlink gets of its
-    own conns elements only."""
-    got = nlget.get_elements(SETS[f"conns{svc.family}"], counter_keys(svc))
+    own conns elements only (in the shard of each backend)."""
+    by_shard: dict[str, list[Key]] = {}
+    conns = FAMILY_SETS[svc.family].conns
+    for key in counter_keys(svc):
+        by_shard.setdefault(conns[counter_shard(key[2])], []).append(key)  # type: ignore[arg-type]
+    got = {k: e for name, keys in by_shard.items() for k, e in nlget.get_elements(SETS[name], keys).items()}
     out = {}
     for key, element in got.items():
         if element is not None and element.counter is not None:

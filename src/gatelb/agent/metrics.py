@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -26,7 +26,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from gatelb.agent.reconciler import Reconciler, RoundReport
-from gatelb.dataplane.layout import FAMILY_SETS
+from gatelb.dataplane.layout import COUNTER_SETS, FAMILY_SETS, Role, counter_shard
 from gatelb.health.monitor import HealthChange, HealthMonitor, TargetKey
 from gatelb.health.probes import ProbeResult
 from gatelb.kernel.counters import RawCounts, counter_key
@@ -56,16 +56,18 @@ class _Row:
     lines are reused, not formatted again)."""
 
     labels: str  # lb="...",backend="..."
-    flows: str  # counter set names (family)
+    flows: str  # counter set names (family and shard): client -> backend
+    replies: str  # backend -> client
     conns: str
     key: bytes  # raw counter key
     target: TargetKey
     serving: bool
     new: int = -1
     flow: tuple[int, int] = (-1, -1)
+    reply: tuple[int, int] = (-1, -1)
     up: int = -1
     new_line: str = ""
-    packets_line: str = ""
+    packets_line: str = ""  # both directions' lines
     bytes_line: str = ""
     up_line: str = ""
 
@@ -76,9 +78,13 @@ def _rows(name: str, lb: LoadBalancer, svc: Service | None) -> list[_Row]:
     serving = {b.key for b in svc.backends}
     sets = FAMILY_SETS[svc.vip.version]
     lb_label = _escape(name)
-    return [_Row(f'lb="{lb_label}",backend="{b}"', sets.flows, sets.conns,
-                 counter_key(svc.vip, svc.protocol, b.address, b.port), TargetKey(name, b.address, b.port),
-                 b.key in serving) for b in lb.backends]
+    rows = []
+    for b in lb.backends:
+        shard = counter_shard(b.address)
+        rows.append(_Row(f'lb="{lb_label}",backend="{b}"', sets.flows[shard], sets.replies[shard], sets.conns[shard],
+                         counter_key(svc.vip, svc.protocol, b.address, b.port), TargetKey(name, b.address, b.port),
+                         b.key in serving))
+    return rows
 
 
 def _info_line(name: str, svc: Service, pool: str | None) -> str:
@@ -94,9 +100,11 @@ _HEADERS = {
                 "1 while the backend takes new connections (up, weight > 0, not draining), else 0"),
     "new": ("gatelb_backend_new_connections_total", "counter", "New connections sent to the backend (kernel counter)"),
     "packets": ("gatelb_backend_packets_total", "counter",
-                "Packets of the backend's connections, both directions (kernel counter)"),
+                "Packets of the backend's connections; direction in: client to backend, out: backend to client "
+                "(kernel counter)"),
     "bytes": ("gatelb_backend_bytes_total", "counter",
-              "Bytes of the backend's connections, both directions (kernel counter)"),
+              "Bytes (IP packets, headers included) of the backend's connections; direction in: client to backend, "
+              "out: backend to client (kernel counter)"),
     "info": ("gatelb_lb_info", "gauge", "One per programmed load balancer: its frontend, protocol, algorithm, pool"),
 }
 
@@ -118,6 +126,10 @@ class _BackendSeries:
         self._dirty: set[str] | None = None  # None: everything
         self._rows: dict[str, list[_Row]] = {}
         self._flat: list[_Row] = []
+        self._groups: dict[str, list[_Row]] = {}  # flows set name (family and shard) -> its rows
+        # Per group, the digests of its three sets when its rows were last updated: a shard whose
+        # counters did not move since is not gone over again (its lines are current).
+        self._seen: dict[str, tuple[bytes | None, ...]] = {}
         # Text that changes only with a sync: the serving and info series.
         self._static = ""
 
@@ -145,37 +157,83 @@ class _BackendSeries:
                 self._rows[name] = _rows(name, lb, state.services.get(name))
         names = sorted(self._rows)
         self._flat = [r for n in names for r in self._rows[n]]
+        self._seen = {}  # rows rebuilt: their numbers are not known yet
+        self._groups = {layout.name: [] for layout in COUNTER_SETS if layout.role is Role.FLOWS}
+        for r in self._flat:
+            self._groups[r.flows].append(r)
         serving = "".join(f"gatelb_backend_serving{{{r.labels}}} {1 if r.serving else 0}\n" for r in self._flat)
         info = "".join(_info_line(n, state.services[n], state.pool_of.get(n)) for n in names if n in state.services)
         self._static = _header("serving") + serving + _header("info") + info
         return self._flat
 
-    def render(self, counters: RawDump, up: Callable[[TargetKey], bool]) -> str:
+    def render(self, parts: Iterable[RawDump], up: Callable[[TargetKey], bool] | None) -> str:
+        """`parts`: the kernel's counter sets, each part holding whole shards (the three sets of
+        one family and shard). One part with every set is the rule: formatting a shard while
+        the kernel dumps the next ones was measured slower (the dump threads, which release
+        the GIL for every message, wait for the formatting thread to give it back: up to the
+        5 ms switch interval each time), docs/benchmarks.md, Observability."""
         with self._lock:
             rows = self._current()
-            raw = counters.sets
-            empty: RawCounts = {}
-            zero = (0, 0)
-            by_set = {name: raw.get(name, empty) for name in {r.flows for r in rows} | {r.conns for r in rows}}
-            for r in rows:
-                new = by_set[r.conns].get(r.key, zero)[0]
-                if new != r.new:
-                    r.new = new
-                    r.new_line = f"gatelb_backend_new_connections_total{{{r.labels}}} {new}\n"
-                flow = by_set[r.flows].get(r.key, zero)
-                if flow != r.flow:
-                    r.flow = flow
-                    r.packets_line = f"gatelb_backend_packets_total{{{r.labels}}} {flow[0]}\n"
-                    r.bytes_line = f"gatelb_backend_bytes_total{{{r.labels}}} {flow[1]}\n"
-                is_up = 1 if up(r.target) else 0
-                if is_up != r.up:
-                    r.up = is_up
-                    r.up_line = f"gatelb_backend_up{{{r.labels}}} {is_up}\n"
+            groups = self._groups
+            pending = set(groups)
+            for part in parts:
+                for name in [n for n in pending if n in part.sets]:
+                    pending.discard(name)
+                    rows_of = groups[name]
+                    first = rows_of[0] if rows_of else None
+                    seen = None if first is None else tuple(
+                        part.digests.get(n) for n in (first.flows, first.replies, first.conns))
+                    if seen is not None and None not in seen and self._seen.get(name) == seen:
+                        self._update_up(rows_of, up)  # the kernel's numbers of this shard did not move
+                        continue
+                    self._update(rows_of, part.sets, up)
+                    if seen is not None and None not in seen:
+                        self._seen[name] = seen
+            for name in pending:  # not in the kernel (no table): zeros
+                self._seen.pop(name, None)
+                self._update(groups[name], {}, up)
             return "".join((
                 _header("up"), "".join([r.up_line for r in rows]), self._static,
                 _header("new"), "".join([r.new_line for r in rows]),
                 _header("packets"), "".join([r.packets_line for r in rows]),
                 _header("bytes"), "".join([r.bytes_line for r in rows])))
+
+    @staticmethod
+    def _update_up(rows: list[_Row], up: Callable[[TargetKey], bool] | None, fresh: bool = False) -> None:
+        """`up` None: no health checks, every backend is up (only fresh rows need their line)."""
+        if up is None and not fresh:
+            return
+        for r in rows:
+            is_up = 1 if up is None or up(r.target) else 0
+            if is_up != r.up:
+                r.up = is_up
+                r.up_line = f"gatelb_backend_up{{{r.labels}}} {is_up}\n"
+
+    @staticmethod
+    def _update(rows: list[_Row], sets: dict[str, RawCounts], up: Callable[[TargetKey], bool] | None) -> None:
+        """New lines for the rows (one shard's) whose numbers moved."""
+        if not rows:
+            return
+        empty: RawCounts = {}
+        zero = (0, 0)
+        first = rows[0]
+        flows, replies, conns = (sets.get(first.flows, empty), sets.get(first.replies, empty),
+                                 sets.get(first.conns, empty))
+        for r in rows:
+            key = r.key
+            new = conns.get(key, zero)[0]
+            if new != r.new:
+                r.new = new
+                r.new_line = f"gatelb_backend_new_connections_total{{{r.labels}}} {new}\n"
+            flow = flows.get(key, zero)
+            reply = replies.get(key, zero)
+            if flow != r.flow or reply != r.reply:
+                r.flow, r.reply = flow, reply
+                r.packets_line = (f'gatelb_backend_packets_total{{{r.labels},direction="in"}} {flow[0]}\n'
+                                  f'gatelb_backend_packets_total{{{r.labels},direction="out"}} {reply[0]}\n')
+                r.bytes_line = (f'gatelb_backend_bytes_total{{{r.labels},direction="in"}} {flow[1]}\n'
+                                f'gatelb_backend_bytes_total{{{r.labels},direction="out"}} {reply[1]}\n')
+        _BackendSeries._update_up(rows, up, fresh=True)
 
 
 class _PoolCollector(Collector):
@@ -215,7 +273,7 @@ class Metrics:
     `health()` the /healthz verdict. Constructing it does no I/O."""
 
     def __init__(self, problems: Problems | None = None, healthz_timeout_s: float = DEFAULT_HEALTHZ_TIMEOUT_S,
-                 read_kernel: Callable[[], RawDump] = dump_raw) -> None:
+                 read_kernel: Callable[[], Iterable[RawDump]] = lambda: [dump_raw()]) -> None:
         self._reconciler: Reconciler | None = None
         self._monitor: HealthMonitor | None = None
         self._problems = problems
@@ -300,7 +358,8 @@ class Metrics:
     def render(self) -> bytes:
         """The /metrics body. Blocking (a kernel dump): call it in a thread."""
         counters = self._read_kernel()
-        return self._backends.render(counters, self._up).encode() + generate_latest(self.registry)
+        up = None if self._monitor is None else self._up  # None: no health checks, all up
+        return self._backends.render(counters, up).encode() + generate_latest(self.registry)
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         """kube-proxy's /healthz: healthy while the last round succeeded and no change has waited

@@ -109,9 +109,13 @@ class Flag(enum.StrEnum):
 
 
 class Role(enum.Enum):
-    """What the counter readers (kernel/counters.py, nlcounters.py) do with a set."""
+    """What the counter readers (kernel/counters.py, nlcounters.py) do with a set. The values
+    are FamilySets' field names."""
 
-    FLOWS = "flows"  # packets and bytes, keyed (frontend address, protocol, backend address, port)
+    # Packets and bytes client -> backend (conntrack's original direction, `direction="in"`),
+    # keyed (frontend address, protocol, backend address, port).
+    FLOWS = "flows"
+    REPLIES = "replies"  # packets and bytes backend -> client (reply direction, "out"), same key
     CONNS = "conns"  # new connections (the counter's packets), same key
     GENERATION = "generation"  # the single element is the generation number of the table
     SERVICES = "services"  # the service maps: a frontend is programmed when it is a key here
@@ -139,6 +143,7 @@ class SetLayout:
     role: Role | None = None
     family: int | None = None  # 4 or 6 for per-family sets
     timeout_s: int | None = None
+    shard: int | None = None  # which of COUNTER_SHARDS a counter set is (counter_shard)
 
     def __post_init__(self) -> None:
         if self.netlink_bulk and not self.netlink_increments:
@@ -205,6 +210,26 @@ class SetLayout:
 _ADDR = {4: FieldType.IPV4_ADDR, 6: FieldType.IPV6_ADDR}
 _IP = {4: "ip", 6: "ip6"}
 
+# Every counter set is split into this many shards, by the low bits of the backend address
+# (counter_shard). Why: the kernel resumes a hash set's dump by walking past every element it has
+# already sent, one 32 KiB message (about 450 elements) at a time, so dumping one set of n
+# elements costs O(n^2 / 450); 16 sets of n / 16 cost 16 times less (docs/benchmarks.md,
+# Observability). The rules pick the shard with a vmap on `address & 15`, which the compiler
+# computes the same way; no hash to reproduce.
+COUNTER_SHARDS: Final = 16
+_SHARD_ROLES: Final = (Role.FLOWS, Role.REPLIES, Role.CONNS)
+
+
+def counter_shard(backend: ipaddress.IPv4Address | ipaddress.IPv6Address) -> int:
+    """The shard of a backend's elements in the counter sets."""
+    return int(backend) & (COUNTER_SHARDS - 1)
+
+
+def shard_value(family: int, n: int) -> str:
+    """`n` as an address of `family` in nft text: the shard numbers and the mask of the rules
+    (`ip daddr & 0.0.0.15 vmap { 0.0.0.3 : goto count4_3, ... }`)."""
+    return str(ipaddress.IPv4Address(n) if family == 4 else ipaddress.IPv6Address(n))
+
 
 def _family_sets(f: int) -> list[SetLayout]:
     addr, ip = _ADDR[f], _IP[f]
@@ -214,21 +239,22 @@ def _family_sets(f: int) -> list[SetLayout]:
     slot = (Field(addr, f"{ip} daddr"), Field(proto, "meta l4proto"), Field(service, "tcp dport"),
             Field(FieldType.U32, "numgen random mod 1"))
     # (frontend address, protocol, backend address, backend port): per-backend counters, packets
-    # and bytes of every flow (flows*) and new connections (conns*). They live as long as the
+    # and bytes of each direction (flows*: client -> backend, replies*: backend -> client) and new
+    # connections (conns*), each in COUNTER_SHARDS sets (flows4_0 .. flows4_15). They live as long as the
     # backend stays configured, whatever happens to its slots. nft 1.0.6 cannot put `ct original
     # proto-dst` in a concatenation, so the frontend port is not part of the key; see docs/status.md.
     flow = (Field(addr, f"ct original {ip} daddr"), Field(proto, "meta l4proto"), Field(addr, f"{ip} daddr"),
             Field(service, "tcp dport"))
     def bulk(name: str, key: tuple[Field, ...], data: tuple[Field, ...] | Literal["verdict"] | None = None,
-             **kw: Role | tuple[Flag, ...]) -> SetLayout:
+             **kw: Role | tuple[Flag, ...] | int) -> SetLayout:
         return SetLayout(name, key, data, netlink_bulk=True, netlink_increments=True, family=f, **kw)  # type: ignore[arg-type]
 
     return [
         bulk(f"svc{f}", frontend, VERDICT, role=Role.SERVICES),
         bulk(f"be{f}", slot, (Field(addr, f"{ip} daddr"), Field(service, "tcp dport"))),
         bulk(f"beu{f}", slot, (Field(addr, f"{ip} daddr"), Field(service, "udp dport"))),
-        bulk(f"flows{f}", flow, flags=(Flag.COUNTER,), role=Role.FLOWS),
-        bulk(f"conns{f}", flow, flags=(Flag.COUNTER,), role=Role.CONNS),
+        *(bulk(f"{role.value}{f}_{shard}", flow, flags=(Flag.COUNTER,), role=role, shard=shard)
+          for role in _SHARD_ROLES for shard in range(COUNTER_SHARDS)),
         # FULLNAT services' flows (same key): masqueraded towards the backend.
         SetLayout(f"fullnat{f}", flow, netlink_increments=True, family=f),
         # Hairpin (a backend connecting to a VIP and balanced to itself): (backend, backend),
@@ -250,7 +276,7 @@ SETS: Final[dict[str, SetLayout]] = {
 # Derived lists (in declaration order), for the engine and the counter readers.
 NETLINK_BULK_SETS: Final = tuple(n for n, s in SETS.items() if s.netlink_bulk)
 NETLINK_INCREMENT_SETS: Final = tuple(n for n, s in SETS.items() if s.netlink_increments)
-COUNTER_SETS: Final = tuple(s for s in SETS.values() if s.role in (Role.FLOWS, Role.CONNS))
+COUNTER_SETS: Final = tuple(s for s in SETS.values() if s.role in _SHARD_ROLES)
 SERVICE_MAPS: Final = tuple(s for s in SETS.values() if s.role is Role.SERVICES)
 GENERATION: Final = next(s for s in SETS.values() if s.role is Role.GENERATION)
 
@@ -262,17 +288,24 @@ class FamilySets:
     svc: str
     be: str
     beu: str
-    flows: str
-    conns: str
     fullnat: str
     hairpin: str
     restricted: str
     allow: str
+    # The counter sets, indexed by shard (counter_shard of the backend address).
+    flows: tuple[str, ...]
+    replies: tuple[str, ...]
+    conns: tuple[str, ...]
 
 
-FAMILY_SETS: Final = {
-    f: FamilySets(**{s.name.removesuffix(str(f)): s.name for s in SETS.values() if s.family == f}) for f in (4, 6)
-}
+def _family_names(f: int) -> FamilySets:
+    mine = [s for s in SETS.values() if s.family == f]
+    plain = {s.name.removesuffix(str(f)): s.name for s in mine if s.shard is None}
+    sharded = {r.value: tuple(s.name for s in mine if s.role is r) for r in _SHARD_ROLES}
+    return FamilySets(**plain, **sharded)  # type: ignore[arg-type]
+
+
+FAMILY_SETS: Final = {f: _family_names(f) for f in (4, 6)}
 
 
 def affinity_set(family: int, timeout_s: int, name: str = "") -> SetLayout:

@@ -14,7 +14,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from ipaddress import IPv4Address
 from typing import Final
 
-from .layout import GENERATION, SETS, Data, FieldValue, Key
+from .layout import COUNTER_SHARDS, FAMILY_SETS, GENERATION, SETS, Data, FieldValue, Key, shard_value
 from .ruleset import FAMILY, NO_BACKEND_CHAIN, TABLE, Ruleset, static_pick_chains
 
 T = f"{FAMILY} {TABLE}"
@@ -51,21 +51,30 @@ def _fullnat_rules() -> list[str]:
 
 
 def _counter_rules() -> list[str]:
+    """The forward hook sends each packet of a flow we DNATed to the counting chain of its
+    backend's shard (layout.counter_shard): the backend is the destination of the original
+    direction and the source of the reply direction (the reverse NAT happens after forward)."""
     rules = []
     for f, ip in ((4, "ip"), (6, "ip6")):
-        rules.append(
-            f"ct state new ct status dnat ct direction original"
-            f" ct original {ip} daddr . meta l4proto . {ip} daddr . th dport @conns{f}"
-        )
-        rules.append(
-            f"ct status dnat ct direction original ct original {ip} daddr . meta l4proto . {ip} daddr . th dport"
-            f" @flows{f}"
-        )
-        rules.append(
-            f"ct status dnat ct direction reply ct original {ip} daddr . meta l4proto . {ip} saddr . th sport"
-            f" @flows{f}"
-        )
+        mask = shard_value(f, COUNTER_SHARDS - 1)
+        for direction, backend, chain in (("original", "daddr", "count"), ("reply", "saddr", "reply")):
+            vmap = ", ".join(f"{shard_value(f, s)} : goto {chain}{f}_{s}" for s in range(COUNTER_SHARDS))
+            rules.append(f"ct status dnat ct direction {direction} {ip} {backend} & {mask} vmap {{ {vmap} }}")
     return rules
+
+
+def _counter_chains() -> dict[str, list[str]]:
+    """Per family and shard: count{f}_{s} (client -> backend: new connections, packets and
+    bytes) and reply{f}_{s} (backend -> client). A flow that is not ours matches no element."""
+    chains: dict[str, list[str]] = {}
+    for f, ip in ((4, "ip"), (6, "ip6")):
+        sets = FAMILY_SETS[f]
+        original = f"ct original {ip} daddr . meta l4proto . {ip} daddr . th dport"
+        reply = f"ct original {ip} daddr . meta l4proto . {ip} saddr . th sport"
+        for s in range(COUNTER_SHARDS):
+            chains[f"count{f}_{s}"] = [f"ct state new {original} @{sets.conns[s]}", f"{original} @{sets.flows[s]}"]
+            chains[f"reply{f}_{s}"] = [f"{reply} @{sets.replies[s]}"]
+    return chains
 
 
 # Base chains: name -> (hook line, rules). Hooked chains use `policy accept` so that we never decide
@@ -80,6 +89,7 @@ REGULAR_CHAINS: dict[str, list[str]] = {
     "services": _services_rules(),
     NO_BACKEND_CHAIN: ["meta l4proto tcp reject with tcp reset", "reject with icmpx port-unreachable"],
     **{name: [rule] for name, rule in static_pick_chains().items()},
+    **_counter_chains(),
 }
 
 

@@ -44,7 +44,7 @@ from gatelb.model import (
     Service,
 )
 
-from .layout import FAMILY_SETS, Data, Key, affinity_set
+from .layout import FAMILY_SETS, Data, FamilySets, Key, affinity_set, counter_shard
 from .selection import slot_table
 
 TABLE = "gatelb"
@@ -171,13 +171,8 @@ def _compile_service(rs: Ruleset, svc: Service) -> None:
         for net in svc.source_ranges:
             rs.add_element(names.allow, (vip, proto, port, net))
 
-    # One dict hashes each key once; update() reuses the stored hashes for the second set.
     flow_keys: list[Key] = [(vip, proto, a, p) for a, p in targets]
-    flows: dict[Key, Data] = dict.fromkeys(flow_keys)
-    for b in svc.idle_backends:
-        flows[(vip, proto, b.address, b.port)] = None
-    elements.setdefault(names.flows, {}).update(flows)
-    elements.setdefault(names.conns, {}).update(flows)
+    _add_counters(elements, names, [*flow_keys, *((vip, proto, b.address, b.port) for b in svc.idle_backends)])
 
     if not svc.backends:
         verdict = goto(NO_BACKEND_CHAIN) if svc.no_backend is NoBackendAction.REJECT else "drop"
@@ -198,6 +193,14 @@ def _compile_service(rs: Ruleset, svc: Service) -> None:
             be[(vip, proto, port, slot)] = targets[index]
         chain = _pick_chain(rs, svc, len(slots))
     rs.add_element(names.svc, key, goto(chain))
+
+
+def _add_counters(elements: dict[str, dict[Key, Data]], names: FamilySets, keys: list[Key]) -> None:
+    """Each backend's elements in its shard of the three counter sets (layout.counter_shard)."""
+    for key in keys:
+        shard = counter_shard(key[2])  # type: ignore[arg-type]
+        for sets in (names.flows, names.replies, names.conns):
+            elements.setdefault(sets[shard], {})[key] = None
 
 
 def _selector(svc: Service, modulus: int) -> str:

@@ -2,10 +2,13 @@
 
 Which sets count what, and their key fields, come from dataplane/layout.py (Role, COUNTER_SETS).
 
-Both counter sets are keyed by (frontend address, protocol, backend address, backend port) and
-counted in the forward hook: `flows*` counts packets and bytes of both directions, `conns*` the
-first packet of each new connection. Their elements live as long as the backend is configured, so
-a backend going down and up, or its slots being renumbered, never resets them.
+The counter sets are keyed by (frontend address, protocol, backend address, backend port) and
+counted in the forward hook: `flows*` counts packets and bytes client -> backend, `replies*`
+backend -> client, `conns*` the first packet of each new connection; each is split into shards
+by the backend address (layout.counter_shard). Their elements live as long as the backend is
+configured, so a backend going down and up, or its slots being renumbered, never resets them.
+TableCounters.flows and lookup() give both directions together (status); the metrics read the
+directions apart from the raw sets.
 
 Reading lists the whole table, which takes seconds at 10,000 services: this is for `status`,
 never for the sync path.
@@ -18,7 +21,7 @@ import struct
 from dataclasses import dataclass, field
 from typing import Any, cast
 
-from gatelb.dataplane.layout import COUNTER_SETS, FAMILY_SETS, GENERATION, SERVICE_MAPS, Key, Role
+from gatelb.dataplane.layout import COUNTER_SETS, COUNTER_SHARDS, FAMILY_SETS, GENERATION, SERVICE_MAPS, Key, Role
 from gatelb.model import IPAddress, Protocol
 
 FlowKey = tuple[str, str, str, int]  # (vip, protocol, backend address, backend port), canonical text
@@ -51,6 +54,8 @@ class TableCounters:
     # The frontends the kernel's service maps (svc4/svc6) hold: what is programmed now, whatever
     # the state record says. None when they were not read.
     frontends: set[Frontend] | None = None
+    _by_shard: dict[int, tuple[list[RawCounts], list[RawCounts], list[RawCounts]]] = field(
+        default_factory=dict, repr=False, compare=False)
 
     def programmed(self, vip: IPAddress, protocol: Protocol, port: int) -> bool:
         """Whether the kernel serves this frontend (when the service maps were not read: whether
@@ -64,10 +69,8 @@ class TableCounters:
         if not self.raw:
             key = (str(vip), protocol.value, str(address), port)
             return self.flows.get(key, Counter()), self.new_connections.get(key, 0)
-        sets = FAMILY_SETS[vip.version]
-        raw = counter_key(vip, protocol, address, port)
-        packets, nbytes = self.raw.get(sets.flows, {}).get(raw, (0, 0))
-        return Counter(packets, nbytes), self.raw.get(sets.conns, {}).get(raw, (0, 0))[0]
+        ((packets, nbytes, new),) = self.backends(vip, protocol, ((address, port),))
+        return Counter(packets, nbytes), new
 
 
     def backends(self, vip: IPAddress, protocol: Protocol,
@@ -76,16 +79,29 @@ class TableCounters:
         address: `lookup` for a whole load balancer, its key prefix encoded once."""
         if not self.raw:
             return [(c.packets, c.bytes, n) for c, n in (self.lookup(vip, protocol, a, p) for a, p in backends)]
-        sets = FAMILY_SETS[vip.version]
-        flows, conns = self.raw.get(sets.flows, {}), self.raw.get(sets.conns, {})
+        flows, replies, conns = self._shards(vip.version)
         head = vip.packed + _PROTO_BYTES[protocol]
         zero = (0, 0)
         out = []
         for address, port in backends:
-            raw = head + address.packed + _PORT.pack(port) + b"\0\0"
-            packets, nbytes = flows.get(raw, zero)
-            out.append((packets, nbytes, conns.get(raw, zero)[0]))
+            packed = address.packed
+            raw = head + packed + _PORT.pack(port) + b"\0\0"
+            shard = packed[-1] & _SHARD_MASK  # layout.counter_shard, from the bytes at hand
+            p_in, b_in = flows[shard].get(raw, zero)
+            p_out, b_out = replies[shard].get(raw, zero)
+            out.append((p_in + p_out, b_in + b_out, conns[shard].get(raw, zero)[0]))
         return out
+
+    def _shards(self, family: int) -> tuple[list[RawCounts], list[RawCounts], list[RawCounts]]:
+        """The raw counts of one family's flows, replies and conns sets, by shard (memoised: a
+        status looks up 100,000 backends)."""
+        got = self._by_shard.get(family)
+        if got is None:
+            sets, empty = FAMILY_SETS[family], RawCounts()
+            flows, replies, conns = ([self.raw.get(n, empty) for n in names]
+                                     for names in (sets.flows, sets.replies, sets.conns))
+            got = self._by_shard[family] = (flows, replies, conns)
+        return got
 
 
 def counter_key(vip: IPAddress, protocol: Protocol, address: IPAddress, port: int) -> bytes:
@@ -95,11 +111,13 @@ def counter_key(vip: IPAddress, protocol: Protocol, address: IPAddress, port: in
 
 
 _PORT = struct.Struct("!H")
+_SHARD_MASK = COUNTER_SHARDS - 1
+assert COUNTER_SHARDS <= 256, "the shard is taken from the address's last byte"
 _PROTO_BYTES = {Protocol.TCP: bytes((socket.IPPROTO_TCP, 0, 0, 0)), Protocol.UDP: bytes((socket.IPPROTO_UDP, 0, 0, 0))}
 
 
 def flow_key(key: Key) -> FlowKey:
-    """A counter set's typed key (layout Role.FLOWS / Role.CONNS) as the text tuple status uses."""
+    """A counter set's typed key (layout Role.FLOWS / REPLIES / CONNS) as the text tuple status uses."""
     vip, proto, backend, port = key
     return (str(vip), str(proto), str(backend), cast(int, port))
 
@@ -138,8 +156,8 @@ def parse_table(objects: list[dict[str, Any]]) -> TableCounters:
             for raw in elems:
                 parts, counter = _element(raw)
                 key = flow_key(tuple(f.type.parse(p) for f, p in zip(layout.key, parts, strict=True)))
-                if layout.role is Role.FLOWS:
-                    out.flows[key] = counter
+                if layout.role in (Role.FLOWS, Role.REPLIES):
+                    out.flows.setdefault(key, Counter()).add(counter)
                 else:
                     out.new_connections[key] = counter.packets
     if out.generation is None and any("table" in o for o in objects):

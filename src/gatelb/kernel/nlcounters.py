@@ -9,6 +9,7 @@ the tests compare this with.
 from __future__ import annotations
 
 import errno
+import hashlib
 import socket
 import struct
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -16,7 +17,16 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import cast
 
-from gatelb.dataplane.layout import COUNTER_SETS, FAMILY_SETS, GENERATION, SERVICE_MAPS, FieldType, Role, SetLayout
+from gatelb.dataplane.layout import (
+    COUNTER_SETS,
+    FAMILY_SETS,
+    GENERATION,
+    SERVICE_MAPS,
+    FieldType,
+    Role,
+    SetLayout,
+    counter_shard,
+)
 from gatelb.model import IPAddress, Protocol
 
 from .counters import Counter, FlowKey, Frontend, RawCounts, TableCounters, counter_key
@@ -61,6 +71,9 @@ class TableMissing(Exception):
 class RawDump:
     generation: int | None = None  # None: our table does not exist
     sets: dict[str, RawCounts] = field(default_factory=dict)
+    # Per set, a digest of the kernel's answer (every key and number, in the kernel's order):
+    # equal digests mean an unchanged set, so a reader may skip what it derived from it.
+    digests: dict[str, bytes] = field(default_factory=dict)
 
 
 def _counter(expr: bytes) -> Counter | None:
@@ -168,24 +181,35 @@ def _open() -> socket.socket:
     return sock
 
 
-def _dump_set(table: str, layout: SetLayout) -> RawCounts:
+def _dump_set(table: str, layout: SetLayout) -> tuple[RawCounts, bytes]:
+    """One set's counts and a digest of the kernel's messages (blake2b releases the GIL while
+    it hashes)."""
     key_length = ElementCodec(layout).key_length
     counts: RawCounts = {}
+    hasher = hashlib.blake2b(digest_size=16)
     with _open() as sock:
         for body in _messages(sock, table, layout.name, 1):
+            hasher.update(body)
             for kind, value in attrs(body):
                 if kind == NFTA_SET_ELEM_LIST_ELEMENTS:
                     _scan(value, key_length, counts)
-    return counts
+    return counts, hasher.digest()
+
+
+# Parallel set dumps (96 counter sets): 1, 2, 4 and 8 threads showed no consistent difference on
+# two cores (docs/benchmarks.md, Observability); a few keep the kernel's share of the work on
+# the other core while Python reads, without 96 threads at a time.
+DUMP_THREADS = 4
 
 
 def dump_raw(table: str = "gatelb", sets: Sequence[SetLayout] = COUNTER_SETS) -> RawDump:
     """The generation and `sets` of our table as raw key bytes -> (packets, bytes), for readers that
     map keys themselves (the metrics collector encodes the keys it expects once per sync).
 
-    Each set is dumped on its own socket in its own thread: the kernel resumes a hash set's dump
-    by walking past the elements already sent, about 0.3 s of system time per 100,000-element set
-    (one 32 KiB message at a time), and that time runs on another core while the GIL is free."""
+    The kernel resumes a hash set's dump by walking past the elements already sent (one 32 KiB
+    message at a time), so a dump costs O(n^2) in the set's size: that is why the counter sets are
+    sharded (layout.COUNTER_SHARDS). Each set is dumped on its own socket, DUMP_THREADS at a time:
+    the kernel's share runs on another core while the GIL is free."""
     out = RawDump()
     with _open() as sock:
         generation = ElementCodec(GENERATION)
@@ -194,11 +218,11 @@ def dump_raw(table: str = "gatelb", sets: Sequence[SetLayout] = COUNTER_SETS) ->
         except TableMissing:
             return out
     out.generation = cast(int, gens[0]) if gens else 0
-    with ThreadPoolExecutor(max_workers=max(1, len(sets)), thread_name_prefix="counters") as pool:
+    with ThreadPoolExecutor(max_workers=max(1, min(DUMP_THREADS, len(sets))), thread_name_prefix="counters") as pool:
         dumps = [(layout.name, pool.submit(_dump_set, table, layout)) for layout in sets]
         for name, future in dumps:
             try:
-                out.sets[name] = future.result()
+                out.sets[name], out.digests[name] = future.result()
             except TableMissing:  # removed between the generation and this set
                 return RawDump()
     return out
@@ -228,7 +252,7 @@ def read_counters(table: str = "gatelb") -> TableCounters:
         # Keys share their fields (a VIP for every backend of a service): convert each once.
         fields: list[tuple[int, int, Callable[[bytes], str | int], dict[bytes, str | int]]] = [
             (o, t.size, _FIELD_TEXT[t], {}) for o, t in codec.key_slices]
-        flows = layout.role is Role.FLOWS
+        flows = layout.role in (Role.FLOWS, Role.REPLIES)  # both directions together, as parse_table
         for key, (packets, nbytes) in raw.sets.get(layout.name, {}).items():
             if len(key) != codec.key_length:
                 raise OSError(f"{layout.name}: unexpected key length {len(key)}")
@@ -241,7 +265,7 @@ def read_counters(table: str = "gatelb") -> TableCounters:
                 parts.append(value)
             fk = cast(FlowKey, tuple(parts))
             if flows:
-                out.flows[fk] = Counter(packets, nbytes)
+                out.flows.setdefault(fk, Counter()).add(Counter(packets, nbytes))
             else:
                 out.new_connections[fk] = packets
     return out
@@ -285,8 +309,9 @@ def read_counters_for(keys: Iterable[tuple[IPAddress, Protocol, IPAddress, int]]
     for vip, protocol, address, port in keys:
         sets = FAMILY_SETS[vip.version]
         raw = counter_key(vip, protocol, address, port)
-        wanted.setdefault(sets.flows, []).append(raw)
-        wanted.setdefault(sets.conns, []).append(raw)
+        shard = counter_shard(address)
+        for names in (sets.flows, sets.replies, sets.conns):
+            wanted.setdefault(names[shard], []).append(raw)
     out = TableCounters()
     with _open() as sock:
         generation = ElementCodec(GENERATION)
@@ -302,7 +327,7 @@ def read_counters_for(keys: Iterable[tuple[IPAddress, Protocol, IPAddress, int]]
             return read_counters_raw(table)
     # Whether each is programmed: the service maps are small (one element per frontend).
     try:
-        out.frontends = _frontends({layout.name: _dump_set(table, layout) for layout in SERVICE_MAPS})
+        out.frontends = _frontends({layout.name: _dump_set(table, layout)[0] for layout in SERVICE_MAPS})
     except TableMissing:
         out.frontends = set()
     return out
