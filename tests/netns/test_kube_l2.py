@@ -124,9 +124,16 @@ def test_lease_elected_owner_answers_arp_and_power_loss_moves_the_vip(lab: L2Lab
         ndp = lab.ndp_answers(WEB6)
         assert ndp and set(ndp) == {macs["gw1"]}, ndp
         for vip in (WEB, API, WEB6):
-            result = lab.connect_many("tcp", vip, 80, count=10)
-            assert result.ok == 10, (result, logs())
-            assert result.backends == {"be1", "be2"}
+            # both backends serve through the owner; a few tries: the health checks of a gateway
+            # that just started (rise 2) may still hold one back, and 20 random picks of two
+            # backends land on one alone once in 500,000 rounds
+            seen: set[str] = set()
+            deadline = time.monotonic() + 5.0
+            while seen != {"be1", "be2"} and time.monotonic() < deadline:
+                result = lab.connect_many("tcp", vip, 80, count=20)
+                assert result.ok == 20, (result, logs())
+                seen |= result.backends
+            assert seen == {"be1", "be2"}, (vip, seen, logs())
 
         # gw1 loses power: gw2 takes WEB over once gw1's Lease has lapsed
         t0 = time.monotonic()
