@@ -1,0 +1,99 @@
+"""An FRR that already runs on the gateway and is not gatelb's (`gatelb run --frr-vty-socket DIR`):
+gatelb starts nothing and only adds its part (gatelb.announce.frr_part) through that FRR's vtysh,
+one vtysh run per change.
+
+- Before the first change (and whenever the BGPPeers change, or after a failed run) it reads the
+  running configuration: the checks (ASN, neighbors, import check, prefixes the user already
+  originates) and what of gatelb's is there already (a previous run's part: adopted, corrected).
+- What it applied last is also written to `<state-dir>/frr-external.conf`, for the operator.
+- Stop: its networks and route-maps are removed (the router withdraws at once through the
+  user's session); with graceful restart on some BGPPeer they are left in place, the user's FRR
+  keeps announcing them, and the next run adopts them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+from pathlib import Path
+
+from gatelb.announce.decide import BGPPlan
+from gatelb.announce.frr import COMMAND_TIMEOUT_S, VTYSH, FrrError
+from gatelb.announce.frr_part import Part, Running, changes, check_plan, check_running, parse_running, part
+
+
+class ExternalFrr:
+    def __init__(self, vty_socket: Path, state_file: Path) -> None:
+        self.directory = vty_socket
+        self.state_file = state_file
+        self.applied: Part | None = None
+        self._checked: tuple[object, ...] | None = None  # the peers the last check was for
+        self.timings: dict[str, float] = {}
+
+    def running(self) -> bool:
+        return (self.directory / "bgpd.vty").exists()
+
+    def vtysh(self, *commands: str) -> str:
+        argv = [VTYSH, "--vty_socket", str(self.directory)]
+        for c in commands:
+            argv += ["-c", c]
+        done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
+        if done.returncode != 0:
+            raise FrrError(f"vtysh --vty_socket {self.directory} {' '.join(commands)}: "
+                           f"{(done.stderr + done.stdout).strip()[-500:]}")
+        return done.stdout
+
+    def _batch(self, commands: list[str]) -> None:
+        done = subprocess.run([VTYSH, "--vty_socket", str(self.directory)], input="\n".join(commands) + "\n",
+                              capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
+        if done.returncode != 0 or "% " in done.stdout:
+            self.applied = None  # unknown: the next apply reads the running configuration again
+            raise FrrError(f"vtysh --vty_socket {self.directory}: {(done.stderr + done.stdout).strip()[-800:]}")
+
+    def read(self) -> Running:
+        if not self.running():
+            raise FrrError(f"BGP announcements (--frr-vty-socket {self.directory}): no bgpd there "
+                           f"({self.directory / 'bgpd.vty'} is missing): is that FRR running, is this its vty "
+                           f"socket directory?")
+        return parse_running(self.vtysh("show running-config"))
+
+    def apply(self, plan: BGPPlan | None) -> bool:
+        """Make gatelb's part the one for `plan` (None: none). Returns False when nothing needed
+        doing; raises FrrError (with every problem, naming the object and field) and changes
+        nothing when the user's FRR does not fit the plan."""
+        if plan is None and self.applied is None and not self.running():
+            return False  # no BGP wanted and no FRR there: nothing of ours to remove
+        key = (plan.asn, tuple((pp.peer.name, pp.peer.my_asn, pp.peer.peer_address) for pp in plan.peers)) \
+            if plan is not None else None
+        if self.applied is None or key != self._checked:
+            running = self.read()
+            if plan is not None:
+                errors = [*check_plan(plan), *check_running(plan, running, str(self.directory))]
+                if errors:
+                    raise FrrError("\n".join(str(e) for e in errors))
+            self.applied, self._checked = running.ours, key
+        asn = plan.asn if plan is not None else self.applied.asn
+        new = part(plan, asn)
+        commands = changes(self.applied, new)
+        if not commands:
+            return False
+        self._batch(commands)
+        self.applied = new
+        self.timings = {"commands": len(commands)}
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text("\n".join(new.lines()) + "\n")
+        os.replace(tmp, self.state_file)
+        return True
+
+    def withdraw(self) -> Part:
+        """Remove gatelb's whole part (what it applied, or what the running configuration shows
+        of it); what was removed."""
+        ours = self.applied if self.applied is not None else self.read().ours
+        commands = changes(ours, Part(ours.asn))
+        if commands:
+            self._batch(commands)
+        self.applied = Part(ours.asn)
+        with contextlib.suppress(FileNotFoundError):
+            self.state_file.unlink()
+        return ours
