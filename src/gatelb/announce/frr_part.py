@@ -22,7 +22,7 @@ import re
 import zlib
 from dataclasses import dataclass, field
 
-from gatelb.announce.decide import Attributes, BGPPlan
+from gatelb.announce.decide import Attributes, BGPPlan, PeerPlan
 from gatelb.announce.frr_config import WELL_KNOWN
 from gatelb.model import BGPPeer, ValidationError
 
@@ -71,14 +71,15 @@ def _sets(attrs: Attributes, asn: int) -> tuple[str, ...]:
 
 def check_plan(plan: BGPPlan) -> list[ValidationError]:
     """Without the neighbors, gatelb cannot send a prefix to one peer and not another, nor with
-    different attributes: every BGPPeer of this gateway must get the same prefixes alike."""
+    different attributes: every BGPPeer of this gateway (of one address family) must get the
+    same prefixes alike."""
     errors: list[ValidationError] = []
-    if not plan.peers:
-        return errors
-    first = plan.peers[0]
-    want = dict(first.prefixes)
-    for pp in plan.peers[1:]:
-        got = dict(pp.prefixes)
+    firsts: dict[int, PeerPlan] = {}
+    for pp in plan.peers:  # an IPv4 peer gets the IPv4 prefixes, an IPv6 peer the IPv6 ones
+        first = firsts.setdefault(pp.peer.peer_address.version, pp)
+        if first is pp:
+            continue
+        want, got = dict(first.prefixes), dict(pp.prefixes)
         if got != want:
             differ = sorted({str(p) for p in want.keys() ^ got.keys()}
                             | {str(p) for p in want.keys() & got.keys() if want[p] != got[p]})
@@ -95,7 +96,8 @@ def part(plan: BGPPlan | None, asn: int) -> Part:
         return Part(asn)
     maps: dict[str, tuple[str, ...]] = {}
     networks: dict[tuple[str, str], str] = {}
-    for prefix, attrs in plan.peers[0].prefixes:
+    firsts = {pp.peer.peer_address.version: pp for pp in reversed(plan.peers)}  # the same for each (check_plan)
+    for prefix, attrs in sorted({x for pp in firsts.values() for x in pp.prefixes}, key=lambda x: str(x[0])):
         sets = _sets(attrs, plan.asn)
         # the name comes from what it sets: a changed attribute is a new map, never an edited one
         name = f"{MAP_PREFIX}{zlib.crc32(chr(10).join(sets).encode()):08x}"
