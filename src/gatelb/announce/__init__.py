@@ -133,7 +133,9 @@ class Announcer:
         if bgp is None or not self._frr_up:
             self.peer_states = {}
             return
-        out = self._vtysh("show bgp neighbors json", "show bfd peers json")
+        # an FRR not ours may run no bfdd: asked about BFD only where a BGPPeer names a profile
+        bfd = ["show bfd peers json"] if self.external is None or any(pp.bfd for pp in bgp.peers) else []
+        out = self._vtysh("show bgp neighbors json", *bfd)
         states = parse_states(bgp, out)
         for name, st in states.items():
             old = self.peer_states.get(name)
@@ -222,7 +224,8 @@ class Announcer:
                 except TimeoutError:
                     if self._frr_up and self._frr_died():
                         if self.external is not None:  # the user's FRR: its part is added again once it is back
-                            event(logging.ERROR, "frr-external-gone", vty_socket=str(self.external.directory))
+                            if self.external.applied is not None:
+                                event(logging.ERROR, "frr-external-gone", vty_socket=str(self.external.directory))
                             self.external.applied = None
                         else:
                             event(logging.ERROR, "frr-daemon-died", running=self.frr.running())
