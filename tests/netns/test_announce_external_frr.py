@@ -12,6 +12,8 @@ In order:
 - all backends of one VIP down: withdrawn, back when they are up; the user's lines never change;
 - gatelb killed (SIGKILL): the user's FRR keeps announcing; the next run (with one VIP fewer)
   adopts the part from the running configuration and removes the VIP the configuration lost;
+- SIGTERM with graceful restart on the BGPPeer: the part stays; the next run adopts it and adds
+  only the VIP that came back;
 - SIGTERM: gatelb's networks are withdrawn at the router at once, the user's session and network
   stay, and the running configuration is the user's again, exactly.
 """
@@ -59,6 +61,9 @@ exit
 WEB_LB = l4lb_doc("web", WEB, [f"{backend_v4(1)}:8080", f"{backend_v4(2)}:8080"])
 CONFIG = "---\n".join([UPSTREAM, WEB_LB, l4lb_doc("solo", SOLO, [f"{backend_v4(1)}:8080"])])
 CONFIG_WITHOUT_SOLO = "---\n".join([UPSTREAM, WEB_LB])
+assert "connectTime: 1s}" in UPSTREAM
+CONFIG_WITHOUT_SOLO_GR = CONFIG_WITHOUT_SOLO.replace("connectTime: 1s}",
+                                                     "connectTime: 1s, enableGracefulRestart: true}")
 assert "myASN: 64512" in UPSTREAM
 WRONG_ASN = CONFIG.replace("myASN: 64512", "myASN: 64513")
 
@@ -149,7 +154,7 @@ def test_gatelb_adds_only_its_part_to_the_users_frr(lab: BgpLab) -> None:
     gw.signal(signal.SIGKILL)
     gw.wait(timeout=5)
     assert lab.router_next_hops(f"{WEB}/32") == {GW1}
-    again = LabDaemon(lab, CONFIG_WITHOUT_SOLO, name="gw1", ns="gw1", extra_args=args)
+    again = LabDaemon(lab, CONFIG_WITHOUT_SOLO_GR, name="gw1", ns="gw1", extra_args=args)
     missing: list[float] = []
     again.start()
     t0 = time.monotonic()
@@ -162,13 +167,26 @@ def test_gatelb_adds_only_its_part_to_the_users_frr(lab: BgpLab) -> None:
     assert lab.router_next_hops(f"{WEB}/32") == {GW1}
     assert users_lines(running()) == before.splitlines()
 
+    # SIGTERM with graceful restart on the BGPPeer: gatelb's part stays, the user's FRR keeps announcing
+    again.signal(signal.SIGTERM)
+    assert again.wait(timeout=10) == 0, again.log_text()[-3000:]
+    assert again.events("frr-external-kept")
+    assert lab.router_next_hops(f"{WEB}/32") == {GW1}
+    last = LabDaemon(lab, CONFIG, name="gw1", ns="gw1", extra_args=args).start()  # solo is back
+    wait_for("solo announced by the next run", lambda: lab.router_next_hops(f"{SOLO}/32") == {GW1}, 5.0, lab)
+    assert lab.router_next_hops(f"{WEB}/32") == {GW1}
+    # adopted as it was: one vtysh run adding solo's network alone (configure, router bgp,
+    # address-family, network, exit-address-family, exit, end), web untouched
+    assert [e["commands"] for e in last.events("announce")] == [7]
+
     # SIGTERM: gatelb's networks withdrawn at once, the user's session and network stay
+    again = last
     t0 = time.monotonic()
     again.signal(signal.SIGTERM)
     wait_for("web withdrawn on SIGTERM", lambda: not lab.router_next_hops(f"{WEB}/32"), 2.0, lab)
     print(f"SIGTERM -> withdrawn at the router: {time.monotonic() - t0:.3f} s")
     assert again.wait(timeout=10) == 0, again.log_text()[-3000:]
-    assert again.events("withdrawn")[-1]["networks"] == 1
+    assert again.events("withdrawn")[-1]["networks"] == 2
     assert running() == before
     assert lab.router_next_hops(USER_NET) == {GW1}
     assert '"bgpState":"Established"' in user_vtysh(f"show bgp neighbors {ROUTER} json").replace(" ", "")
