@@ -14,16 +14,19 @@ In order:
   adopts the part from the running configuration and removes the VIP the configuration lost;
 - SIGTERM with graceful restart on the BGPPeer: the part stays; the next run adopts it and adds
   only the VIP that came back;
+- the user's bgpd restarts (from its own file, without gatelb's part): gatelb adds its part again;
 - SIGTERM: gatelb's networks are withdrawn at the router at once, the user's session and network
   stay, and the running configuration is the user's again, exactly.
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -80,6 +83,17 @@ def users_lines(running: str) -> list[str]:
         elif not skipping and " route-map gatelb-" not in line:
             out.append(line)
     return out
+
+
+def restart_bgpd(lab: BgpLab, d: Path) -> None:
+    """Stop the user's bgpd and start it again from its startup file, as `systemctl restart` would."""
+    pid = int((d / "bgpd.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 5
+    while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+        time.sleep(0.02)
+    lab.run("gw1", ["/usr/lib/frr/bgpd", "-d", "-u", "frr", "-g", "frr", "-f", str(d / "bgpd.conf"),
+                    "-i", str(d / "bgpd.pid"), "-z", str(d / "zserv.api"), "--vty_socket", str(d), "-A", "127.0.0.1"])
 
 
 @pytest.fixture(name="lab")
@@ -176,8 +190,21 @@ def test_gatelb_adds_only_its_part_to_the_users_frr(lab: BgpLab) -> None:
     wait_for("solo announced by the next run", lambda: lab.router_next_hops(f"{SOLO}/32") == {GW1}, 5.0, lab)
     assert lab.router_next_hops(f"{WEB}/32") == {GW1}
     # adopted as it was: one vtysh run adding solo's network alone (configure, router bgp,
-    # address-family, network, exit-address-family, exit, end), web untouched
-    assert [e["commands"] for e in last.events("announce")] == [7]
+    # address-family, network, exit-address-family, exit, end) and sending the route-map it uses
+    # again (route-map, set tag, exit: read back, it may be zebra's alone), web untouched
+    assert [e["commands"] for e in last.events("announce")] == [10]
+
+    # the user's bgpd restarts (from its own file: without gatelb's part): gatelb adds it again
+    t_restart = time.time()
+    restart_bgpd(lab, vty)
+    last.wait_event("frr-external-gone", after=t_restart)
+    last.wait_event("announce", after=t_restart, timeout=10)
+    readded = running()
+    assert f"  network {WEB}/32 route-map gatelb-net-" in readded and f"  network {SOLO}/32 route-map" in readded
+    assert users_lines(readded) == before.splitlines()
+    wait_for("both VIPs again after the user's bgpd restarted", lambda: lab.router_next_hops(f"{WEB}/32")
+             == {GW1} and lab.router_next_hops(f"{SOLO}/32") == {GW1}, CONVERGE_S, lab)
+    print(f"user's bgpd restarted -> VIPs at the router again {time.time() - t_restart:.2f} s later")
 
     # SIGTERM: gatelb's networks withdrawn at once, the user's session and network stay
     again = last

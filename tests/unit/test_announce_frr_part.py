@@ -10,6 +10,7 @@ from gatelb.announce.decide import BGPPlan, decide
 from gatelb.announce.frr_part import (
     EXTERNAL_TAG,
     Part,
+    adopting,
     changes,
     check_plan,
     check_running,
@@ -176,6 +177,9 @@ def test_the_running_configuration_is_read_for_ours_and_theirs() -> None:
         "exit-address-family", "exit", f"route-map {name} permit 10", f"set tag {EXTERNAL_TAG}", "exit",
         "router bgp 64512", "address-family ipv4 unicast", f"network 203.0.113.70/32 route-map {name}",
         "exit-address-family", "exit", "no route-map gatelb-net-00000001", "end"]
+    # route-maps read back may be zebra's alone (a restarted bgpd lost them): the ones in use are sent again
+    assert changes(adopting(r.ours, r.ours), r.ours) == [
+        "configure terminal", "route-map gatelb-net-00000001 permit 10", "set tag 64179", "exit", "end"]
     assert changes(r.ours, Part(64512)) == [
         "configure terminal", "router bgp 64512", "address-family ipv4 unicast", "no network 203.0.113.70/32",
         "exit-address-family", "exit", "no route-map gatelb-net-00000001", "end"]

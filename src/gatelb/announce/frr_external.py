@@ -5,7 +5,9 @@ one vtysh run per change.
 - Before the first change (and whenever the BGPPeers change, or after a failed run) it reads the
   running configuration: the checks (ASN, neighbors, import check, prefixes the user already
   originates) and what of gatelb's is there already (a previous run's part: adopted, corrected).
-- What it applied last is also written to `<state-dir>/frr-external.conf`, for the operator.
+- What it applied last is also written to `<state-dir>/frr-external.conf`, for the operator;
+  nothing goes to the user's startup file (no `write memory`). A restarted bgpd (a new vty
+  socket) has lost the part: it counts as gone, and the part is added again.
 - Stop: its networks and route-maps are removed (the router withdraws at once through the
   user's session); with graceful restart on some BGPPeer they are left in place, the user's FRR
   keeps announcing them, and the next run adopts them.
@@ -20,7 +22,16 @@ from pathlib import Path
 
 from gatelb.announce.decide import BGPPlan
 from gatelb.announce.frr import COMMAND_TIMEOUT_S, VTYSH, FrrError
-from gatelb.announce.frr_part import Part, Running, changes, check_plan, check_running, parse_running, part
+from gatelb.announce.frr_part import (
+    Part,
+    Running,
+    adopting,
+    changes,
+    check_plan,
+    check_running,
+    parse_running,
+    part,
+)
 
 
 class ExternalFrr:
@@ -29,10 +40,21 @@ class ExternalFrr:
         self.state_file = state_file
         self.applied: Part | None = None
         self._checked: tuple[object, ...] | None = None  # the peers the last check was for
+        self._socket: tuple[int, int] | None = None  # bgpd's vty socket when the configuration was read
         self.timings: dict[str, float] = {}
 
+    def _socket_id(self) -> tuple[int, int] | None:
+        try:
+            st = (self.directory / "bgpd.vty").stat()
+        except OSError:
+            return None
+        return st.st_ino, st.st_mtime_ns
+
     def running(self) -> bool:
-        return (self.directory / "bgpd.vty").exists()
+        """Whether the bgpd read last is still there: a restarted one (a new socket) has lost
+        gatelb's part (gatelb never writes the user's startup file), so it counts as gone."""
+        now = self._socket_id()
+        return now is not None and (self._socket is None or now == self._socket)
 
     def vtysh(self, *commands: str) -> str:
         argv = [VTYSH, "--vty_socket", str(self.directory)]
@@ -52,11 +74,15 @@ class ExternalFrr:
             raise FrrError(f"vtysh --vty_socket {self.directory}: {(done.stderr + done.stdout).strip()[-800:]}")
 
     def read(self) -> Running:
+        self._socket = None
         if not self.running():
             raise FrrError(f"BGP announcements (--frr-vty-socket {self.directory}): no bgpd there "
                            f"({self.directory / 'bgpd.vty'} is missing): is that FRR running, is this its vty "
                            f"socket directory?")
-        return parse_running(self.vtysh("show running-config"))
+        socket = self._socket_id()
+        running = parse_running(self.vtysh("show running-config"))
+        self._socket = socket
+        return running
 
     def apply(self, plan: BGPPlan | None) -> bool:
         """Make gatelb's part the one for `plan` (None: none). Returns False when nothing needed
@@ -66,17 +92,20 @@ class ExternalFrr:
             return False  # no BGP wanted and no FRR there: nothing of ours to remove
         key = (plan.asn, tuple((pp.peer.name, pp.peer.my_asn, pp.peer.peer_address) for pp in plan.peers)) \
             if plan is not None else None
-        if self.applied is None or key != self._checked:
+        base = self.applied
+        if base is None or key != self._checked:
             running = self.read()
             if plan is not None:
                 errors = [*check_plan(plan), *check_running(plan, running, str(self.directory))]
                 if errors:
                     raise FrrError("\n".join(str(e) for e in errors))
-            self.applied, self._checked = running.ours, key
-        asn = plan.asn if plan is not None else self.applied.asn
+            base = running.ours
+            self._checked = key
+        asn = plan.asn if plan is not None else base.asn
         new = part(plan, asn)
-        commands = changes(self.applied, new)
+        commands = changes(base if base is self.applied else adopting(base, new), new)
         if not commands:
+            self.applied = new
             return False
         self._batch(commands)
         self.applied = new

@@ -127,6 +127,14 @@ def changes(old: Part, new: Part) -> list[str]:
     return ["configure terminal", *out, "end"] if out else []
 
 
+def adopting(ours: Part, new: Part) -> Part:
+    """The base to diff against when `ours` was read from the running configuration: the
+    route-maps `new` uses count as missing, so they are sent again (which changes nothing where
+    they are). vtysh shows the route-maps of every daemon merged, and a restarted bgpd has lost
+    the ones zebra still shows; a network whose route-map bgpd lacks is not announced."""
+    return Part(ours.asn, {k: v for k, v in ours.maps.items() if k not in new.maps}, ours.networks)
+
+
 # -- the user's running configuration -----------------------------------------------------------
 
 @dataclass(frozen=True)
