@@ -206,3 +206,36 @@ def test_what_the_users_frr_must_have() -> None:
     no_bgp = "\n".join(line for line in RUNNING.splitlines() if not line.startswith("router bgp 64512"))
     (err,) = check_running(plan, parse_running(no_bgp.replace("router bgp 64999 vrf blue", "!")), where)
     assert str(err).startswith("BGPPeer upstream: spec.myASN: the FRR at /var/run/frr has no `router bgp`")
+
+
+def test_the_checks_run_on_every_change_and_a_refused_one_sends_nothing(tmp_path: Path,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """ExternalFrr against a stand-in vtysh (a script: the running configuration, and a log of
+    what it was sent); the real one is in tests/netns/test_announce_external_frr.py."""
+    (tmp_path / "bgpd.vty").touch()
+    (tmp_path / "running").write_text(RUNNING)
+    vtysh = tmp_path / "vtysh"
+    vtysh.write_text(f"""#!/bin/sh
+case "$*" in
+  *"show running-config"*) cat {tmp_path}/running ;;
+  *"-c"*) ;;
+  *) cat >> {tmp_path}/sent ;;
+esac
+""")
+    vtysh.chmod(0o755)
+    monkeypatch.setattr(frr_external, "VTYSH", str(vtysh))
+    frr = frr_external.ExternalFrr(tmp_path, tmp_path / "frr-external.conf")
+    assert frr.apply(plan_for([("agg", "203.0.113.70")]))
+    assert "network 203.0.113.70/32 route-map gatelb-net-" in (tmp_path / "sent").read_text()
+    sent = (tmp_path / "sent").read_text()
+    # a new VIP the user originates already (their `network 198.18.7.0/24` line, here a pool of it)
+    theirs = CONFIG.replace("kind: BGPAdvertisement\nmetadata: {name: other}", "kind: BGPAdvertisement\n"
+                            "metadata: {name: other}")
+    plan = plan_for([("agg", "203.0.113.70")], theirs)
+    user_net = replace(plan, peers=tuple(replace(pp, prefixes=(*pp.prefixes, (ip_network("198.18.7.0/24"),
+                                                                              pp.prefixes[0][1])))
+                                         for pp in plan.peers))
+    with pytest.raises(FrrError, match=r"already originates 198\.18\.7\.0/24 itself"):
+        frr.apply(user_net)
+    assert (tmp_path / "sent").read_text() == sent  # nothing sent
+    assert frr.withdraw().networks == {("ipv4", "203.0.113.70/32"): next(iter(frr.part_maps(sent)))}

@@ -2,9 +2,10 @@
 gatelb starts nothing and only adds its part (gatelb.announce.frr_part) through that FRR's vtysh,
 one vtysh run per change.
 
-- Before the first change (and whenever the BGPPeers change, or after a failed run) it reads the
-  running configuration: the checks (ASN, neighbors, import check, prefixes the user already
-  originates) and what of gatelb's is there already (a previous run's part: adopted, corrected).
+- Before the first change (and whenever the BGPPeers change, or after a failed run or check) it
+  reads the running configuration: what of gatelb's is there already (a previous run's part:
+  adopted, corrected) and what the checks need (ASN, neighbors, import check, prefixes the user
+  originates), which run on every change against the configuration read last.
 - What it applied last is also written to `<state-dir>/frr-external.conf`, for the operator;
   nothing goes to the user's startup file (no `write memory`). A restarted bgpd (a new vty
   socket) has lost the part: it counts as gone, and the part is added again.
@@ -41,6 +42,7 @@ class ExternalFrr:
         self.applied: Part | None = None
         self._checked: tuple[object, ...] | None = None  # the peers the last check was for
         self._socket: tuple[int, int] | None = None  # bgpd's vty socket when the configuration was read
+        self._running: Running | None = None  # the user's configuration as read last
         self.timings: dict[str, float] = {}
 
     def _socket_id(self) -> tuple[int, int] | None:
@@ -93,14 +95,17 @@ class ExternalFrr:
         key = (plan.asn, tuple((pp.peer.name, pp.peer.my_asn, pp.peer.peer_address) for pp in plan.peers)) \
             if plan is not None else None
         base = self.applied
-        if base is None or key != self._checked:
-            running = self.read()
-            if plan is not None:
-                errors = [*check_plan(plan), *check_running(plan, running, str(self.directory))]
-                if errors:
-                    raise FrrError("\n".join(str(e) for e in errors))
-            base = running.ours
+        if base is None or key != self._checked or self._running is None:
+            self._running = self.read()
+            base = self._running.ours
             self._checked = key
+        if plan is not None:
+            # against the configuration read last (pure: no vtysh run per health change), so that
+            # a new VIP the user already originates is refused too
+            errors = [*check_plan(plan), *check_running(plan, self._running, str(self.directory))]
+            if errors:
+                self._running = None  # read again on the retry: the user may have fixed it meanwhile
+                raise FrrError("\n".join(str(e) for e in errors))
         asn = plan.asn if plan is not None else base.asn
         new = part(plan, asn)
         commands = changes(base if base is self.applied else adopting(base, new), new)
