@@ -5,8 +5,14 @@ from __future__ import annotations
 
 import os
 from dataclasses import replace
+from ipaddress import ip_network
+from pathlib import Path
 
+import pytest
+
+from gatelb.announce import frr_external
 from gatelb.announce.decide import BGPPlan, decide
+from gatelb.announce.frr import FrrError
 from gatelb.announce.frr_part import (
     EXTERNAL_TAG,
     Part,
@@ -225,17 +231,23 @@ esac
     vtysh.chmod(0o755)
     monkeypatch.setattr(frr_external, "VTYSH", str(vtysh))
     frr = frr_external.ExternalFrr(tmp_path, tmp_path / "frr-external.conf")
-    assert frr.apply(plan_for([("agg", "203.0.113.70")]))
-    assert "network 203.0.113.70/32 route-map gatelb-net-" in (tmp_path / "sent").read_text()
+    plan = plan_for([("agg", "203.0.113.70")])
+    assert frr.apply(plan)
     sent = (tmp_path / "sent").read_text()
-    # a new VIP the user originates already (their `network 198.18.7.0/24` line, here a pool of it)
-    theirs = CONFIG.replace("kind: BGPAdvertisement\nmetadata: {name: other}", "kind: BGPAdvertisement\n"
-                            "metadata: {name: other}")
-    plan = plan_for([("agg", "203.0.113.70")], theirs)
-    user_net = replace(plan, peers=tuple(replace(pp, prefixes=(*pp.prefixes, (ip_network("198.18.7.0/24"),
-                                                                              pp.prefixes[0][1])))
-                                         for pp in plan.peers))
+    assert "network 203.0.113.70/32 route-map gatelb-net-" in sent
+    assert "no route-map gatelb-net-00000001" in sent  # the leftover of a previous run, adopted and removed
+    assert not frr.apply(plan)  # nothing changed: no vtysh run
+    # a new VIP prefix the user originates already (their `network 198.18.7.0/24`): refused, nothing sent
+    extra = (ip_network("198.18.7.0/24"), plan.peers[0].prefixes[0][1])
+    theirs = replace(plan, peers=tuple(replace(pp, prefixes=(*pp.prefixes, extra)) if pp.prefixes else pp
+                                       for pp in plan.peers))
     with pytest.raises(FrrError, match=r"already originates 198\.18\.7\.0/24 itself"):
-        frr.apply(user_net)
-    assert (tmp_path / "sent").read_text() == sent  # nothing sent
-    assert frr.withdraw().networks == {("ipv4", "203.0.113.70/32"): next(iter(frr.part_maps(sent)))}
+        frr.apply(theirs)
+    assert (tmp_path / "sent").read_text() == sent
+    # stop: exactly what it added goes
+    removed = frr.withdraw()
+    assert set(removed.networks) == {("ipv4", "203.0.113.70/32")}
+    assert (tmp_path / "sent").read_text()[len(sent):].splitlines() == [
+        "configure terminal", "router bgp 64512", "address-family ipv4 unicast", "no network 203.0.113.70/32",
+        "exit-address-family", "exit", *(f"no route-map {m}" for m in removed.maps), "end"]
+    assert not (tmp_path / "frr-external.conf").exists()
