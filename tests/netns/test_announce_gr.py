@@ -12,8 +12,8 @@ In order:
   kept VIP's route was never missing, and the held connection still works;
 - a power loss of gw1 (graceful restart on) is still noticed through BFD within 1 s: the router
   does not keep a dead gateway's routes as stale;
-- an FRR that already runs on a gateway (here a bgpd of its own in gw2) is not shared: gatelb
-  says so clearly and announces nothing.
+- an FRR that already runs on a gateway (here a bgpd of its own in gw2) is not shared by
+  gatelb's own FRR: gatelb says so clearly (pointing to --frr-vty-socket) and announces nothing.
 """
 
 from __future__ import annotations
@@ -153,11 +153,11 @@ def test_graceful_restart_keeps_routes_and_connections_sigterm_without_it_withdr
     wait_for("gw1 dropped by BFD", lambda: not lab.router_next_hops(f"{WEB}/32"), 1.0, lab)
     print(f"power loss (graceful restart on) -> route gone: {time.monotonic() - t0:.3f} s")
 
-    # an FRR already running on the gateway: not supported, a clear error, nothing announced
+    # an FRR already running on the gateway, without --frr-vty-socket: a clear error, nothing announced
     lab.start_frr("gw2", lab.tmpdir / "gw2-own-frr", "router bgp 64999\n")
     t0 = time.time()
     gw2 = LabDaemon(lab, CONFIG, name="gw2-again", ns="gw2", extra_args=("--node", "gw2")).start()
     failed = gw2.wait_event("announce-failed", after=t0, timeout=10)
     assert "TCP port 179 is already taken by bgpd (pid" in failed["error"], failed
-    assert "using an FRR that already runs on the gateway is not supported" in failed["error"]
+    assert "run gatelb with --frr-vty-socket" in failed["error"]
     assert not lab.router_next_hops(f"{WEB}/32")

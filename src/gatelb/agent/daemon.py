@@ -68,6 +68,9 @@ class Parts:
     l2_election: L2Election | None = None
     # Events about announcements (Kubernetes): (load balancers, type, reason, message).
     announce_event: Callable[[tuple[str, ...], str, str, str], None] | None = None
+    # An FRR that already runs on the gateway (its vty socket directory): BGP goes through it,
+    # gatelb adds only its own part and starts no FRR (`gatelb run --frr-vty-socket`)
+    frr_vty_socket: Path | None = None
     # Where a VIP is announced and how, for `gatelb status` (announce.Announcer.where), and
     # extra Prometheus collectors (the BGP/BFD session series)
     announced: Callable[[str | None], dict[str, Any]] | None = None
@@ -316,10 +319,15 @@ def add_announcer(parts: Parts, node: str, state_dir: Path) -> None:
     L2 VIPs are owned goes to the state record (`info`, key "l2"). An active-standby GatewayGroup
     adds its own conntrackd (<state-dir>/conntrackd) and the role (key "ha"), in the same task."""
     from gatelb.announce import Announcer
+    from gatelb.announce.frr_external import ExternalFrr
     from gatelb.announce.notes import Note
     from gatelb.announce.peers import PeerCollector
 
-    announcer = Announcer(node, state_dir / "frr", l2_directory=state_dir / "keepalived", election=parts.l2_election)
+    external = None
+    if parts.frr_vty_socket is not None:  # BGP through the gateway's own FRR: gatelb adds its part only
+        external = ExternalFrr(parts.frr_vty_socket, state_dir / "frr-external.conf")
+    announcer = Announcer(node, state_dir / "frr", l2_directory=state_dir / "keepalived", election=parts.l2_election,
+                          external=external)
     parts.consumers.append(announcer)
     parts.tasks["announce"] = announcer.run()
     if (post := parts.announce_event) is not None:

@@ -27,9 +27,10 @@ from typing import Any
 
 from gatelb.announce import guard
 from gatelb.announce.conntrackd import ConntrackdError
-from gatelb.announce.decide import EMPTY, Plan, decide
+from gatelb.announce.decide import EMPTY, BGPPlan, Plan, decide
 from gatelb.announce.frr import FrrError, FrrInstance
 from gatelb.announce.frr_config import render
+from gatelb.announce.frr_external import ExternalFrr
 from gatelb.announce.guard import GuardError
 from gatelb.announce.ha_control import HaController, ha_instance
 from gatelb.announce.keepalived import Keepalived, KeepalivedError, parse_notify, read_links
@@ -63,8 +64,11 @@ def _effective(priority: int, track: int) -> int:
 
 class Announcer:
     def __init__(self, node: str, directory: Path, frr: FrrInstance | None = None,
-                 l2_directory: Path | None = None, election: L2Election | None = None) -> None:
+                 l2_directory: Path | None = None, election: L2Election | None = None,
+                 external: ExternalFrr | None = None) -> None:
         self.node = node
+        # An FRR gatelb does not run (--frr-vty-socket): only gatelb's part is added to it
+        self.external = external
         # Kubernetes: the L2 owner of each VIP is elected with Leases (the election's own task), and
         # this gateway adds the VIPs it owns and sends the gratuitous ARP itself; no keepalived.
         self.election = election
@@ -129,7 +133,9 @@ class Announcer:
         if bgp is None or not self._frr_up:
             self.peer_states = {}
             return
-        out = self.frr.vtysh("show bgp neighbors json", "show bfd peers json")
+        # an FRR not ours may run no bfdd: asked about BFD only where a BGPPeer names a profile
+        bfd = ["show bfd peers json"] if self.external is None or any(pp.bfd for pp in bgp.peers) else []
+        out = self._vtysh("show bgp neighbors json", *bfd)
         states = parse_states(bgp, out)
         for name, st in states.items():
             old = self.peer_states.get(name)
@@ -137,6 +143,14 @@ class Announcer:
                 event(logging.INFO, "bgp-session", peer=name, address=st.address, session=st.session, bfd=st.bfd,
                       wall_time=time.time())
         self.peer_states = states
+
+    def _vtysh(self, *commands: str) -> str:
+        return self.external.vtysh(*commands) if self.external is not None else self.frr.vtysh(*commands)
+
+    def _frr_died(self) -> bool:
+        if self.external is not None:
+            return not self.external.running()
+        return len(self.frr.running()) < 3
 
     def _wake_soon(self) -> None:
         self._wake.set()
@@ -208,8 +222,13 @@ class Announcer:
                     async with asyncio.timeout(WATCH_S):
                         await self._wake.wait()
                 except TimeoutError:
-                    if self._frr_up and len(self.frr.running()) < 3:
-                        event(logging.ERROR, "frr-daemon-died", running=self.frr.running())
+                    if self._frr_up and self._frr_died():
+                        if self.external is not None:  # the user's FRR: its part is added again once it is back
+                            if self.external.applied is not None:
+                                event(logging.ERROR, "frr-external-gone", vty_socket=str(self.external.directory))
+                            self.external.applied = None
+                        else:
+                            event(logging.ERROR, "frr-daemon-died", running=self.frr.running())
                         self._wake.set()
                     if (not self.l2.empty or self.ha is not None) and not self.keepalived.running():
                         event(logging.ERROR, "keepalived-died")
@@ -355,7 +374,7 @@ class Announcer:
             return None
         if not self._frr_up:
             return False
-        states = json.loads(self.frr.vtysh("show bgp neighbors json") or "{}")
+        states = json.loads(self._vtysh("show bgp neighbors json") or "{}")
         wanted = {str(pp.peer.peer_address) for pp in bgp.peers}
         return any(isinstance(v, dict) and v.get("bgpState") == "Established" for k, v in states.items()
                    if k in wanted)
@@ -444,8 +463,8 @@ class Announcer:
     def _apply(self, plan: Plan) -> None:
         self._apply_l2(plan)
         bgp = plan.bgp
-        if bgp is None and not self._frr_up:
-            return
+        if bgp is None and not self._frr_up and (self.external is None or self.external.applied is not None):
+            return  # (an FRR not ours is looked at once: a previous run's part is removed)
         if bgp is not None and self._group is not None and self._group.ha and not (self.ha and self.ha.announcing):
             # a standby announces a clearly worse path (our ASN prepended STANDBY_PREPEND times): the
             # router already holds it when BFD drops the active member, so the failover needs no
@@ -453,6 +472,9 @@ class Announcer:
             bgp = replace(bgp, peers=tuple(replace(pp, prefixes=tuple(
                 (p, replace(a, as_path_prepend=STANDBY_PREPEND)) for p, a in pp.prefixes)) for pp in bgp.peers))
         t0 = time.perf_counter()
+        if self.external is not None:
+            self._apply_external(bgp, t0)
+            return
         text = render(bgp, self.node, str(self.frr.log_file))
         render_ms = round((time.perf_counter() - t0) * 1000, 1)
         self.frr.timings = {}
@@ -473,6 +495,40 @@ class Announcer:
                   wall_time=time.time())
         self._announced = now
 
+    def _apply_external(self, bgp: BGPPlan | None, t0: float) -> None:
+        assert self.external is not None
+        self.external.timings = {}
+        changed = self.external.apply(bgp)
+        self._frr_up = bgp is not None
+        self._index = VipIndex(bgp)
+        now = bgp.prefixes if bgp is not None else ()
+        if changed:
+            added = sorted(set(now) - set(self._announced), key=str)
+            withdrawn = sorted(set(self._announced) - set(now), key=str)
+            event(logging.INFO, "announce", prefixes=len(now), added=[str(p) for p in added[:50]],
+                  withdrawn=[str(p) for p in withdrawn[:50]], peers=[pp.peer.name for pp in bgp.peers] if bgp else [],
+                  frr="external", duration_ms=round((time.perf_counter() - t0) * 1000, 1), **self.external.timings,
+                  wall_time=time.time())
+        self._announced = now
+
+    def _withdraw_external(self) -> None:
+        assert self.external is not None
+        bgp = self.plan.bgp
+        keep = [pp.peer.name for pp in bgp.peers if pp.peer.graceful_restart] if bgp is not None else []
+        self._frr_up = False
+        self.peer_states = {}
+        if keep:
+            event(logging.INFO, "frr-external-kept", graceful_restart=keep, vty_socket=str(self.external.directory),
+                  keeping="gatelb's networks in that FRR: the next gatelb run adopts them", wall_time=time.time())
+            return
+        try:
+            removed = self.external.withdraw()
+        except (FrrError, OSError) as err:
+            event(logging.ERROR, "withdraw-failed", vty_socket=str(self.external.directory), error=str(err)[:500])
+            return
+        event(logging.INFO, "withdrawn", peers=[pp.peer.name for pp in bgp.peers] if bgp else [],
+              networks=len(removed.networks), route_maps=len(removed.maps), frr="external", wall_time=time.time())
+
     def _withdraw(self) -> None:
         if self.ha is not None:
             self.ha.stop()
@@ -483,6 +539,10 @@ class Announcer:
         if not self.l2.empty or self.keepalived.running():
             self.keepalived.stop()
             event(logging.INFO, "keepalived-stopped", wall_time=time.time())
+        if self.external is not None:
+            if self._frr_up or (self.external.applied is not None and self.external.applied.networks):
+                self._withdraw_external()
+            return
         if not self._frr_up:
             return
         bgp = self.plan.bgp

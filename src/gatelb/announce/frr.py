@@ -81,14 +81,15 @@ def _owner(inode: str) -> str:
 
 def check_bgp_port() -> None:
     """gatelb's bgpd needs TCP port 179 of this namespace to itself: an FRR (or any BGP speaker)
-    that already runs here would take the router's connections. Using that FRR instead is not
-    supported (docs/announce.md, "An FRR that already runs on the gateway")."""
+    that already runs here would take the router's connections. That FRR can be used instead,
+    with `gatelb run --frr-vty-socket DIR` (docs/announce.md, "An FRR that already runs on the
+    gateway")."""
     listeners = _listeners(BGP_PORT_HEX)
     if listeners:
         raise FrrError(f"BGP announcements: TCP port 179 is already taken by {_owner(listeners[0])} in this "
-                       f"network namespace. gatelb runs its own FRR and cannot share the port; using an FRR "
-                       f"that already runs on the gateway is not supported (docs/announce.md): stop its bgpd, "
-                       f"or run gatelb in another network namespace")
+                       f"network namespace. gatelb's own FRR cannot share the port: to announce through the "
+                       f"FRR that already runs here, run gatelb with --frr-vty-socket <its vty socket "
+                       f"directory, e.g. /var/run/frr> (docs/announce.md); or stop that bgpd")
 
 
 def _reachable_by(path: Path, uid: int, gids: set[int]) -> Path | None:

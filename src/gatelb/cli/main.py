@@ -94,6 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="read MetalLB's metallb.io objects from this namespace (default metallb-system)")
     r.add_argument("--node", default="", help="which gateway this is (GatewayGroup members, nodes: lists of "
                    "BGPPeer and advertisements); default: the host name")
+    r.add_argument("--frr-vty-socket", metavar="DIR",
+                   help="use the FRR that already runs on this gateway (its vty socket directory, e.g. "
+                        "/var/run/frr): gatelb starts no FRR and only adds its own networks and gatelb-* "
+                        "route-maps under your `router bgp`; the neighbors are yours (docs/announce.md)")
     r.add_argument("--log-format", choices=["text", "json"], default="text")
     r.add_argument("--no-health", action="store_true", help="do not run health checks (all backends count as up)")
     r.add_argument("--allow-empty", action="store_true",
@@ -178,6 +182,13 @@ def _run(args: argparse.Namespace) -> int:
     else:
         print("gatelb run: -f/--file is required (or --kubeconfig / --in-cluster)", file=sys.stderr)
         return 2
+    if args.frr_vty_socket:
+        vty, made = Path(args.frr_vty_socket), make
+
+        async def make() -> Parts:
+            parts = await made()
+            parts.frr_vty_socket = vty
+            return parts
     from gatelb.agent.server import parse_address
 
     try:
