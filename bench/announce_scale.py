@@ -31,7 +31,7 @@ if not __package__:  # run as a script: make `import bench` work
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from bench.common import machine_info, machine_line
-from gatelb.lab.bgp import ROUTER, ROUTER_BFDD, ROUTER_BGPD, BgpLab
+from gatelb.lab.bgp import ROUTER_BFDD, ROUTER_BGPD, BgpLab, upstream
 from gatelb.lab.daemon import LabDaemon
 from gatelb.lab.topology import backend_v4
 
@@ -39,27 +39,7 @@ VIP_BASE = ipaddress.IPv4Address("198.18.0.1")
 
 
 def config(n: int, disabled: int | None = None) -> str:
-    docs = [f"""apiVersion: gatelb.io/v1alpha1
-kind: IPPool
-metadata: {{name: bench}}
-spec: {{addresses: ["198.18.0.0/15"]}}
----
-apiVersion: gatelb.io/v1alpha1
-kind: BFDProfile
-metadata: {{name: fast}}
-spec: {{receiveInterval: 100, transmitInterval: 100, detectMultiplier: 3}}
----
-apiVersion: gatelb.io/v1alpha1
-kind: BGPPeer
-metadata: {{name: upstream}}
-spec: {{myASN: 64512, peerASN: 64500, peerAddress: {ROUTER}, bfdProfile: fast, holdTime: 3s, keepaliveTime: 1s,
-       connectTime: 1s}}
----
-apiVersion: gatelb.io/v1alpha1
-kind: BGPAdvertisement
-metadata: {{name: bench}}
-spec: {{ipAddressPools: [bench]}}
-"""]
+    docs = [upstream("bench", "198.18.0.0/15")]
     backends = f'["{backend_v4(1)}:8080", "{backend_v4(2)}:8080"]'
     for i in range(n):
         state = "  state: disable\n" if i == disabled else ""

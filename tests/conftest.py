@@ -5,8 +5,9 @@
 - netns/scenario tests are skipped when we are not root or ``ip netns`` does not work, BUT with
   ``CI=true`` any skip of such a test is reported as a failure (design rule: in CI a skipped netns
   test is a failure, not a pass).
-- Fixtures: ``lab`` (a `gatelb.lab.Lab` with 3 backends, closed after the test) and ``make_lab``
-  (a factory for other backend counts; every lab it made is closed after the test).
+- Fixtures: ``lab`` (a `gatelb.lab.Lab` with 3 backends, closed after the test), ``make_lab``
+  (a factory for other backend counts; every lab it made is closed after the test) and
+  ``bgp_lab`` (the BGP scenario: FRR router, switch, two gateway namespaces, two backends).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 
 import pytest
 
+from gatelb.lab.bgp import ROUTER_BFDD, ROUTER_BGPD, BgpLab
 from gatelb.lab.topology import Lab
 
 TESTS_DIR = Path(__file__).resolve().parent
@@ -96,3 +98,17 @@ def make_lab() -> Iterator[Callable[..., Lab]]:
 def lab(make_lab: Callable[..., Lab]) -> Lab:
     """A `Lab` with 3 backends (no backend processes yet: call ``lab.start_backends()``)."""
     return make_lab()
+
+
+@pytest.fixture
+def bgp_lab() -> Iterator[BgpLab]:
+    """The BGP scenario of `gatelb.lab.bgp` with the upstream router's FRR running and two
+    backends serving; the test starts the gateways."""
+    if reason := netns_unavailable():
+        pytest.skip(reason)
+    if shutil.which("vtysh") is None:
+        pytest.fail("FRR is not installed (apt-get install frr frr-pythontools; ./quickstart setup does)")
+    with BgpLab(backends=2) as lab:
+        lab.start_backends(udp=None, http=None)
+        lab.start_router(ROUTER_BGPD, ROUTER_BFDD)
+        yield lab

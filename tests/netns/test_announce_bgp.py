@@ -10,19 +10,16 @@ on via the other; SIGTERM withdraws (the router is told at once, by a notificati
 
 from __future__ import annotations
 
-import shutil
 import signal
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
 import pytest
 
-from gatelb.lab.bgp import CONFIG, GATEWAYS, OFF, ROUTER, ROUTER_BFDD, ROUTER_BGPD, SOLO, WEB, BgpLab
+from gatelb.lab.bgp import CONFIG, GATEWAYS, OFF, ROUTER, SOLO, WEB, BgpLab
 from gatelb.lab.daemon import LabDaemon
-
-from ..conftest import netns_unavailable
 
 CONVERGE_S = 30.0  # first sessions: FRR start, connect-retry 1 s, BGP open, BFD up
 
@@ -43,19 +40,8 @@ def announced(daemon: LabDaemon) -> dict[str, Any]:
     return {lb["name"]: lb["announced"]["bgp"] for lb in daemon.status()["loadBalancers"]}
 
 
-@pytest.fixture(name="lab")
-def bgp_lab() -> Iterator[BgpLab]:
-    if reason := netns_unavailable():
-        pytest.skip(reason)
-    if shutil.which("vtysh") is None:
-        pytest.fail("FRR is not installed (apt-get install frr frr-pythontools; ./quickstart setup does)")
-    with BgpLab(backends=2) as lab:
-        lab.start_backends(udp=None, http=None)
-        lab.start_router(ROUTER_BGPD, ROUTER_BFDD)
-        yield lab
-
-
-def test_bgp_ecmp_health_withdrawal_bfd_failover_and_sigterm(lab: BgpLab) -> None:
+def test_bgp_ecmp_health_withdrawal_bfd_failover_and_sigterm(bgp_lab: BgpLab) -> None:
+    lab = bgp_lab
     gws = {g: LabDaemon(lab, CONFIG, name=g, ns=g, extra_args=("--node", g)) for g in GATEWAYS}
     for d in gws.values():
         d.start()

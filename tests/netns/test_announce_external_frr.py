@@ -22,19 +22,14 @@ In order:
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
-
-from gatelb.lab.bgp import GATEWAYS, ROUTER, ROUTER_BFDD, ROUTER_BGPD, SOLO, UPSTREAM, WEB, BgpLab, l4lb_doc
+from gatelb.lab.bgp import GATEWAYS, ROUTER, ROUTER_BFDD, SOLO, UPSTREAM, WEB, BgpLab, l4lb_doc
 from gatelb.lab.daemon import LabDaemon
 from gatelb.lab.topology import backend_v4
 
-from ..conftest import netns_unavailable
 from .test_announce_bgp import CONVERGE_S, wait_for
 
 GW1 = GATEWAYS["gw1"]
@@ -96,19 +91,8 @@ def restart_bgpd(lab: BgpLab, d: Path) -> None:
                     "-i", str(d / "bgpd.pid"), "-z", str(d / "zserv.api"), "--vty_socket", str(d), "-A", "127.0.0.1"])
 
 
-@pytest.fixture(name="lab")
-def bgp_lab() -> Iterator[BgpLab]:
-    if reason := netns_unavailable():
-        pytest.skip(reason)
-    if shutil.which("vtysh") is None:
-        pytest.fail("FRR is not installed (apt-get install frr frr-pythontools; ./quickstart setup does)")
-    with BgpLab(backends=2) as lab:
-        lab.start_backends(udp=None, http=None)
-        lab.start_router(ROUTER_BGPD, ROUTER_BFDD)
-        yield lab
-
-
-def test_gatelb_adds_only_its_part_to_the_users_frr(lab: BgpLab) -> None:
+def test_gatelb_adds_only_its_part_to_the_users_frr(bgp_lab: BgpLab) -> None:
+    lab = bgp_lab
     vty = lab.tmpdir / "gw1-user-frr"
     lab.start_frr("gw1", vty, USER_BGPD, ROUTER_BFDD)
 

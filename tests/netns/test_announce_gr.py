@@ -18,19 +18,14 @@ In order:
 
 from __future__ import annotations
 
-import shutil
 import signal
 import threading
 import time
-from collections.abc import Iterator
 
-import pytest
-
-from gatelb.lab.bgp import GATEWAYS, ROUTER, ROUTER_BFDD, SOLO, UPSTREAM, WEB, BgpLab, l4lb_doc
+from gatelb.lab.bgp import GATEWAYS, ROUTER, SOLO, UPSTREAM, WEB, BgpLab, l4lb_doc
 from gatelb.lab.daemon import LabDaemon
 from gatelb.lab.topology import backend_v4
 
-from ..conftest import netns_unavailable
 from .test_announce_bgp import CONVERGE_S, wait_for
 
 GW1, GW2 = GATEWAYS["gw1"], GATEWAYS["gw2"]
@@ -63,18 +58,6 @@ exit
 """
 
 
-@pytest.fixture(name="lab")
-def bgp_lab() -> Iterator[BgpLab]:
-    if reason := netns_unavailable():
-        pytest.skip(reason)
-    if shutil.which("vtysh") is None:
-        pytest.fail("FRR is not installed (apt-get install frr frr-pythontools; ./quickstart setup does)")
-    with BgpLab(backends=2) as lab:
-        lab.start_backends(udp=None, http=None)
-        lab.start_router(ROUTER_BGPD, ROUTER_BFDD)
-        yield lab
-
-
 class Watch:
     """Polls the router's route to a prefix in a thread; remembers whether it was ever missing."""
 
@@ -101,7 +84,8 @@ class Watch:
         self._thread.join()
 
 
-def test_graceful_restart_keeps_routes_and_connections_sigterm_without_it_withdraws(lab: BgpLab) -> None:
+def test_graceful_restart_keeps_routes_and_connections_sigterm_without_it_withdraws(bgp_lab: BgpLab) -> None:
+    lab = bgp_lab
     gws = {g: LabDaemon(lab, CONFIG, name=g, ns=g, extra_args=("--node", g)) for g in GATEWAYS}
     for d in gws.values():
         d.start()

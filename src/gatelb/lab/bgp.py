@@ -162,13 +162,14 @@ spec:
 """
 
 
-# The upstream half every BGP scenario shares: the pool, BFD 100 ms x 3, the router as peer with
-# short timers, and the pool advertised.
-UPSTREAM = f"""\
+def upstream(pool: str = "public", addresses: str = "203.0.113.0/28") -> str:
+    """The upstream half every BGP scenario shares: the pool, BFD 100 ms x 3, the router as peer
+    with short timers, and the pool advertised."""
+    return f"""\
 apiVersion: gatelb.io/v1alpha1
 kind: IPPool
-metadata: {{name: public}}
-spec: {{addresses: ["203.0.113.0/28"]}}
+metadata: {{name: {pool}}}
+spec: {{addresses: ["{addresses}"]}}
 ---
 apiVersion: gatelb.io/v1alpha1
 kind: BFDProfile
@@ -183,9 +184,12 @@ spec: {{myASN: 64512, peerASN: 64500, peerAddress: {ROUTER}, bfdProfile: fast, h
 ---
 apiVersion: gatelb.io/v1alpha1
 kind: BGPAdvertisement
-metadata: {{name: public}}
-spec: {{ipAddressPools: [public]}}
+metadata: {{name: {pool}}}
+spec: {{ipAddressPools: [{pool}]}}
 """
+
+
+UPSTREAM = upstream()
 
 CONFIG = "---\n".join([
     UPSTREAM,
