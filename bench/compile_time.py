@@ -9,10 +9,9 @@ from __future__ import annotations
 import argparse
 import gc
 import ipaddress
-import time
 import tracemalloc
-from collections.abc import Callable
 
+from bench.common import best_time
 from gatelb.dataplane import compile_ruleset
 from gatelb.dataplane.incremental import AppliedRuleset
 from gatelb.dataplane.layout import NETLINK_BULK_SETS
@@ -30,16 +29,6 @@ def state(n: int, backends: int) -> ResolvedState:
     return ResolvedState(tuple(sorted(out, key=lambda s: s.name)))
 
 
-def best(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        gc.collect()
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=10_000)
@@ -49,11 +38,11 @@ def main() -> None:
     st = state(args.n, args.backends)
     rs = compile_ruleset(st)
     print(f"{rs.element_count()} elements")
-    print(f"compile_ruleset       {best(lambda: compile_ruleset(st), args.repeats):.3f} s")
-    print(f"render_full           {best(lambda: render_full(rs, 1), args.repeats):.3f} s")
-    print(f"AppliedRuleset.build  {best(lambda: AppliedRuleset.build(st), args.repeats):.3f} s")
+    print(f"compile_ruleset       {best_time(lambda: compile_ruleset(st), args.repeats, gc.collect):.3f} s")
+    print(f"render_full           {best_time(lambda: render_full(rs, 1), args.repeats, gc.collect):.3f} s")
+    print(f"AppliedRuleset.build  {best_time(lambda: AppliedRuleset.build(st), args.repeats, gc.collect):.3f} s")
     bulk = {name: rs.elements[name].items() for name in NETLINK_BULK_SETS if rs.elements.get(name)}
-    print(f"netlink build_batch   {best(lambda: build_batch('gatelb', bulk), args.repeats):.3f} s")
+    print(f"netlink build_batch   {best_time(lambda: build_batch('gatelb', bulk), args.repeats, gc.collect):.3f} s")
     gc.collect()
     tracemalloc.start()
     kept = compile_ruleset(st)

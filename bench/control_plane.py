@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -46,6 +45,7 @@ from bench.common import (
     log,
     parse_sizes,
     ratio,
+    replace_file,
     require_root,
     run_measured,
     scratch_netns,
@@ -217,15 +217,6 @@ def full_sync_tables(res: Results, all_figs: list[FullSyncFigures], references: 
 STEPS = ("backend added", "backend removed", "L4LB added", "L4LB removed")
 
 
-def _atomic_write(path: Path, text: str) -> float:
-    """Write `text` next to `path`, then rename it into place; returns time.time() just before the rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    t0 = time.time()
-    os.replace(tmp, path)
-    return t0
-
-
 @dataclass
 class IncrementalFigures:
     n: int
@@ -274,7 +265,7 @@ def incremental(n: int, repeats: int, workdir: Path, settle_s: float = 0.3) -> I
     base_text, steps = _step_texts(n)
     extra_vip = gen.vip_of(n)
     config = workdir / f"run-{n}.yaml"
-    _atomic_write(config, base_text)
+    replace_file(config, base_text)
     startup_timeout = 60.0 + n * 0.03
     with scratch_netns() as ns, tempfile.TemporaryDirectory(prefix="glbb-state-") as state:
         log(f"incremental N={n}: starting gatelb run")
@@ -287,7 +278,7 @@ def incremental(n: int, repeats: int, workdir: Path, settle_s: float = 0.3) -> I
             for r in range(repeats):
                 for step, text in steps:
                     time.sleep(settle_s)
-                    t0 = _atomic_write(config, text)
+                    t0 = replace_file(config, text)
                     ev = daemon.wait_sync(t0, timeout_s=60.0)
                     figs.latency_s[step].append(float(ev["wall_time"]) - t0)
                     figs.sync_ms[step].append(float(ev.get("duration_ms", float("nan"))))

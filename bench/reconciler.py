@@ -34,7 +34,6 @@ from __future__ import annotations
 import argparse
 import gc
 import math
-import os
 import shutil
 import sys
 import tempfile
@@ -51,6 +50,7 @@ from bench.common import (
     exit_on_signals,
     log,
     parse_sizes,
+    replace_file,
     require_root,
     run_measured,
     scratch_netns,
@@ -444,16 +444,6 @@ def make_dir(d: Path, n: int) -> None:
     (d / "00-pool.yaml").write_text(yaml.safe_dump(pool))
     for i in range(n):
         (d / f"lb{i:05}.yaml").write_text(lb_text(i))
-
-
-def replace_file(path: Path, text: str) -> float:
-    """Write beside `path` (a dot file: the source ignores those), rename into place; returns
-    time.time() just before the rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    t0 = time.time()
-    os.replace(tmp, path)
-    return t0
 
 
 @dataclass

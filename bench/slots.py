@@ -13,9 +13,8 @@ from __future__ import annotations
 import argparse
 import ipaddress
 import os
-import time
-from collections.abc import Callable
 
+from bench.common import best_time
 from gatelb.dataplane.ruleset import compile_service
 from gatelb.dataplane.slots import _slot_sequence, slot_sequence
 from gatelb.model import Backend, Protocol, Service
@@ -24,16 +23,6 @@ from gatelb.model import Backend, Protocol, Service
 def backends(n: int, weights: list[int]) -> tuple[Backend, ...]:
     base = int(ipaddress.ip_address("198.18.0.0"))
     return tuple(Backend(ipaddress.ip_address(base + i), 8080, w) for i, w in enumerate(weights[:n]))
-
-
-def best(fn: Callable[[], object], repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        _slot_sequence.cache_clear()
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:
@@ -53,8 +42,8 @@ def main() -> None:
             svc = Service("big", ipaddress.ip_address("198.19.0.1"), Protocol.TCP, 80,
                           tuple(b for b in backends(n, weights) if b.weight > 0))
             slots = len(slot_sequence(weights))
-            seq_s = best(lambda w=weights: slot_sequence(w), args.repeats)  # type: ignore[misc]
-            comp_s = best(lambda s=svc: compile_service(s), args.repeats)  # type: ignore[misc]
+            seq_s = best_time(lambda w=weights: slot_sequence(w), args.repeats, _slot_sequence.cache_clear)  # type: ignore[misc]
+            comp_s = best_time(lambda s=svc: compile_service(s), args.repeats, _slot_sequence.cache_clear)  # type: ignore[misc]
             print(f"{n:>8} {label:>8} {slots:>7} {seq_s * 1000:>12.1f} {comp_s * 1000:>11.1f}")
 
 
