@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -100,15 +101,22 @@ def lab(make_lab: Callable[..., Lab]) -> Lab:
     return make_lab()
 
 
-@pytest.fixture
-def bgp_lab() -> Iterator[BgpLab]:
-    """The BGP scenario of `gatelb.lab.bgp` with the upstream router's FRR running and two
-    backends serving; the test starts the gateways."""
+@contextlib.contextmanager
+def running_bgp_lab(backends: int = 2, router_bgpd: str = ROUTER_BGPD) -> Iterator[BgpLab]:
+    """The BGP scenario of `gatelb.lab.bgp` with the upstream router's FRR running (its bgpd
+    configured by `router_bgpd`) and `backends` backends serving; the test starts the gateways."""
     if reason := netns_unavailable():
         pytest.skip(reason)
     if shutil.which("vtysh") is None:
         pytest.fail("FRR is not installed (apt-get install frr frr-pythontools; ./quickstart setup does)")
-    with BgpLab(backends=2) as lab:
+    with BgpLab(backends=backends) as lab:
         lab.start_backends(udp=None, http=None)
-        lab.start_router(ROUTER_BGPD, ROUTER_BFDD)
+        lab.start_router(router_bgpd, ROUTER_BFDD)
+        yield lab
+
+
+@pytest.fixture
+def bgp_lab() -> Iterator[BgpLab]:
+    """`running_bgp_lab()`: two backends, the standard router."""
+    with running_bgp_lab() as lab:
         yield lab

@@ -13,7 +13,6 @@ fail for well under 1 s (BFD), the survivor's held connections all carry on, and
 
 from __future__ import annotations
 
-import shutil
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -21,11 +20,11 @@ from collections.abc import Callable, Iterator
 import pytest
 
 from gatelb.lab.active_active import CONFIG, WEB, expected_backends
-from gatelb.lab.bgp import GATEWAY_LAN, GATEWAYS, ROUTER_BFDD, ROUTER_BGPD, BgpLab
+from gatelb.lab.bgp import GATEWAY_LAN, GATEWAYS, BgpLab
 from gatelb.lab.daemon import LabDaemon
 from gatelb.lab.ha import Flow
 
-from ..conftest import netns_unavailable
+from ..conftest import running_bgp_lab
 
 CONVERGE_S = 30.0
 FLOWS, FIRST_PORT = 300, 41000
@@ -42,13 +41,7 @@ def wait_for(what: str, check: Callable[[], bool], timeout: float, lab: BgpLab) 
 
 @pytest.fixture(name="lab")
 def aa_lab() -> Iterator[BgpLab]:
-    if reason := netns_unavailable():
-        pytest.skip(reason)
-    if shutil.which("vtysh") is None:
-        pytest.fail("FRR is not installed (./quickstart setup installs it)")
-    with BgpLab(backends=3) as lab:
-        lab.start_backends(udp=None, http=None)
-        lab.start_router(ROUTER_BGPD, ROUTER_BFDD)
+    with running_bgp_lab(backends=3) as lab:
         yield lab
 
 

@@ -14,7 +14,6 @@ BGPAnnounced Event on the Service names the peer; the Service deleted, the route
 from __future__ import annotations
 
 import base64
-import shutil
 import subprocess
 import sys
 import time
@@ -24,14 +23,14 @@ from typing import Any
 import pytest
 from kubernetes_asyncio.client import ApiClient, CoreV1Api, CustomObjectsApi, DiscoveryV1Api
 
-from gatelb.lab.bgp import GATEWAYS, ROUTER, ROUTER_BFDD, ROUTER_BGPD, BgpLab
+from gatelb.lab.bgp import GATEWAYS, ROUTER, ROUTER_BGPD, BgpLab
 from gatelb.lab.procs import stop_process
 from gatelb.lab.topology import backend_v4
 from tests.k8s_standin.client import apply
 from tests.k8s_standin.in_netns import StandinInNetns
 from tests.k8s_standin.server import StandinServer
 
-from ..conftest import netns_unavailable
+from ..conftest import running_bgp_lab
 
 PASSWORD = "k8s-s3cret"
 GW1 = GATEWAYS["gw1"]
@@ -43,13 +42,7 @@ CONVERGE_S = 30.0
 
 @pytest.fixture(name="lab")
 def bgp_lab() -> Iterator[BgpLab]:
-    if reason := netns_unavailable():
-        pytest.skip(reason)
-    if shutil.which("vtysh") is None:
-        pytest.fail("FRR is not installed (apt-get install frr frr-pythontools; ./quickstart setup does)")
-    with BgpLab(backends=2) as lab:
-        lab.start_backends(udp=None, http=None)
-        lab.start_router(ROUTER_WITH_PASSWORD, ROUTER_BFDD)
+    with running_bgp_lab(router_bgpd=ROUTER_WITH_PASSWORD) as lab:
         yield lab
 
 

@@ -486,14 +486,16 @@ class Announcer:
         self._index = VipIndex(bgp)
         now = bgp.prefixes if bgp is not None else ()
         if changed:
-            added = sorted(set(now) - set(self._announced), key=str)
-            withdrawn = sorted(set(self._announced) - set(now), key=str)
-            event(logging.INFO, "announce", prefixes=len(now), added=[str(p) for p in added[:50]],
-                  withdrawn=[str(p) for p in withdrawn[:50]],
-                  peers=[pp.peer.name for pp in bgp.peers] if bgp else [],
-                  duration_ms=round((time.perf_counter() - t0) * 1000, 1), render_ms=render_ms, **self.frr.timings,
-                  wall_time=time.time())
+            self._log_announce(bgp, now, t0, render_ms=render_ms, **self.frr.timings)
         self._announced = now
+
+    def _log_announce(self, bgp: BGPPlan | None, now: tuple[IPNetwork, ...], t0: float, **timings: Any) -> None:
+        """The `announce` event of an apply that changed what FRR announces: what came and went."""
+        added = sorted(set(now) - set(self._announced), key=str)
+        withdrawn = sorted(set(self._announced) - set(now), key=str)
+        event(logging.INFO, "announce", prefixes=len(now), added=[str(p) for p in added[:50]],
+              withdrawn=[str(p) for p in withdrawn[:50]], peers=[pp.peer.name for pp in bgp.peers] if bgp else [],
+              duration_ms=round((time.perf_counter() - t0) * 1000, 1), **timings, wall_time=time.time())
 
     def _apply_external(self, bgp: BGPPlan | None, t0: float) -> None:
         assert self.external is not None
@@ -503,12 +505,7 @@ class Announcer:
         self._index = VipIndex(bgp)
         now = bgp.prefixes if bgp is not None else ()
         if changed:
-            added = sorted(set(now) - set(self._announced), key=str)
-            withdrawn = sorted(set(self._announced) - set(now), key=str)
-            event(logging.INFO, "announce", prefixes=len(now), added=[str(p) for p in added[:50]],
-                  withdrawn=[str(p) for p in withdrawn[:50]], peers=[pp.peer.name for pp in bgp.peers] if bgp else [],
-                  frr="external", duration_ms=round((time.perf_counter() - t0) * 1000, 1), **self.external.timings,
-                  wall_time=time.time())
+            self._log_announce(bgp, now, t0, frr="external", **self.external.timings)
         self._announced = now
 
     def _withdraw_external(self) -> None:

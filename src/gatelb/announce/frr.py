@@ -31,6 +31,7 @@ import signal
 import stat
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 from gatelb.announce.frr_config import daemon_files, quick_changes
@@ -44,6 +45,18 @@ USER = "frr"
 START_TIMEOUT_S = 10.0
 COMMAND_TIMEOUT_S = 60.0
 
+
+
+def run_vtysh(vty_socket: Path, commands: Sequence[str], binary: str = VTYSH) -> str:
+    """Run `commands` (each one `-c`) in the FRR whose vty sockets are in `vty_socket`; its output."""
+    argv = [binary, "--vty_socket", str(vty_socket)]
+    for c in commands:
+        argv += ["-c", c]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
+    if done.returncode != 0:
+        raise FrrError(f"vtysh --vty_socket {vty_socket} {' '.join(commands)}: "
+                       f"{(done.stderr + done.stdout).strip()[-500:]}")
+    return done.stdout
 
 class FrrError(RuntimeError):
     pass
@@ -282,13 +295,7 @@ class FrrInstance:
             raise FrrError(f"vtysh: {(done.stderr + done.stdout).strip()[-800:]}")
 
     def vtysh(self, *commands: str) -> str:
-        argv = [VTYSH, "--vty_socket", str(self.directory)]
-        for c in commands:
-            argv += ["-c", c]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
-        if done.returncode != 0:
-            raise FrrError(f"vtysh {' '.join(commands)}: {(done.stderr + done.stdout).strip()[-500:]}")
-        return done.stdout
+        return run_vtysh(self.directory, commands)
 
     def shutdown_neighbors(self, asn: int, neighbors: list[str]) -> None:
         if neighbors:

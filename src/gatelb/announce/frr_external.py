@@ -22,7 +22,7 @@ import subprocess
 from pathlib import Path
 
 from gatelb.announce.decide import BGPPlan
-from gatelb.announce.frr import COMMAND_TIMEOUT_S, VTYSH, FrrError
+from gatelb.announce.frr import COMMAND_TIMEOUT_S, VTYSH, FrrError, run_vtysh
 from gatelb.announce.frr_part import (
     Part,
     Running,
@@ -59,14 +59,7 @@ class ExternalFrr:
         return now is not None and (self._socket is None or now == self._socket)
 
     def vtysh(self, *commands: str) -> str:
-        argv = [VTYSH, "--vty_socket", str(self.directory)]
-        for c in commands:
-            argv += ["-c", c]
-        done = subprocess.run(argv, capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, check=False)
-        if done.returncode != 0:
-            raise FrrError(f"vtysh --vty_socket {self.directory} {' '.join(commands)}: "
-                           f"{(done.stderr + done.stdout).strip()[-500:]}")
-        return done.stdout
+        return run_vtysh(self.directory, commands, VTYSH)
 
     def _batch(self, commands: list[str]) -> None:
         done = subprocess.run([VTYSH, "--vty_socket", str(self.directory)], input="\n".join(commands) + "\n",
